@@ -1,0 +1,203 @@
+//! Developer tasks for llmgw: install the toolchain the XDP half needs, build
+//! both halves, run the gateway (with the privileges XDP needs), run every
+//! test and the benchmarks. `cargo xtask --help` lists them.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Build, run, test and benchmark llmgw")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building the XDP half needs (idempotent): LLVM 22 from
+    /// apt, bpf-linker, rust-src for the nightly toolchain, iproute2.
+    Setup,
+    /// Build the gateway and its embedded XDP program.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run the gateway with ARGS (via sudo when XDP is requested
+    /// and you are not root). `cargo xtask run -- quickstart` runs the offline
+    /// example: a local mock provider and the gateway in front of it.
+    Run {
+        #[arg(long)]
+        release: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every check: fmt, clippy, unit, integration,
+    /// privileged XDP and network-namespace tests, the Python client test.
+    Test {
+        /// Skip `cargo xtask setup` (the toolchain is known to be there).
+        #[arg(long)]
+        no_setup: bool,
+        /// Extra arguments for `cargo test` (a test name filter, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build { release } => build(release),
+        Task::Run { release, args } => run(release, args),
+        Task::Test { no_setup, args } => test(no_setup, args),
+    }
+}
+
+/// The workspace root (the parent of this crate's manifest directory).
+pub(crate) fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+pub(crate) fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// Runs `cmd`, failing with the command line when it does not exit 0.
+pub(crate) fn status(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+pub(crate) fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+pub(crate) fn is_root() -> bool {
+    // SAFETY-free: `id -u` keeps this crate free of libc.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn build_packages(release: bool, packages: &[&str]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.arg("build");
+    for p in packages {
+        cmd.args(["--package", p]);
+    }
+    if release {
+        cmd.arg("--release");
+    }
+    status(&mut cmd)
+}
+
+fn build(release: bool) -> Result<()> {
+    build_packages(release, &["llmgw"])
+}
+
+pub(crate) fn bin_path(release: bool, name: &str) -> PathBuf {
+    target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join(name)
+}
+
+fn run(release: bool, args: Vec<String>) -> Result<()> {
+    if args.first().map(String::as_str) == Some("quickstart") {
+        build_packages(release, &["llmgw", "llmgw-tests"])?;
+        let mut cmd = Command::new(bin_path(release, "llmgw-quickstart"));
+        cmd.arg("--llmgw")
+            .arg(bin_path(release, "llmgw"))
+            .arg("--examples")
+            .arg(root().join("examples/quickstart"))
+            .args(&args[1..]);
+        return status(&mut cmd);
+    }
+    build(release)?;
+    let bin = bin_path(release, "llmgw");
+    let wants_xdp = args.iter().any(|a| a.starts_with("--xdp-iface"));
+    let mut cmd = if wants_xdp && !is_root() {
+        let mut c = Command::new("sudo");
+        c.arg("-E").arg(&bin);
+        c
+    } else {
+        Command::new(&bin)
+    };
+    cmd.args(&args);
+    status(&mut cmd)
+}
+
+fn test(no_setup: bool, args: Vec<String>) -> Result<()> {
+    if !no_setup {
+        setup::run()?;
+    }
+    status(cargo().args(["fmt", "--all", "--", "--check"]))
+        .context("formatting differs: run `cargo fmt --all`")?;
+    status(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The end-to-end tests run the built binaries; build them first so the
+    // tests find them next to their own executables.
+    build_packages(false, &["llmgw", "llmgw-tests"])?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"]).args(&args);
+    status(&mut cmd)?;
+    if args.is_empty() {
+        python_client_test()?;
+    }
+    Ok(())
+}
+
+/// The official `openai` Python client against the gateway (plain and
+/// streaming), through the quickstart's mock provider.
+fn python_client_test() -> Result<()> {
+    let venv = target_dir().join("pyenv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        status(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    status(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "openai>=1.40,<3",
+    ]))?;
+    let mut cmd = Command::new(bin_path(false, "llmgw-quickstart"));
+    cmd.arg("--llmgw")
+        .arg(bin_path(false, "llmgw"))
+        .arg("--examples")
+        .arg(root().join("examples/quickstart"))
+        .arg("--port")
+        .arg("0")
+        .arg("--then")
+        .arg(&python)
+        .arg(root().join("tests/python/openai_client.py"));
+    status(&mut cmd)
+}
