@@ -1,0 +1,392 @@
+//! Compile tests: the source document's resources as written, and one case
+//! per validation rule, checking the error names the field.
+
+use std::{collections::HashMap, path::Path, path::PathBuf};
+
+use http::HeaderMap;
+
+use super::{
+    ErrorList, RawConfig, Settings, Snapshot,
+    load::{load_paths, load_text},
+    snapshot::{Protocol, compile},
+};
+use crate::proxy::router::{NoRoute, route};
+
+fn env() -> HashMap<String, String> {
+    [
+        ("API_KEY".to_string(), "sk-test-123".to_string()),
+        ("LOCAL_IP".to_string(), "10.1.2.3".to_string()),
+    ]
+    .into()
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+fn seed() -> RawConfig {
+    load_paths(
+        &[examples().join("quickstart"), examples().join("security")],
+        &env(),
+    )
+    .expect("seed loads")
+}
+
+fn parse(text: &str) -> RawConfig {
+    let mut raw = RawConfig::default();
+    let mut errors = ErrorList::default();
+    load_text(Path::new("t.yaml"), text, &env(), &mut raw, &mut errors);
+    assert!(errors.is_empty(), "{errors}");
+    raw
+}
+
+fn compile_ok(raw: &RawConfig) -> Snapshot {
+    compile(raw, &Settings::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn compile_err(text: &str) -> String {
+    let mut raw = seed();
+    let extra = parse(text);
+    raw.providers.extend(extra.providers);
+    raw.routes.extend(extra.routes);
+    raw.gateways.extend(extra.gateways);
+    raw.authorization_policies
+        .extend(extra.authorization_policies);
+    let errs = compile(&raw, &Settings::default()).expect_err("should not compile");
+    errs.to_string()
+}
+
+fn host_headers(host: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(http::header::HOST, host.parse().unwrap());
+    h
+}
+
+#[test]
+fn seed_compiles_to_one_http_listener_with_the_rewrite() {
+    let snap = compile_ok(&seed());
+    assert_eq!(snap.listeners.len(), 1);
+    let l = &snap.listeners[0];
+    assert_eq!(
+        (l.port, l.protocol, l.local.port()),
+        (80, Protocol::Http, 80)
+    );
+    let routed = route(l, "test.com", &host_headers("test.com")).expect("test.com routes");
+    assert_eq!(routed.rule.name, "ingress-route");
+    assert_eq!(routed.rule.route.to_string(), "default/dashscope-route");
+    let up = &routed.rule.pick(0).upstream;
+    assert_eq!(up.host, "dashscope.aliyuncs.com");
+    assert_eq!(up.authority, "dashscope.aliyuncs.com:443");
+    assert_eq!(
+        up.path.as_ref().unwrap().as_str(),
+        "/compatible-mode/v1/chat/completions"
+    );
+    assert_eq!(up.model.as_deref(), Some("qwen1.5-72b-chat"));
+    assert_eq!(up.stream, Some(false));
+    let auth = up.authorization.as_ref().unwrap();
+    assert_eq!(auth.to_str().unwrap(), "Bearer sk-test-123");
+    assert!(auth.is_sensitive());
+    assert!(route(l, "dashscope.aliyuncs.com", &HeaderMap::new()).is_ok());
+    assert_eq!(
+        route(l, "other.com", &HeaderMap::new()).unwrap_err(),
+        NoRoute::Rule
+    );
+    // The key never shows in the snapshot's debug form.
+    assert!(!format!("{snap:?}").contains("sk-test-123"));
+}
+
+#[test]
+fn seed_policy_stays_at_l7_because_of_hosts() {
+    let snap = compile_ok(&seed());
+    assert_eq!(snap.policies.deny.len(), 1);
+    let rule = &snap.policies.deny[0].rules[0];
+    assert!(!rule.placement.xdp, "{:?}", rule.placement);
+    assert!(crate::policy::l4::rules(&snap).entries.is_empty());
+}
+
+#[test]
+fn ip_blocks_only_deny_goes_to_xdp_with_ports() {
+    let mut raw = seed();
+    raw.authorization_policies.extend(
+        parse(
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: block, namespace: istio-system}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {ipBlocks: ["192.0.2.7/24", "2001:db8::1"]}}]
+  - from: [{source: {ipBlocks: ["198.51.100.0/24"]}}]
+    to: [{operation: {ports: ["80"]}}, {operation: {ports: [8080]}}]
+  - from: [{source: {ipBlocks: ["203.0.113.0/24"]}}]
+    when: [{key: "request.headers[x]", values: ["1"]}]
+"#,
+        )
+        .authorization_policies,
+    );
+    let snap = compile_ok(&raw);
+    let l4 = crate::policy::l4::rules(&snap);
+    assert_eq!(l4.listener_ports, vec![80]);
+    let got: Vec<(String, String, Option<Vec<u16>>)> = l4
+        .entries
+        .iter()
+        .map(|e| (e.net.to_string(), e.rule.clone(), e.ports.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("192.0.2.0/24".into(), "istio-system/block[0]".into(), None),
+            (
+                "2001:db8::1/128".into(),
+                "istio-system/block[0]".into(),
+                None
+            ),
+            (
+                "198.51.100.0/24".into(),
+                "istio-system/block[1]".into(),
+                Some(vec![80, 8080])
+            ),
+        ]
+    );
+}
+
+#[test]
+fn route_specific_config_overrides_default_field_by_field() {
+    let mut raw = seed();
+    raw.providers[0].spec.configs.route_specific_configs.insert(
+        "ingress-route".into(),
+        super::provider::ProviderConfig {
+            openai_config: Some(super::provider::OpenAiConfig {
+                model: Some("qwen-turbo".into()),
+                stream: Some(true),
+                api_key: None,
+            }),
+        },
+    );
+    let snap = compile_ok(&raw);
+    let r = route(&snap.listeners[0], "test.com", &HeaderMap::new()).unwrap();
+    let up = &r.rule.pick(0).upstream;
+    assert_eq!(up.model.as_deref(), Some("qwen-turbo"));
+    assert_eq!(up.stream, Some(true));
+    assert_eq!(
+        up.authorization.as_ref().unwrap().to_str().unwrap(),
+        "Bearer sk-test-123"
+    );
+}
+
+#[test]
+fn weighted_rules_header_matches_and_defaults() {
+    let raw = parse(
+        r#"
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: a}
+spec: {host: a.example.com, path: /v1/chat/completions}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: b}
+spec: {host: "b.example.com:8443"}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: ["*.example.org", "api.test"]}]
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMRoute
+metadata: {name: r}
+spec:
+  host: "*"
+  gateways: [gw]
+  rules:
+  - name: vip
+    matches: [{headers: {user-type: {exact: subscriber}}}, {headers: {x-tier: {regex: "gold|plat.*"}}}]
+    backendRefs: [{providerHost: b.example.com:8443}]
+  - name: split
+    matches: [{headers: {x-split: {}}}]
+    backendRefs: [{providerHost: a.example.com, weight: 80}, {providerHost: b.example.com:8443, weight: 20}]
+  - backendRefs: [{providerHost: a.example.com}]
+"#,
+    );
+    let snap = compile_ok(&raw);
+    let l = &snap.listeners[0];
+    let mut h = HeaderMap::new();
+    assert_eq!(route(l, "nope.com", &h).unwrap_err(), NoRoute::Host);
+    assert_eq!(route(l, "api.test", &h).unwrap().rule.name, "rule-2");
+    h.insert("user-type", "subscriber".parse().unwrap());
+    let r = route(l, "x.example.org", &h).unwrap();
+    assert_eq!(r.rule.name, "vip");
+    assert_eq!(r.rule.pick(0).upstream.authority, "b.example.com:8443");
+    assert_eq!(r.rule.pick(0).upstream.path, None);
+    let mut h = HeaderMap::new();
+    h.insert("x-tier", "platinum".parse().unwrap());
+    assert_eq!(route(l, "api.test", &h).unwrap().rule.name, "vip");
+    h.insert("x-tier", "xgold".parse().unwrap());
+    assert_eq!(route(l, "api.test", &h).unwrap().rule.name, "rule-2");
+    h.insert("x-split", "".parse().unwrap());
+    let r = route(l, "api.test", &h).unwrap();
+    assert_eq!(r.rule.name, "split");
+    assert_eq!(r.rule.total_weight, 100);
+    assert_eq!(r.rule.pick(79).provider.id.name, "a");
+    assert_eq!(r.rule.pick(80).provider.id.name, "b");
+}
+
+#[test]
+fn port_map_and_selection_by_labels() {
+    let mut settings = Settings::default();
+    settings.port_map.insert(80, 18080);
+    let snap = compile(&seed(), &settings).unwrap();
+    assert_eq!(snap.listeners[0].port, 80);
+    assert_eq!(snap.listeners[0].local.port(), 18080);
+    let l4 = crate::policy::l4::rules(&snap);
+    assert_eq!(l4.listener_ports, vec![18080]);
+
+    // A gateway with other labels selects neither the Gateway nor the provider;
+    // the route's backend then resolves to nothing, which is an error.
+    settings.workload_labels = [("app".to_string(), "other".to_string())].into();
+    let err = compile(&seed(), &settings).unwrap_err().to_string();
+    assert!(
+        err.contains("no LLMProvider with host dashscope.aliyuncs.com selects this gateway"),
+        "{err}"
+    );
+}
+
+#[test]
+fn errors_name_the_field() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMRoute\nmetadata: {name: r2}\nspec: {host: '*', gateways: [istio-system/nope], rules: [{backendRefs: [{providerHost: dashscope.aliyuncs.com}]}]}\n",
+            "LLMRoute default/r2: spec.gateways[0]: Gateway istio-system/nope does not exist",
+        ),
+        (
+            "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMRoute\nmetadata: {name: r2}\nspec: {host: '*', gateways: [istio-system/ingress-gw], rules: [{backendRefs: [{providerHost: nope.com}]}]}\n",
+            "spec.rules[0].backendRefs[0].providerHost: no LLMProvider with host nope.com",
+        ),
+        (
+            "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMRoute\nmetadata: {name: r2}\nspec: {host: '*', gateways: [istio-system/ingress-gw], rules: [{matches: [{headers: {x: {exact: a, prefix: b}}}], backendRefs: [{providerHost: dashscope.aliyuncs.com}]}]}\n",
+            "spec.rules[0].matches[0].headers.x: set only one of exact, prefix, regex",
+        ),
+        (
+            "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMRoute\nmetadata: {name: r2}\nspec: {host: '*', gateways: [istio-system/ingress-gw], rules: [{matches: [{headers: {x: {regex: '('}}}], backendRefs: [{providerHost: dashscope.aliyuncs.com}]}]}\n",
+            "spec.rules[0].matches[0].headers.x: regex \"(\"",
+        ),
+        (
+            "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMRoute\nmetadata: {name: r2}\nspec: {host: '*', gateways: [istio-system/ingress-gw], rules: [{backendRefs: [{providerHost: dashscope.aliyuncs.com, weight: 0}]}]}\n",
+            "weights add up to 0",
+        ),
+        (
+            "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMRoute\nmetadata: {name: r2}\nspec: {host: '*', gateways: [istio-system/ingress-gw], rules: [{backendRefs: [{backendRef: {name: pool}}]}]}\n",
+            "backendRef: in-cluster backends (InferencePool) are not served",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g2, namespace: istio-system}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 9000, protocol: TCP, name: t}, hosts: ['*']}]}\n",
+            "Gateway istio-system/g2: spec.servers[0].port.protocol: protocol TCP is not served",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g2, namespace: istio-system}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 80, protocol: HTTPS, name: t}, hosts: ['*'], tls: {mode: SIMPLE, credentialName: c}}]}\n",
+            "port 80 is already served as Http",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g2, namespace: istio-system}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 443, protocol: HTTPS, name: t}, hosts: ['*'], tls: {mode: SIMPLE, credentialName: c}}]}\n",
+            "spec.servers[0].tls.credentialName: credential \"c\" needs --credentials-dir",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g2, namespace: istio-system}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 443, protocol: HTTPS, name: t}, hosts: ['*'], tls: {mode: PASSTHROUGH}}]}\n",
+            "spec.servers[0].tls.mode: TLS mode PASSTHROUGH is not served",
+        ),
+        (
+            "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMProvider\nmetadata: {name: p2}\nspec: {host: dashscope.aliyuncs.com}\n",
+            "LLMProvider default/p2: spec.host: host dashscope.aliyuncs.com is already served by LLMProvider istio-system/dashscope-qwen",
+        ),
+        (
+            "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMProvider\nmetadata: {name: p2}\nspec: {host: 'https://x.com/v1'}\n",
+            "spec.host: \"https://x.com/v1\" is not a host name",
+        ),
+        (
+            "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMProvider\nmetadata: {name: p2}\nspec: {host: x.com, path: v1/chat}\n",
+            "spec.path: \"v1/chat\" must start with /",
+        ),
+        (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: istio-system}\nspec: {action: DENY, rules: [{from: [{source: {ipBlocks: [10.0.0.300]}}]}]}\n",
+            "spec.rules[0].from[0].source.ipBlocks[0]: \"10.0.0.300\" is not an IP address",
+        ),
+        (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: istio-system}\nspec: {rules: [{from: [{source: {principals: [x]}}]}]}\n",
+            "spec.rules[0].from[0].source.principals: needs the peer's mesh identity",
+        ),
+        (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: istio-system}\nspec: {rules: [{when: [{key: request.bogus, values: [x]}]}]}\n",
+            "spec.rules[0].when[0].key: unknown key \"request.bogus\"",
+        ),
+        (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: istio-system}\nspec: {action: CUSTOM, rules: [{}]}\n",
+            "spec.provider.name: CUSTOM needs an extension provider name",
+        ),
+        (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: istio-system}\nspec: {rules: [{to: [{operation: {paths: ['/a/{**}/b']}}]}]}\n",
+            "{**} must be the last segment",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let got = compile_err(yaml);
+        assert!(got.contains(want), "want {want:?} in:\n{got}");
+    }
+}
+
+#[test]
+fn route_without_gateways_warns_and_binds_nothing() {
+    let mut raw = seed();
+    raw.routes[0].spec.gateways.clear();
+    let snap = compile_ok(&raw);
+    assert!(snap.listeners[0].servers[0].vhosts.is_empty());
+    assert!(
+        snap.warnings
+            .iter()
+            .any(|w| w.contains("sidecars (mesh) only")),
+        "{:?}",
+        snap.warnings
+    );
+}
+
+#[test]
+fn https_server_loads_certificates_from_credentials_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let cred = dir.path().join("gw-cert");
+    std::fs::create_dir(&cred).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["test.com".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(cred.join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(cred.join("tls.key"), key.serialize_pem()).unwrap();
+    let mut raw = seed();
+    raw.gateways.extend(
+        parse(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: tls, namespace: istio-system}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 443, protocol: HTTPS, name: https}, hosts: ['*'], tls: {mode: SIMPLE, credentialName: gw-cert}}]}\n",
+        )
+        .gateways,
+    );
+    let settings = Settings {
+        credentials_dir: Some(dir.path().to_path_buf()),
+        ..Settings::default()
+    };
+    let snap = compile(&raw, &settings).unwrap_or_else(|e| panic!("{e}"));
+    let l = snap.listeners.iter().find(|l| l.port == 443).unwrap();
+    assert_eq!(l.protocol, Protocol::Https);
+    let tls = l.servers[0].tls.as_ref().unwrap();
+    assert_eq!(tls.cert_chain.len(), 1);
+    // The route binds to the gateway listed in its `gateways` only.
+    assert!(l.servers[0].vhosts.is_empty());
+
+    std::fs::write(cred.join("tls.key"), "garbage").unwrap();
+    let err = compile(&raw, &settings).unwrap_err().to_string();
+    assert!(
+        err.contains("private key") && err.contains("tls.key"),
+        "{err}"
+    );
+}
