@@ -1,10 +1,21 @@
 //! The `llmgw` command line: parses flags and calls the library.
 
-use std::{net::IpAddr, path::PathBuf, process::ExitCode};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use llmgw::config::{self, Labels, Settings, load::ProcessEnv};
+use llmgw::{
+    config::{self, Labels, Settings, load::ProcessEnv},
+    observe::access_log,
+    proxy::upstream::ResolveOverride,
+    serve::{self, Hooks, ServeError, ServeOptions},
+};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +38,127 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve: every listener of the configuration, reloading it on SIGHUP and
+    /// when its files change; drain on SIGTERM/SIGINT.
+    Run {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        run: Box<RunArgs>,
+    },
+}
+
+/// Flags of `llmgw run`.
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Address of the admin server (/ready, /metrics, /config_dump); `off` for none.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_address: String,
+    /// Largest request body accepted (413 above), e.g. 10MiB.
+    #[arg(long, default_value = "10MiB", value_parser = serve::parse_size)]
+    max_request_body: u64,
+    /// Extra CA certificates (PEM) trusted for provider TLS, besides the
+    /// webpki and system roots.
+    #[arg(long)]
+    upstream_ca: Option<PathBuf>,
+    /// Connect to ADDR for provider HOST:PORT instead of resolving it, like curl's --resolve (repeatable).
+    #[arg(long, value_name = "HOST:PORT:ADDR")]
+    resolve: Vec<ResolveOverride>,
+    /// Proxies in front of the gateway whose X-Forwarded-For entries are
+    /// trusted (Envoy's xff_num_trusted_hops, Istio's numTrustedProxies).
+    #[arg(long, default_value_t = 0)]
+    num_trusted_proxies: usize,
+    /// Time allowed to connect to a provider (TCP and TLS).
+    #[arg(long, default_value = "5s", value_parser = serve::parse_duration)]
+    connect_timeout: Duration,
+    /// Time allowed for a provider's response headers.
+    #[arg(long, default_value = "300s", value_parser = serve::parse_duration)]
+    response_timeout: Duration,
+    /// Longest silence allowed between two chunks of a body (either way).
+    #[arg(long, default_value = "60s", value_parser = serve::parse_duration)]
+    stream_idle_timeout: Duration,
+    /// Time a client has to send its request headers or finish a TLS handshake.
+    #[arg(long, default_value = "30s", value_parser = serve::parse_duration)]
+    header_read_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long in-flight requests may finish.
+    #[arg(long, default_value = "10s", value_parser = serve::parse_duration)]
+    drain_timeout: Duration,
+    /// How often the configuration files are checked for changes; 0 for SIGHUP only.
+    #[arg(long, default_value = "2s", value_parser = serve::parse_duration)]
+    reload_interval: Duration,
+    /// Where the JSON access log goes: `-` (stdout), a file, or `off`.
+    #[arg(long, default_value = "-")]
+    access_log: String,
+    /// Format of the gateway's own log (stderr).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+fn parse_admin(s: &str) -> Result<Option<SocketAddr>> {
+    if s == "off" {
+        return Ok(None);
+    }
+    Ok(Some(s.parse().with_context(|| {
+        format!("{s:?} is not an address like 127.0.0.1:15000")
+    })?))
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn run_gateway(config: ConfigArgs, run: RunArgs) -> Result<ExitCode> {
+    init_logging(run.log_format);
+    let opts = ServeOptions {
+        config: config.config.clone(),
+        settings: config.settings(),
+        admin_address: parse_admin(&run.admin_address)?,
+        max_request_body: run.max_request_body,
+        upstream_ca: run.upstream_ca,
+        resolve: run.resolve,
+        num_trusted_proxies: run.num_trusted_proxies,
+        connect_timeout: run.connect_timeout,
+        response_timeout: run.response_timeout,
+        stream_idle_timeout: run.stream_idle_timeout,
+        header_read_timeout: run.header_read_timeout,
+        drain_timeout: run.drain_timeout,
+        reload_interval: run.reload_interval,
+        access_log: match run.access_log.as_str() {
+            "-" | "stdout" => access_log::Target::Stdout,
+            "off" => access_log::Target::Off,
+            path => access_log::Target::File(PathBuf::from(path)),
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // The L4 plane (--xdp-iface) registers its sync here: after every
+    // snapshot put in service, `l4.sync(policy::l4::rules(snapshot))`.
+    let hooks = Hooks::default();
+    match runtime.block_on(serve::serve(opts, Arc::new(ProcessEnv), hooks)) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(ServeError::Config(errors)) => {
+            eprint!("{errors}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Flags that say which configuration to read and what this gateway is.
@@ -102,6 +234,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Run { config, run } => run_gateway(config, *run),
         Command::Validate { config, json } => {
             let snapshot = config::raw_to_snapshot(&config.config, &config.settings(), &ProcessEnv);
             match snapshot {
