@@ -61,7 +61,8 @@ struct RunArgs {
     /// webpki and system roots.
     #[arg(long)]
     upstream_ca: Option<PathBuf>,
-    /// Connect to ADDR for provider HOST:PORT instead of resolving it, like curl's --resolve (repeatable).
+    /// Connect to ADDR (an IP, or IP:PORT) for provider HOST:PORT instead of
+    /// resolving it, like curl's --resolve (repeatable).
     #[arg(long, value_name = "HOST:PORT:ADDR")]
     resolve: Vec<ResolveOverride>,
     /// Proxies in front of the gateway whose X-Forwarded-For entries are

@@ -128,12 +128,14 @@ pub fn client_tls(upstream_ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsSe
     Ok(Arc::new(cfg))
 }
 
-/// `--resolve HOST:PORT:ADDR`: connect to ADDR when the provider is HOST:PORT.
+/// `--resolve HOST:PORT:ADDR`: connect to ADDR when the provider is
+/// HOST:PORT, like curl. ADDR may carry its own port (`127.0.0.1:8443`,
+/// `[::1]:8443`), which local test setups need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolveOverride {
     pub host: String,
     pub port: u16,
-    pub addr: IpAddr,
+    pub addr: SocketAddr,
 }
 
 impl std::str::FromStr for ResolveOverride {
@@ -144,15 +146,22 @@ impl std::str::FromStr for ResolveOverride {
         else {
             return Err(format!("{s:?}: expected HOST:PORT:ADDR"));
         };
-        let addr = addr.trim_start_matches('[').trim_end_matches(']');
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{s:?}: {port:?} is not a port"))?;
+        let addr = if let Ok(sa) = addr.parse::<SocketAddr>() {
+            sa
+        } else {
+            let ip = addr.trim_start_matches('[').trim_end_matches(']');
+            let ip: IpAddr = ip
+                .parse()
+                .map_err(|_| format!("{s:?}: {addr:?} is not an IP address (or IP:PORT)"))?;
+            SocketAddr::new(ip, port)
+        };
         Ok(ResolveOverride {
             host: host.to_ascii_lowercase(),
-            port: port
-                .parse()
-                .map_err(|_| format!("{s:?}: {port:?} is not a port"))?,
-            addr: addr
-                .parse()
-                .map_err(|_| format!("{s:?}: {addr:?} is not an IP address"))?,
+            port,
+            addr,
         })
     }
 }
@@ -162,7 +171,7 @@ struct Target {
     host: String,
     port: u16,
     /// Addresses from `--resolve`, tried first and only.
-    pinned: Vec<IpAddr>,
+    pinned: Vec<SocketAddr>,
     server_name: ServerName<'static>,
     tls: TlsConnector,
     connect_timeout: Duration,
@@ -240,10 +249,7 @@ impl Target {
                 .map_err(ConnectError::Resolve)?
                 .collect()
         } else {
-            self.pinned
-                .iter()
-                .map(|ip| SocketAddr::new(*ip, self.port))
-                .collect()
+            self.pinned.clone()
         };
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
         let mut tcp = None;
@@ -449,11 +455,15 @@ mod tests {
             ResolveOverride {
                 host: "dashscope.aliyuncs.com".into(),
                 port: 443,
-                addr: "127.0.0.1".parse().unwrap()
+                addr: "127.0.0.1:443".parse().unwrap()
             }
         );
         let r: ResolveOverride = "h:8443:[::1]".parse().unwrap();
-        assert_eq!(r.addr, "::1".parse::<IpAddr>().unwrap());
+        assert_eq!(r.addr, "[::1]:8443".parse().unwrap());
+        let r: ResolveOverride = "h:443:127.0.0.1:9999".parse().unwrap();
+        assert_eq!(r.addr, "127.0.0.1:9999".parse().unwrap());
+        let r: ResolveOverride = "h:443:[::1]:9999".parse().unwrap();
+        assert_eq!(r.addr, "[::1]:9999".parse().unwrap());
         assert!("h:443".parse::<ResolveOverride>().is_err());
         assert!("h:x:1.2.3.4".parse::<ResolveOverride>().is_err());
         assert!("h:1:nope".parse::<ResolveOverride>().is_err());
