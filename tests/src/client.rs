@@ -12,7 +12,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
 };
 use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 
 /// A finished response.
@@ -94,14 +94,41 @@ pub async fn https(
     alpn: &[&[u8]],
     req: Request<Full<Bytes>>,
 ) -> Result<(Version, Answer), String> {
+    tls_request(addr, sni, ca, None, alpn, req).await
+}
+
+/// As [`https`], presenting a client certificate (HTTP/1.1).
+pub async fn https_with_client_cert(
+    addr: SocketAddr,
+    sni: &str,
+    ca: CertificateDer<'static>,
+    client: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
+    req: Request<Full<Bytes>>,
+) -> Result<(Version, Answer), String> {
+    tls_request(addr, sni, ca, Some(client), &[b"http/1.1"], req).await
+}
+
+async fn tls_request(
+    addr: SocketAddr,
+    sni: &str,
+    ca: CertificateDer<'static>,
+    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    alpn: &[&[u8]],
+    req: Request<Full<Bytes>>,
+) -> Result<(Version, Answer), String> {
     let mut roots = RootCertStore::empty();
     roots.add(ca).map_err(|e| e.to_string())?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut cfg = match client {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| e.to_string())?,
+        None => builder.with_no_client_auth(),
+    };
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
@@ -125,5 +152,14 @@ pub async fn https(
         s.send_request(req).await.map_err(|e| e.to_string())?
     };
     let version = resp.version();
-    Ok((version, collect(resp).await))
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((
+        version,
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        },
+    ))
 }
