@@ -196,6 +196,8 @@ fn python_client_test() -> Result<()> {
         .arg(root().join("examples/quickstart"))
         .arg("--port")
         .arg("0")
+        .arg("--extra-config")
+        .arg(root().join("tests/python/streaming.yaml"))
         .arg("--then")
         .arg(&python)
         .arg(root().join("tests/python/openai_client.py"));

@@ -25,6 +25,9 @@ struct Args {
     /// Local port for the Gateway's port 80 (0: any free port).
     #[arg(long, default_value_t = 8080)]
     port: u16,
+    /// More configuration files or directories, added to the quickstart's.
+    #[arg(long)]
+    extra_config: Vec<PathBuf>,
     /// Run this command (with GATEWAY_URL set) instead of waiting for Ctrl-C;
     /// exit with its status.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, trailing_var_arg = true)]
@@ -66,8 +69,15 @@ fn run() -> Result<ExitCode> {
         .arg(format!("127.0.0.1:{admin}"))
         .arg("--upstream-ca")
         .arg(&ca)
+        .args(
+            args.extra_config
+                .iter()
+                .flat_map(|c| [PathBuf::from("--config"), c.clone()]),
+        )
         .arg("--resolve")
         .arg(format!("dashscope.aliyuncs.com:443:{}", mock.addr))
+        .arg("--resolve")
+        .arg(format!("dashscope-intl.aliyuncs.com:443:{}", mock.addr))
         .env("API_KEY", &api_key)
         .stdin(Stdio::null())
         .spawn()
