@@ -125,6 +125,8 @@ pub struct StreamLog {
 }
 
 struct State {
+    /// Keep requests (off for benchmarks, which send millions).
+    record: std::sync::atomic::AtomicBool,
     requests: Mutex<Vec<Recorded>>,
     script: Mutex<Arc<Script>>,
     streams: Mutex<Vec<StreamLog>>,
@@ -155,6 +157,7 @@ impl MockProvider {
     pub fn serve(listener: TcpListener, pki: Arc<Pki>) -> Self {
         let addr = listener.local_addr().expect("mock address");
         let state = Arc::new(State {
+            record: std::sync::atomic::AtomicBool::new(true),
             requests: Mutex::new(Vec::new()),
             script: Mutex::new(Arc::new(default_script)),
             streams: Mutex::new(Vec::new()),
@@ -168,36 +171,26 @@ impl MockProvider {
             .with_cert_resolver(Arc::new(AnyHost(pki.clone())));
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = TlsAcceptor::from(Arc::new(cfg));
-        let st = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let acceptor = acceptor.clone();
-                let st = st.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let sni = tls.get_ref().1.server_name().map(str::to_string);
-                    let svc = service_fn(move |req| {
-                        let st = st.clone();
-                        let sni = sni.clone();
-                        async move { Ok::<_, Infallible>(answer(req, sni, st).await) }
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
-        });
+        let task = tokio::spawn(accept_loop(listener, Some(acceptor), state.clone()));
         Self {
             addr,
             pki,
             state,
             task,
         }
+    }
+
+    /// Also serves plaintext HTTP on `listener` (same script and records),
+    /// for baselines without TLS.
+    pub fn serve_plain(&self, listener: TcpListener) {
+        tokio::spawn(accept_loop(listener, None, self.state.clone()));
+    }
+
+    /// Whether requests are kept for [`MockProvider::requests`].
+    pub fn set_recording(&self, on: bool) {
+        self.state
+            .record
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Replaces the script.
@@ -264,6 +257,43 @@ impl Drop for MockProvider {
     }
 }
 
+async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, st: Arc<State>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let tls = tls.clone();
+        let st = st.clone();
+        tokio::spawn(async move {
+            match tls {
+                Some(acceptor) => {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let sni = tls.get_ref().1.server_name().map(str::to_string);
+                    serve_conn(TokioIo::new(tls), sni, st).await;
+                }
+                None => serve_conn(TokioIo::new(tcp), None, st).await,
+            }
+        });
+    }
+}
+
+async fn serve_conn<I>(io: I, sni: Option<String>, st: Arc<State>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let st = st.clone();
+        let sni = sni.clone();
+        async move { Ok::<_, Infallible>(answer(req, sni, st).await) }
+    });
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(io, svc)
+        .await;
+}
+
 fn default_script(r: &Recorded) -> Reply {
     if r.json()["stream"] == serde_json::json!(true) {
         Reply::stream(3, Duration::from_millis(10))
@@ -301,7 +331,9 @@ async fn answer(req: Request<Incoming>, sni: Option<String>, st: Arc<State>) -> 
     };
     let script = st.script.lock().map(|s| s.clone()).ok();
     let reply = script.map_or_else(Reply::completion, |s| s(&rec));
-    if let Ok(mut r) = st.requests.lock() {
+    if st.record.load(std::sync::atomic::Ordering::Relaxed)
+        && let Ok(mut r) = st.requests.lock()
+    {
         r.push(rec);
     }
     st.changed.notify_waiters();

@@ -501,3 +501,34 @@ spec:
             .all(|r| r.header("authorization") == Some(&format!("Bearer {API_KEY}")))
     );
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_cancels_the_pending_request() {
+    use tokio::io::AsyncWriteExt;
+    let s = quickstart(&["--response-timeout", "60s"]).await;
+    s.mock.respond(|_| Reply::Hang);
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.gw.port(80)))
+        .await
+        .unwrap();
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: test.com\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{SEED_REQUEST}",
+        SEED_REQUEST.len()
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    assert_eq!(
+        s.mock.wait_requests(1, Duration::from_secs(5)).await.len(),
+        1
+    );
+    drop(tcp);
+    // The gateway notices at once, not after the 60 s response timeout.
+    let gw = &s.gw;
+    let line = eventually(Duration::from_secs(5), || async {
+        gw.stdout()
+            .lines()
+            .find(|l| l.contains("\"status\":499"))
+            .map(str::to_string)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no 499 logged:\n{}", gw.stdout()));
+    assert!(line.contains("client disconnected"), "{line}");
+}

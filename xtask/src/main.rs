@@ -2,6 +2,7 @@
 //! both halves, run the gateway (with the privileges XDP needs), run every
 //! test and the benchmarks. `cargo xtask --help` lists them.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -38,6 +39,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmarks (same machine, same run, interleaved rounds).
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
     /// Set up, then run every check: fmt, clippy, unit, integration,
     /// privileged XDP and network-namespace tests, the Python client test.
     Test {
@@ -57,6 +63,7 @@ fn main() -> Result<()> {
         Task::Build { release } => build(release),
         Task::Run { release, args } => run(release, args),
         Task::Test { no_setup, args } => test(no_setup, args),
+        Task::Bench { which } => bench::run(which),
     }
 }
 
