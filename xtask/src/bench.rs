@@ -618,7 +618,7 @@ fn write_section(table: &str, a: &ProxyArgs) -> Result<()> {
                 .map_or(old.len(), |e| start + 6 + e + 1);
             format!("{}{}{}", &old[..start], section, &old[end..])
         }
-        None => format!("{}\n{}", old.trim_end(), format!("\n{section}")),
+        None => format!("{}\n\n{section}", old.trim_end()),
     };
     std::fs::write(&path, new)?;
     eprintln!("bench: wrote {}", path.display());
