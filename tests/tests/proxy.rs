@@ -532,3 +532,46 @@ async fn a_client_that_leaves_before_the_answer_cancels_the_pending_request() {
     .unwrap_or_else(|| panic!("no 499 logged:\n{}", gw.stdout()));
     assert!(line.contains("client disconnected"), "{line}");
 }
+
+#[tokio::test]
+async fn h2c_clients_are_served_and_their_requests_logged_complete() {
+    let s = quickstart(&[]).await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.gw.port(80)))
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let req = Request::post("http://test.com/")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(SEED_REQUEST.as_bytes())))
+            .unwrap();
+        let resp = send.send_request(req).await.expect("h2c answer");
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        let a = client::collect(resp).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.body, SEED_COMPLETION.as_bytes());
+    }
+    let gw = &s.gw;
+    let lines = eventually(Duration::from_secs(5), || async {
+        let l: Vec<String> = gw
+            .stdout()
+            .lines()
+            .filter(|l| l.contains("\"protocol\":\"HTTP/2\""))
+            .map(str::to_string)
+            .collect();
+        (l.len() == 2).then_some(l)
+    })
+    .await
+    .unwrap_or_else(|| panic!("two HTTP/2 log lines:\n{}", gw.stdout()));
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(v["error"], serde_json::Value::Null, "{l}");
+        assert_eq!(v["total_tokens"], 142, "{l}");
+    }
+}

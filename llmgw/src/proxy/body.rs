@@ -100,6 +100,9 @@ impl UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
+        if !self.done && self.inner.is_end_stream() {
+            self.on_end();
+        }
         if !self.done {
             // Keep what the stream already told us.
             match &self.tap {
@@ -132,8 +135,13 @@ impl Body for UpstreamBody {
                 if let Some(data) = frame.data_ref() {
                     this.on_data(data);
                 }
-                let deadline = tokio::time::Instant::now() + this.idle_timeout;
-                this.idle.as_mut().reset(deadline);
+                if this.inner.is_end_stream() {
+                    // h2 stops polling once the body says it is done.
+                    this.on_end();
+                } else {
+                    let deadline = tokio::time::Instant::now() + this.idle_timeout;
+                    this.idle.as_mut().reset(deadline);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
