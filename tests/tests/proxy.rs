@@ -289,8 +289,8 @@ async fn the_providers_errors_pass_through_unchanged() {
     assert_eq!(a.headers["content-type"], "text/html");
 }
 
-async fn stream_setup() -> (Setup, PathBuf) {
-    // The quickstart with `stream: true` at the provider.
+/// The quickstart with `stream: true` at the provider, in a new directory.
+fn stream_conf() -> PathBuf {
     let dir = tempfile::tempdir().unwrap().keep();
     for f in ["02-gateway.yaml", "03-llmroute.yaml"] {
         std::fs::copy(examples().join("quickstart").join(f), dir.join(f)).unwrap();
@@ -299,6 +299,11 @@ async fn stream_setup() -> (Setup, PathBuf) {
         .unwrap()
         .replace("stream: false", "stream: true");
     std::fs::write(dir.join("01-llmprovider.yaml"), provider).unwrap();
+    dir
+}
+
+async fn stream_setup() -> (Setup, PathBuf) {
+    let dir = stream_conf();
     (
         setup_with(vec![dir.clone()], &[], &["dashscope.aliyuncs.com"]).await,
         dir,
@@ -574,4 +579,55 @@ async fn h2c_clients_are_served_and_their_requests_logged_complete() {
         assert_eq!(v["error"], serde_json::Value::Null, "{l}");
         assert_eq!(v["total_tokens"], 142, "{l}");
     }
+}
+
+#[tokio::test]
+async fn a_provider_that_goes_quiet_mid_stream_is_cut_after_the_idle_timeout() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    mock.pki.write_ca(&ca).unwrap();
+    let b = GatewayBuilder::new()
+        .config(stream_conf())
+        .upstream(mock.addr, ca)
+        .arg("--stream-idle-timeout")
+        .arg("400ms");
+    let gw = tokio::task::spawn_blocking(move || b.start())
+        .await
+        .unwrap();
+    let req = || {
+        Request::post(gw.url())
+            .header("host", "test.com")
+            .body(Full::new(Bytes::from_static(SEED_REQUEST.as_bytes())))
+            .unwrap()
+    };
+    // Gaps shorter than the timeout, for longer than it in all: complete.
+    mock.respond(|_| Reply::stream(6, Duration::from_millis(150)));
+    let resp = client::send(req()).await;
+    let frames = client::timed_frames(resp).await;
+    let text: String = frames
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+
+    // A gap longer than the timeout: the answer is cut, and the log says why.
+    mock.respond(|_| Reply::Sse {
+        events: vec![
+            "data: {\"choices\":[]}\n\n".into(),
+            "data: [DONE]\n\n".into(),
+        ],
+        delay: Duration::from_secs(3),
+    });
+    let started = std::time::Instant::now();
+    let resp = client::send(req()).await;
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await;
+    assert!(body.is_err(), "a cut stream must not look complete");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        gw.wait_output("the provider sent nothing for", Duration::from_secs(5)),
+        "{}",
+        gw.stdout()
+    );
 }

@@ -49,8 +49,11 @@ pub struct IdleTimeout(pub Duration);
 
 pub struct UpstreamBody {
     inner: Incoming,
+    /// Fires at the latest possible idle deadline; re-armed lazily from
+    /// `last_frame` so a frame costs a clock read, not a timer update.
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
+    last_frame: tokio::time::Instant,
     tap: Tap,
     record: Record,
     done: bool,
@@ -62,6 +65,7 @@ impl UpstreamBody {
             inner,
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
+            last_frame: tokio::time::Instant::now(),
             tap,
             record,
             done: false,
@@ -139,8 +143,7 @@ impl Body for UpstreamBody {
                     // h2 stops polling once the body says it is done.
                     this.on_end();
                 } else {
-                    let deadline = tokio::time::Instant::now() + this.idle_timeout;
-                    this.idle.as_mut().reset(deadline);
+                    this.last_frame = tokio::time::Instant::now();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -153,14 +156,20 @@ impl Body for UpstreamBody {
                 this.on_end();
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.idle.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    this.on_end();
-                    let e = IdleTimeout(this.idle_timeout);
-                    this.record.error = Some(e.to_string());
-                    Poll::Ready(Some(Err(e.into())))
+            Poll::Pending => loop {
+                if this.idle.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
-                Poll::Pending => Poll::Pending,
+                let due = this.last_frame + this.idle_timeout;
+                if tokio::time::Instant::now() < due {
+                    // Frames came since it was armed: re-arm for the real deadline.
+                    this.idle.as_mut().reset(due);
+                    continue;
+                }
+                this.on_end();
+                let e = IdleTimeout(this.idle_timeout);
+                this.record.error = Some(e.to_string());
+                return Poll::Ready(Some(Err(e.into())));
             },
         }
     }
