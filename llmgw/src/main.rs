@@ -90,6 +90,9 @@ struct RunArgs {
     /// Where the JSON access log goes: `-` (stdout), a file, or `off`.
     #[arg(long, default_value = "-")]
     access_log: String,
+    /// Worker threads serving connections (0: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
     /// Format of the gateway's own log (stderr).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -139,13 +142,16 @@ fn run_gateway(config: ConfigArgs, run: RunArgs) -> Result<ExitCode> {
         header_read_timeout: run.header_read_timeout,
         drain_timeout: run.drain_timeout,
         reload_interval: run.reload_interval,
+        workers: run.workers,
         access_log: match run.access_log.as_str() {
             "-" | "stdout" => access_log::Target::Stdout,
             "off" => access_log::Target::Off,
             path => access_log::Target::File(PathBuf::from(path)),
         },
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The control plane (signals, reloads, admin server) runs here; the
+    // data plane runs on `serve`'s worker threads.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;

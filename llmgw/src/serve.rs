@@ -20,8 +20,7 @@ use thiserror::Error;
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
-    sync::watch,
-    task::JoinHandle,
+    sync::{mpsc, watch},
 };
 use tracing::{error, info, warn};
 
@@ -29,7 +28,7 @@ use crate::{
     config::{self, ErrorList, Settings, Snapshot, load::Env},
     observe::{Observer, access_log, metrics::Metrics},
     proxy::{
-        Live, Proxy, ProxyOptions, listener,
+        Live, Proxy, ProxyOptions, Worker, listener,
         tls::ServerTlsError,
         upstream::{self, ResolveOverride, TlsSetupError, UpstreamOptions},
     },
@@ -53,6 +52,8 @@ pub struct ServeOptions {
     /// How often config files are checked for changes; zero: only on SIGHUP.
     pub reload_interval: Duration,
     pub access_log: access_log::Target,
+    /// Worker threads serving connections (0: one per CPU).
+    pub workers: usize,
 }
 
 impl Default for ServeOptions {
@@ -72,6 +73,7 @@ impl Default for ServeOptions {
             drain_timeout: Duration::from_secs(10),
             reload_interval: Duration::from_secs(2),
             access_log: access_log::Target::Stdout,
+            workers: 0,
         }
     }
 }
@@ -94,6 +96,8 @@ pub enum ServeError {
     AccessLog(#[source] io::Error),
     #[error("signal handler: {0}")]
     Signal(#[source] io::Error),
+    #[error("starting worker threads: {0}")]
+    Workers(#[source] io::Error),
 }
 
 /// Called with each snapshot put in service (at start and after each
@@ -113,15 +117,100 @@ impl Hooks {
     }
 }
 
-struct Running {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+/// A command for a worker thread.
+enum Cmd {
+    /// Accept on `listener` (a clone of the listening socket) until `stop`.
+    Listen {
+        addr: SocketAddr,
+        listener: std::net::TcpListener,
+        stop: watch::Receiver<bool>,
+    },
 }
 
-/// The bound listeners, by configured address.
+/// The worker threads: each runs a single-threaded runtime with its own
+/// upstream pools; all accept from clones of the same listening sockets, so
+/// whichever is free takes the next connection.
+struct Workers {
+    tx: Vec<mpsc::UnboundedSender<Cmd>>,
+}
+
+impl Workers {
+    fn start(
+        n: usize,
+        proxy: &Arc<Proxy>,
+        tls: &Arc<rustls::ClientConfig>,
+        opts: &UpstreamOptions,
+    ) -> Result<Self, ServeError> {
+        let mut tx = Vec::with_capacity(n);
+        for i in 0..n {
+            let (t, mut rx) = mpsc::unbounded_channel::<Cmd>();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(ServeError::Workers)?;
+            let worker = Arc::new(Worker {
+                proxy: proxy.clone(),
+                upstreams: upstream::Upstreams::new(tls.clone(), opts.clone()),
+            });
+            std::thread::Builder::new()
+                .name(format!("llmgw-worker-{i}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        while let Some(cmd) = rx.recv().await {
+                            match cmd {
+                                Cmd::Listen {
+                                    addr,
+                                    listener,
+                                    stop,
+                                } => match TcpListener::from_std(listener) {
+                                    Ok(l) => {
+                                        tokio::spawn(listener::accept_loop(
+                                            l,
+                                            addr,
+                                            worker.clone(),
+                                            stop,
+                                        ));
+                                    }
+                                    Err(e) => {
+                                        error!(listen = %addr, error = %e, "worker cannot accept")
+                                    }
+                                },
+                            }
+                        }
+                    });
+                })
+                .map_err(ServeError::Workers)?;
+            tx.push(t);
+        }
+        Ok(Self { tx })
+    }
+
+    /// Hands a clone of `sock` to every worker.
+    fn listen(&self, addr: SocketAddr, sock: TcpListener, stop: &watch::Sender<bool>) {
+        let sock = match sock.into_std() {
+            Ok(s) => s,
+            Err(e) => return error!(listen = %addr, error = %e, "listener"),
+        };
+        for t in &self.tx {
+            match sock.try_clone() {
+                Ok(clone) => {
+                    let _ = t.send(Cmd::Listen {
+                        addr,
+                        listener: clone,
+                        stop: stop.subscribe(),
+                    });
+                }
+                Err(e) => error!(listen = %addr, error = %e, "cannot share the listener"),
+            }
+        }
+    }
+}
+
+/// The bound listeners, by configured address; dropping a sender's value
+/// (sending `true`) makes every worker stop accepting on it.
 #[derive(Default)]
 struct Listeners {
-    running: HashMap<SocketAddr, Running>,
+    running: HashMap<SocketAddr, watch::Sender<bool>>,
 }
 
 impl Listeners {
@@ -143,13 +232,13 @@ impl Listeners {
         Ok(bound)
     }
 
-    /// Starts `bound` and stops what `live` no longer has.
-    fn commit(&mut self, bound: Vec<(SocketAddr, TcpListener)>, live: &Live, proxy: &Arc<Proxy>) {
+    /// Starts `bound` on every worker and stops what `live` no longer has.
+    fn commit(&mut self, bound: Vec<(SocketAddr, TcpListener)>, live: &Live, workers: &Workers) {
         for (addr, sock) in bound {
-            let (stop, rx) = watch::channel(false);
-            let task = tokio::spawn(listener::accept_loop(sock, addr, proxy.clone(), rx));
+            let (stop, _) = watch::channel(false);
+            workers.listen(addr, sock, &stop);
             info!(listen = %addr, "listening");
-            self.running.insert(addr, Running { stop, task });
+            self.running.insert(addr, stop);
         }
         let keep: Vec<SocketAddr> = live.snapshot.listeners.iter().map(|l| l.local).collect();
         let gone: Vec<SocketAddr> = self
@@ -159,17 +248,16 @@ impl Listeners {
             .copied()
             .collect();
         for addr in gone {
-            if let Some(r) = self.running.remove(&addr) {
-                r.stop.send_replace(true);
+            if let Some(stop) = self.running.remove(&addr) {
+                stop.send_replace(true);
                 info!(listen = %addr, "listener removed");
             }
         }
     }
 
-    async fn stop_all(&mut self) {
-        for (_, r) in self.running.drain() {
-            r.stop.send_replace(true);
-            let _ = r.task.await;
+    fn stop_all(&mut self) {
+        for (_, stop) in self.running.drain() {
+            stop.send_replace(true);
         }
     }
 }
@@ -205,14 +293,12 @@ pub async fn serve(
     let log = access_log::AccessLog::start(&opts.access_log, metrics.clone())
         .map_err(ServeError::AccessLog)?;
     let observer = Arc::new(Observer { metrics, log });
-    let upstreams = upstream::Upstreams::new(
-        upstream::client_tls(opts.upstream_ca.as_deref())?,
-        UpstreamOptions {
-            connect_timeout: opts.connect_timeout,
-            response_timeout: opts.response_timeout,
-            resolve: opts.resolve.clone(),
-        },
-    );
+    let upstream_tls = upstream::client_tls(opts.upstream_ca.as_deref())?;
+    let upstream_opts = UpstreamOptions {
+        connect_timeout: opts.connect_timeout,
+        response_timeout: opts.response_timeout,
+        resolve: opts.resolve.clone(),
+    };
     let mut listeners = Listeners::default();
     let bound = listeners.bind_new(&live).await?;
     let admin = match opts.admin_address {
@@ -225,7 +311,6 @@ pub async fn serve(
     };
     let proxy = Arc::new(Proxy::new(
         live,
-        upstreams,
         observer,
         ProxyOptions {
             max_request_body: opts.max_request_body,
@@ -234,7 +319,12 @@ pub async fn serve(
             header_read_timeout: opts.header_read_timeout,
         },
     ));
-    listeners.commit(bound, &proxy.live.load(), &proxy);
+    let n = match opts.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let workers = Workers::start(n, &proxy, &upstream_tls, &upstream_opts)?;
+    listeners.commit(bound, &proxy.live.load(), &workers);
     hooks.applied(&proxy.live.load().snapshot);
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -253,6 +343,7 @@ pub async fn serve(
     ready.store(true, Ordering::Release);
     info!(
         listeners = proxy.live.load().snapshot.listeners.len(),
+        workers = n,
         "llmgw is serving"
     );
 
@@ -279,7 +370,15 @@ pub async fn serve(
             _ = sigint.recv() => break,
         };
         fingerprint = config_fingerprint(&opts.config);
-        reload(why, &opts, env.as_ref(), &proxy, &mut listeners, &mut hooks).await;
+        reload(
+            why,
+            &opts,
+            env.as_ref(),
+            (&proxy, &workers),
+            &mut listeners,
+            &mut hooks,
+        )
+        .await;
     }
 
     info!(
@@ -288,7 +387,7 @@ pub async fn serve(
         "shutting down: draining"
     );
     ready.store(false, Ordering::Release);
-    listeners.stop_all().await;
+    listeners.stop_all();
     proxy.drain.start();
     if !proxy.drain.wait_idle(opts.drain_timeout).await {
         warn!(
@@ -297,6 +396,7 @@ pub async fn serve(
         );
     }
     admin_stop.send_replace(true);
+    proxy.observer.log.close();
     info!("stopped");
     Ok(())
 }
@@ -307,7 +407,7 @@ async fn reload(
     why: &str,
     opts: &ServeOptions,
     env: &dyn Env,
-    proxy: &Arc<Proxy>,
+    (proxy, workers): (&Arc<Proxy>, &Workers),
     listeners: &mut Listeners,
     hooks: &mut Hooks,
 ) {
@@ -336,7 +436,7 @@ async fn reload(
     }
     proxy.live.store(Arc::new(live));
     let live = proxy.live.load();
-    listeners.commit(bound, &live, proxy);
+    listeners.commit(bound, &live, workers);
     metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
     metrics.last_reload_ok.store(now_unix(), Ordering::Relaxed);
     info!(

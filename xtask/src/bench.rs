@@ -43,11 +43,22 @@ pub fn run(which: Which) -> Result<()> {
     }
 }
 
-/// A child process killed when dropped.
+/// A child process stopped when dropped: SIGTERM (nginx's master then
+/// stops its workers), SIGKILL if it is still there after 5 s.
 struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -173,7 +184,7 @@ struct Sample {
 
 fn oha(url: &str, extra: &[String], args: &[&str]) -> Result<serde_json::Value> {
     let out = Command::new("oha")
-        .args(["--no-tui", "--output-format", "json"])
+        .args(["--no-tui", "--output-format", "json", "-w"])
         .args(args)
         .args(extra)
         .arg(url)
@@ -406,6 +417,7 @@ fn proxy(a: ProxyArgs) -> Result<()> {
         .arg("-c")
         .arg(&conf)
         .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("starting nginx")?;

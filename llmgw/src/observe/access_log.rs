@@ -1,15 +1,16 @@
 //! The access log: one JSON line per request, written by a dedicated thread
-//! so the request path never blocks on stdout. When the writer falls behind,
-//! lines are dropped and counted rather than queued without bound.
+//! that wakes every few milliseconds and writes what is queued, so the
+//! request path never blocks on stdout nor wakes a thread per line. When the
+//! writer falls behind, lines are dropped and counted, not queued without bound.
 
 use std::{
     io::{self, Write},
     net::IpAddr,
     path::PathBuf,
     sync::{
-        Arc,
-        atomic::Ordering::Relaxed,
-        mpsc::{self, SyncSender, TrySendError},
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering, Ordering::Relaxed},
+        mpsc::{self, SyncSender, TryRecvError, TrySendError},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -20,6 +21,8 @@ use super::{metrics::Metrics, usage::Usage};
 
 /// Lines queued for the writer before new ones are dropped.
 const QUEUE: usize = 16 * 1024;
+/// How often the writer wakes to write what is queued.
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
 
 /// Where access log lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,13 +77,26 @@ pub fn millis(d: Duration) -> f64 {
 pub struct AccessLog {
     tx: Option<SyncSender<Vec<u8>>>,
     metrics: Arc<Metrics>,
+    writer: Arc<Writer>,
+}
+
+#[derive(Default)]
+struct Writer {
+    closing: AtomicBool,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl AccessLog {
     /// Starts the writer thread for `target`.
     pub fn start(target: &Target, metrics: Arc<Metrics>) -> io::Result<Self> {
         let out: Box<dyn Write + Send> = match target {
-            Target::Off => return Ok(Self { tx: None, metrics }),
+            Target::Off => {
+                return Ok(Self {
+                    tx: None,
+                    metrics,
+                    writer: Arc::default(),
+                });
+            }
             Target::Stdout => Box::new(io::stdout()),
             Target::File(p) => Box::new(
                 std::fs::OpenOptions::new()
@@ -90,23 +106,55 @@ impl AccessLog {
             ),
         };
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE);
-        std::thread::Builder::new()
+        let writer = Arc::new(Writer::default());
+        let w = writer.clone();
+        let thread = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
-                let mut w = io::BufWriter::with_capacity(64 * 1024, out);
-                while let Ok(line) = rx.recv() {
-                    let _ = w.write_all(&line);
-                    // Batch what is already queued, then flush.
-                    while let Ok(line) = rx.try_recv() {
-                        let _ = w.write_all(&line);
+                let mut out = io::BufWriter::with_capacity(64 * 1024, out);
+                loop {
+                    let closing = w.closing.load(Ordering::Acquire);
+                    let mut wrote = false;
+                    loop {
+                        match rx.try_recv() {
+                            Ok(line) => {
+                                let _ = out.write_all(&line);
+                                wrote = true;
+                            }
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => {
+                                let _ = out.flush();
+                                return;
+                            }
+                        }
                     }
-                    let _ = w.flush();
+                    if wrote {
+                        let _ = out.flush();
+                    }
+                    if closing {
+                        return;
+                    }
+                    std::thread::park_timeout(FLUSH_EVERY);
                 }
             })?;
+        if let Ok(mut t) = writer.thread.lock() {
+            *t = Some(thread);
+        }
         Ok(Self {
             tx: Some(tx),
             metrics,
+            writer,
         })
+    }
+
+    /// Writes what is queued and stops the writer (at shutdown).
+    pub fn close(&self) {
+        self.writer.closing.store(true, Ordering::Release);
+        let handle = self.writer.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            h.thread().unpark();
+            let _ = h.join();
+        }
     }
 
     pub fn enabled(&self) -> bool {

@@ -54,7 +54,18 @@ pub struct JsonUsageTap {
 
 impl JsonUsageTap {
     pub fn feed(&mut self, chunk: &[u8]) {
-        for &c in chunk {
+        let mut i = 0;
+        while i < chunk.len() {
+            // Inside a string that is neither a key nor captured, only a quote
+            // or a backslash matters: skip to the next one.
+            if self.in_string && !self.escape && self.capture.is_none() && self.key.is_none() {
+                match memchr::memchr2(b'"', b'\\', &chunk[i..]) {
+                    Some(n) => i += n,
+                    None => return,
+                }
+            }
+            let c = chunk[i];
+            i += 1;
             if let Some(buf) = &mut self.capture {
                 let ends = !self.in_string && self.depth == 1 && (c == b',' || c == b'}');
                 if ends {

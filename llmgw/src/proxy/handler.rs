@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use super::{
-    ConnInfo, Proxy,
+    ConnInfo, Proxy, Worker,
     body::{ProxyBody, Tap, UpstreamBody},
     error::ProxyError,
     forwarded::{self, X_FORWARDED_FOR, X_FORWARDED_PROTO},
@@ -40,8 +40,9 @@ const API_KEY_HEADERS: &[&str] = &["api-key", "x-api-key"];
 pub async fn handle(
     req: Request<Incoming>,
     conn: Arc<ConnInfo>,
-    proxy: Arc<Proxy>,
+    worker: Arc<Worker>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let proxy = &worker.proxy;
     let mut rec = Record {
         observer: proxy.observer.clone(),
         start: Instant::now(),
@@ -73,7 +74,7 @@ pub async fn handle(
         error: None,
         upstream_error: None,
     };
-    let resp = match pipeline(req, &conn, &proxy, &mut rec).await {
+    let resp = match pipeline(req, &conn, &worker, &mut rec).await {
         Ok(Reply::Local(resp)) => {
             rec.status = resp.status().as_u16();
             resp
@@ -111,9 +112,10 @@ enum Reply {
 async fn pipeline(
     req: Request<Incoming>,
     conn: &ConnInfo,
-    proxy: &Proxy,
+    worker: &Worker,
     rec: &mut Record,
 ) -> Result<Reply, ProxyError> {
+    let proxy = &worker.proxy;
     let live = proxy.live.load_full();
     let snapshot = &live.snapshot;
     let (parts, body) = req.into_parts();
@@ -226,7 +228,7 @@ async fn pipeline(
     );
 
     let sni = up.host.split(':').next().unwrap_or(&up.host);
-    let resp = proxy.upstreams.send(&up.authority, sni, out).await?;
+    let resp = worker.upstreams.send(&up.authority, sni, out).await?;
     let tap = tap_for(resp.headers(), rec.stream);
     Ok(Reply::Upstream(resp, tap))
 }

@@ -14,14 +14,14 @@ use tokio::{
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, warn};
 
-use super::{ConnInfo, Drain, Proxy, handler};
+use super::{ConnInfo, Drain, Worker, handler};
 use crate::config::snapshot::Protocol;
 
 /// Accepts on `listener` (configured as `listen`) until `stop` turns true.
 pub async fn accept_loop(
     listener: TcpListener,
     listen: SocketAddr,
-    proxy: Arc<Proxy>,
+    worker: Arc<Worker>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -30,7 +30,7 @@ pub async fn accept_loop(
             _ = Drain::stopped(&mut stop) => break,
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
-                    tokio::spawn(serve_connection(stream, peer, listen, proxy.clone()));
+                    tokio::spawn(serve_connection(stream, peer, listen, worker.clone()));
                 }
                 Err(e) => {
                     // Out of descriptors and the like: back off instead of spinning.
@@ -47,8 +47,9 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     listen: SocketAddr,
-    proxy: Arc<Proxy>,
+    worker: Arc<Worker>,
 ) {
+    let proxy = &worker.proxy;
     let _guard = proxy.drain.track();
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(listen);
@@ -68,7 +69,7 @@ async fn serve_connection(
                 tls: false,
                 sni: None,
             };
-            serve_http(TokioIo::new(stream), conn, &proxy).await
+            serve_http(TokioIo::new(stream), conn, &worker).await
         }
         Protocol::Https => {
             let Some(tls) = tls else { return };
@@ -99,18 +100,19 @@ async fn serve_connection(
                 tls: true,
                 sni,
             };
-            serve_http(TokioIo::new(stream), conn, &proxy).await
+            serve_http(TokioIo::new(stream), conn, &worker).await
         }
     }
 }
 
-async fn serve_http<I>(io: I, conn: ConnInfo, proxy: &Arc<Proxy>)
+async fn serve_http<I>(io: I, conn: ConnInfo, worker: &Arc<Worker>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let conn = Arc::new(conn);
-    let p = proxy.clone();
-    let svc = service_fn(move |req| handler::handle(req, conn.clone(), p.clone()));
+    let w = worker.clone();
+    let svc = service_fn(move |req| handler::handle(req, conn.clone(), w.clone()));
+    let proxy = &worker.proxy;
     let served = proxy.http.serve_connection(io, svc);
     tokio::pin!(served);
     let mut stop = proxy.drain.subscribe();

@@ -1,6 +1,7 @@
 //! The L7 plane: listeners, routing, LLM request rewriting, the upstream
 //! client and streaming back to the client. `Proxy` is the state every
-//! connection shares; `Live` is what a reload swaps in whole.
+//! connection shares, `Worker` one thread's part of it; `Live` is what a
+//! reload swaps in whole.
 
 pub mod body;
 pub mod error;
@@ -136,10 +137,9 @@ impl Drain {
     }
 }
 
-/// What every connection shares.
+/// What every connection of every worker shares.
 pub struct Proxy {
     pub live: ArcSwap<Live>,
-    pub upstreams: upstream::Upstreams,
     pub observer: Arc<Observer>,
     pub opts: ProxyOptions,
     pub drain: Drain,
@@ -147,12 +147,7 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(
-        live: Live,
-        upstreams: upstream::Upstreams,
-        observer: Arc<Observer>,
-        opts: ProxyOptions,
-    ) -> Self {
+    pub fn new(live: Live, observer: Arc<Observer>, opts: ProxyOptions) -> Self {
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
             .timer(TokioTimer::new())
@@ -164,13 +159,20 @@ impl Proxy {
             .max_concurrent_streams(256);
         Self {
             live: ArcSwap::from_pointee(live),
-            upstreams,
             observer,
             opts,
             drain: Drain::default(),
             http,
         }
     }
+}
+
+/// One worker thread's view: the shared state and its own upstream pools
+/// (connections stay on the thread that opened them, so a request never
+/// waits for another thread to wake up).
+pub struct Worker {
+    pub proxy: Arc<Proxy>,
+    pub upstreams: upstream::Upstreams,
 }
 
 /// Facts about the connection a request came on.
