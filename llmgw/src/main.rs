@@ -90,6 +90,10 @@ struct RunArgs {
     /// Where the JSON access log goes: `-` (stdout), a file, or `off`.
     #[arg(long, default_value = "-")]
     access_log: String,
+    /// Speak only HTTP/1.1 to providers (by default HTTP/2 is used when a
+    /// provider offers it).
+    #[arg(long)]
+    upstream_http1_only: bool,
     /// Worker threads serving connections (0: one per CPU).
     #[arg(long, default_value_t = 0)]
     workers: usize,
@@ -143,6 +147,7 @@ fn run_gateway(config: ConfigArgs, run: RunArgs) -> Result<ExitCode> {
         drain_timeout: run.drain_timeout,
         reload_interval: run.reload_interval,
         workers: run.workers,
+        upstream_http2: !run.upstream_http1_only,
         access_log: match run.access_log.as_str() {
             "-" | "stdout" => access_log::Target::Stdout,
             "off" => access_log::Target::Off,

@@ -54,6 +54,8 @@ pub struct ServeOptions {
     pub access_log: access_log::Target,
     /// Worker threads serving connections (0: one per CPU).
     pub workers: usize,
+    /// Offer HTTP/2 to providers (ALPN); HTTP/1.1 only when false.
+    pub upstream_http2: bool,
 }
 
 impl Default for ServeOptions {
@@ -74,6 +76,7 @@ impl Default for ServeOptions {
             reload_interval: Duration::from_secs(2),
             access_log: access_log::Target::Stdout,
             workers: 0,
+            upstream_http2: true,
         }
     }
 }
@@ -293,7 +296,7 @@ pub async fn serve(
     let log = access_log::AccessLog::start(&opts.access_log, metrics.clone())
         .map_err(ServeError::AccessLog)?;
     let observer = Arc::new(Observer { metrics, log });
-    let upstream_tls = upstream::client_tls(opts.upstream_ca.as_deref())?;
+    let upstream_tls = upstream::client_tls(opts.upstream_ca.as_deref(), opts.upstream_http2)?;
     let upstream_opts = UpstreamOptions {
         connect_timeout: opts.connect_timeout,
         response_timeout: opts.response_timeout,

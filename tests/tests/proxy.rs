@@ -81,6 +81,11 @@ async fn seed_step_4_rewrites_for_the_provider_and_passes_its_answer_through() {
     assert_eq!(r.host.as_deref(), Some("dashscope.aliyuncs.com"));
     assert_eq!(r.sni.as_deref(), Some("dashscope.aliyuncs.com"));
     assert_eq!(
+        r.version,
+        http::Version::HTTP_2,
+        "h2 when the provider offers it"
+    );
+    assert_eq!(
         r.header("authorization"),
         Some(format!("Bearer {API_KEY}").as_str()),
         "the provider's key replaces the client's"
@@ -630,4 +635,20 @@ async fn a_provider_that_goes_quiet_mid_stream_is_cut_after_the_idle_timeout() {
         "{}",
         gw.stdout()
     );
+}
+
+#[tokio::test]
+async fn upstream_http1_only_keeps_to_http_1_1() {
+    let s = quickstart(&["--upstream-http1-only"]).await;
+    for _ in 0..3 {
+        let a = post(&s.gw.url(), "test.com", SEED_REQUEST, &[]).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.body, SEED_COMPLETION.as_bytes());
+    }
+    let reqs = s.mock.requests();
+    assert_eq!(reqs.len(), 3);
+    for r in reqs {
+        assert_eq!(r.version, http::Version::HTTP_11);
+        assert_eq!(r.host.as_deref(), Some("dashscope.aliyuncs.com"));
+    }
 }

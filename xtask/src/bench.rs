@@ -378,35 +378,43 @@ fn proxy(a: ProxyArgs) -> Result<()> {
     let mock_plain = addr_of("plain ")?;
     let mock = Proc(mock);
 
-    // llmgw: the quickstart plus a streaming route (tests/python/streaming.yaml).
-    let gw_port = free_port()?;
-    let admin = free_port()?;
-    let gw = Command::new(bin_path(true, "llmgw"))
-        .arg("run")
-        .arg("--config")
-        .arg(root().join("examples/quickstart"))
-        .arg("--config")
-        .arg(root().join("tests/python/streaming.yaml"))
-        .args(["--bind-address", "127.0.0.1"])
-        .arg("--port-map")
-        .arg(format!("80={gw_port}"))
-        .arg("--admin-address")
-        .arg(format!("127.0.0.1:{admin}"))
-        .arg("--upstream-ca")
-        .arg(&ca)
-        .arg("--resolve")
-        .arg(format!("dashscope.aliyuncs.com:443:{mock_tls}"))
-        .arg("--resolve")
-        .arg(format!("dashscope-intl.aliyuncs.com:443:{mock_tls}"))
-        .arg("--access-log")
-        .arg(dir.join("llmgw-access.log"))
-        .env("API_KEY", key)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting llmgw")?;
-    let gw = Proc(gw);
-    wait_port(gw_port, "llmgw")?;
+    // llmgw: the quickstart plus a streaming route (tests/python/streaming.yaml),
+    // as configured by default (HTTP/2 to the provider when offered), and
+    // again speaking HTTP/1.1 to the provider as nginx does.
+    let start_gw = |extra: &[&str]| -> Result<(Proc, u16)> {
+        let port = free_port()?;
+        let admin = free_port()?;
+        let child = Command::new(bin_path(true, "llmgw"))
+            .arg("run")
+            .arg("--config")
+            .arg(root().join("examples/quickstart"))
+            .arg("--config")
+            .arg(root().join("tests/python/streaming.yaml"))
+            .args(["--bind-address", "127.0.0.1"])
+            .arg("--port-map")
+            .arg(format!("80={port}"))
+            .arg("--admin-address")
+            .arg(format!("127.0.0.1:{admin}"))
+            .arg("--upstream-ca")
+            .arg(&ca)
+            .arg("--resolve")
+            .arg(format!("dashscope.aliyuncs.com:443:{mock_tls}"))
+            .arg("--resolve")
+            .arg(format!("dashscope-intl.aliyuncs.com:443:{mock_tls}"))
+            .arg("--access-log")
+            .arg(dir.join(format!("llmgw-access-{port}.log")))
+            .args(extra)
+            .env("API_KEY", key)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting llmgw")?;
+        let p = Proc(child);
+        wait_port(port, "llmgw")?;
+        Ok((p, port))
+    };
+    let (gw, gw_port) = start_gw(&[])?;
+    let (gw1, gw1_port) = start_gw(&["--upstream-http1-only"])?;
 
     let ng_port = free_port()?;
     let conf = dir.join("nginx.conf");
@@ -468,6 +476,17 @@ fn proxy(a: ProxyArgs) -> Result<()> {
             pids: vec![gw.0.id()],
         },
         Target {
+            name: "llmgw, HTTP/1.1 upstream",
+            url: format!("http://127.0.0.1:{gw1_port}/"),
+            args: post("test.com", body_seed, false),
+            stream: (
+                ([127, 0, 0, 1], gw1_port).into(),
+                "stream.test".into(),
+                "/".into(),
+            ),
+            pids: vec![gw1.0.id()],
+        },
+        Target {
             name: "nginx",
             url: format!("http://127.0.0.1:{ng_port}{path}"),
             args: post("test.com", body_direct, false),
@@ -505,8 +524,9 @@ fn proxy(a: ProxyArgs) -> Result<()> {
         }
     }
     let rss_gw = rss_kb(&[gw.0.id()]);
+    let rss_gw1 = rss_kb(&[gw1.0.id()]);
     let rss_ng = rss_kb(&family(ng.0.id()));
-    drop((mock, gw, ng));
+    drop((mock, gw, gw1, ng));
 
     let med = |name: &str, f: fn(&Sample) -> f64| {
         median(
@@ -516,7 +536,12 @@ fn proxy(a: ProxyArgs) -> Result<()> {
         )
     };
     let errors: u64 = samples.values().flatten().map(|s| s.errors).sum();
-    let names = ["direct (mock, TLS)", "llmgw", "nginx"];
+    let names = [
+        "direct (mock, TLS)",
+        "llmgw",
+        "llmgw, HTTP/1.1 upstream",
+        "nginx",
+    ];
     let mut table = String::new();
     let row = |label: &str, f: fn(&Sample) -> f64, unit: &str, digits: usize, added: bool| {
         let d = med(names[0], f);
@@ -534,7 +559,11 @@ fn proxy(a: ProxyArgs) -> Result<()> {
             cells.push(format!("{v:.digits$}{unit}{extra}"));
         }
         let ratio = med("llmgw", f) / med("nginx", f);
-        format!("| {label} | {} | {ratio:.2} |\n", cells.join(" | "))
+        let ratio1 = med("llmgw, HTTP/1.1 upstream", f) / med("nginx", f);
+        format!(
+            "| {label} | {} | {ratio:.2} / {ratio1:.2} |\n",
+            cells.join(" | ")
+        )
     };
     table.push_str(
         "| | direct (mock, TLS) | llmgw | nginx 1.22 | llmgw / nginx |\n|---|---|---|---|---|\n",
@@ -584,11 +613,13 @@ fn proxy(a: ProxyArgs) -> Result<()> {
         false,
     ));
     table.push_str(&format!(
-        "| RSS after load | — | {:.1} MB | {:.1} MB ({} processes) | {:.2} |\n",
+        "| RSS after load | — | {:.1} MB | {:.1} MB | {:.1} MB ({} processes) | {:.2} / {:.2} |\n",
         rss_gw as f64 / 1024.0,
+        rss_gw1 as f64 / 1024.0,
         rss_ng as f64 / 1024.0,
-        targets[2].pids.len(),
-        rss_gw as f64 / rss_ng.max(1) as f64
+        targets[3].pids.len(),
+        rss_gw as f64 / rss_ng.max(1) as f64,
+        rss_gw1 as f64 / rss_ng.max(1) as f64
     ));
     println!("{table}");
     if errors > 0 {
@@ -615,8 +646,9 @@ fn write_section(table: &str, a: &ProxyArgs) -> Result<()> {
          {cpus} CPUs, Linux {kernel}). Medians of {} interleaved rounds, all on loopback, \
          in one run. Upstream: `llmgw-mock` over TLS (855-byte chat.completion; SSE: \
          20 chunks 5 ms apart). llmgw serves `examples/quickstart` (rewrites path, model, \
-         stream and key in the JSON body, JSON access log to a file, metrics); nginx is a \
-         keep-alive reverse proxy that sets Host and Authorization, buffering off, no body \
+         stream and key in the JSON body, JSON access log to a file, metrics), once as \
+         configured by default (HTTP/2 to the provider, which offers it) and once with \
+         `--upstream-http1-only`; nginx is a keep-alive (HTTP/1.1) reverse proxy that sets Host and Authorization, buffering off, no body \
          rewrite. Load: oha, `--latency-correction` at fixed rates (4 and 16 connections), \
          64 connections for max throughput. CPU: the proxy's threads (all nginx processes) \
          from /proc/PID/task/*/schedstat, per request answered. Time to first chunk: a fresh \

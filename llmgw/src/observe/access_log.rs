@@ -21,8 +21,10 @@ use super::{metrics::Metrics, usage::Usage};
 
 /// Lines queued for the writer before new ones are dropped.
 const QUEUE: usize = 16 * 1024;
-/// How often the writer wakes to write what is queued.
+/// How often the writer wakes to write what is queued: often while lines
+/// come, backing off to the slower pace when idle.
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
+const FLUSH_IDLE: Duration = Duration::from_millis(320);
 
 /// Where access log lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +114,7 @@ impl AccessLog {
             .name("access-log".into())
             .spawn(move || {
                 let mut out = io::BufWriter::with_capacity(64 * 1024, out);
+                let mut pause = FLUSH_EVERY;
                 loop {
                     let closing = w.closing.load(Ordering::Acquire);
                     let mut wrote = false;
@@ -130,11 +133,14 @@ impl AccessLog {
                     }
                     if wrote {
                         let _ = out.flush();
+                        pause = FLUSH_EVERY;
+                    } else {
+                        pause = (pause * 2).min(FLUSH_IDLE);
                     }
                     if closing {
                         return;
                     }
-                    std::thread::park_timeout(FLUSH_EVERY);
+                    std::thread::park_timeout(pause);
                 }
             })?;
         if let Ok(mut t) = writer.thread.lock() {

@@ -94,8 +94,12 @@ pub enum TlsSetupError {
     Rustls(#[from] rustls::Error),
 }
 
-/// The rustls client configuration for providers.
-pub fn client_tls(upstream_ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsSetupError> {
+/// The rustls client configuration for providers; ALPN offers h2 (when
+/// `http2`) and http/1.1.
+pub fn client_tls(
+    upstream_ca: Option<&Path>,
+    http2: bool,
+) -> Result<Arc<ClientConfig>, TlsSetupError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     // Native roots are best effort: a minimal container may have none.
@@ -124,7 +128,11 @@ pub fn client_tls(upstream_ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsSe
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(Arc::new(cfg))
 }
 
