@@ -55,6 +55,7 @@ pub struct Gateway {
     pub admin: SocketAddr,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
+    pumps: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl GatewayBuilder {
@@ -140,14 +141,20 @@ impl GatewayBuilder {
         let mut child = cmd.spawn().expect("llmgw starts");
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
-        pump(child.stdout.take(), stdout.clone());
-        pump(child.stderr.take(), stderr.clone());
+        let pumps = [
+            pump(child.stdout.take(), stdout.clone()),
+            pump(child.stderr.take(), stderr.clone()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let mut gw = Gateway {
             child,
             ports,
             admin,
             stdout,
             stderr,
+            pumps,
         };
         if self.wait_ready {
             gw.wait_ready(Duration::from_secs(20));
@@ -162,9 +169,12 @@ impl Default for GatewayBuilder {
     }
 }
 
-fn pump(from: Option<impl Read + Send + 'static>, to: Arc<Mutex<String>>) {
-    let Some(from) = from else { return };
-    std::thread::spawn(move || {
+fn pump(
+    from: Option<impl Read + Send + 'static>,
+    to: Arc<Mutex<String>>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let from = from?;
+    Some(std::thread::spawn(move || {
         let mut r = BufReader::new(from);
         let mut line = String::new();
         while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
@@ -173,7 +183,7 @@ fn pump(from: Option<impl Read + Send + 'static>, to: Arc<Mutex<String>>) {
             }
             line.clear();
         }
-    });
+    }))
 }
 
 impl Gateway {
@@ -235,11 +245,15 @@ impl Gateway {
         assert!(ok, "kill -{sig} failed");
     }
 
-    /// Waits for the process to exit; `None` if it is still running after `patience`.
+    /// Waits for the process to exit (and for its output to be read);
+    /// `None` if it is still running after `patience`.
     pub fn wait_exit(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
         let end = Instant::now() + patience;
         loop {
             if let Ok(Some(s)) = self.child.try_wait() {
+                for p in self.pumps.drain(..) {
+                    let _ = p.join();
+                }
                 return Some(s);
             }
             if Instant::now() > end {
