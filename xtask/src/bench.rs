@@ -566,7 +566,7 @@ fn proxy(a: ProxyArgs) -> Result<()> {
         )
     };
     table.push_str(
-        "| | direct (mock, TLS) | llmgw | nginx 1.22 | llmgw / nginx |\n|---|---|---|---|---|\n",
+        "| | direct (mock, TLS) | llmgw (default: h2 upstream) | llmgw, HTTP/1.1 upstream | nginx 1.22 | llmgw / nginx (h2 / 1.1) |\n|---|---|---|---|---|---|\n",
     );
     table.push_str(&row("p50 at 20 req/s", |s| s.p50_20, " ms", 3, true));
     table.push_str(&row("p50 at 200 req/s", |s| s.p50_200, " ms", 3, true));

@@ -51,11 +51,8 @@ pub async fn handle(
         peer: conn.peer.ip(),
         host: String::new(),
         method: req.method().clone(),
-        path: req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string(),
+        // Without the query: some APIs take keys there (`?key=...`).
+        path: req.uri().path().to_string(),
         protocol: match req.version() {
             Version::HTTP_2 => "HTTP/2",
             Version::HTTP_10 => "HTTP/1.0",
@@ -321,8 +318,8 @@ fn upstream_uri(
 
 /// Copies the client's end-to-end headers. Dropped: hop-by-hop ones, Host
 /// and Content-Length (set anew), Accept-Encoding (so usage can be read from
-/// the answer), forwarding headers (set anew) and, when the provider has a
-/// key, every client credential header.
+/// the answer), Expect (the body is already read), forwarding headers (set
+/// anew) and, when the provider has a key, every client credential header.
 fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap, up: &Upstream) {
     let listed = forwarded::connection_listed(from);
     to.reserve(from.len() + 4);
@@ -331,6 +328,7 @@ fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap, up: &Upstream) {
             || name == header::HOST
             || name == header::CONTENT_LENGTH
             || name == header::ACCEPT_ENCODING
+            || name == header::EXPECT
             || name == X_FORWARDED_FOR
             || name == X_FORWARDED_PROTO
             || (up.authorization.is_some()
@@ -447,6 +445,7 @@ mod tests {
             ("x-hop", "1"),
             ("transfer-encoding", "chunked"),
             ("accept-encoding", "gzip"),
+            ("expect", "100-continue"),
             ("content-type", "application/json"),
             ("x-custom", "kept"),
         ] {
