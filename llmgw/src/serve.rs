@@ -159,6 +159,7 @@ impl Workers {
                 .name(format!("llmgw-worker-{i}"))
                 .spawn(move || {
                     runtime.block_on(async move {
+                        tokio::spawn(heartbeat());
                         while let Some(cmd) = rx.recv().await {
                             match cmd {
                                 Cmd::Listen {
@@ -206,6 +207,20 @@ impl Workers {
                 Err(e) => error!(listen = %addr, error = %e, "cannot share the listener"),
             }
         }
+    }
+}
+
+/// Keeps the worker's timer driver waking at least once a second. Tokio's
+/// timer wakes its own driver through an eventfd (a syscall) whenever a new
+/// timer is due before the driver's next planned wake; with nothing planned,
+/// that is every per-request timeout (response, header read, idle stream).
+/// All of those are a second or more away, so with this tick planned they
+/// register without a syscall. Costs one wake per second per worker.
+async fn heartbeat() {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
     }
 }
 
