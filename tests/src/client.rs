@@ -94,7 +94,17 @@ pub async fn https(
     alpn: &[&[u8]],
     req: Request<Full<Bytes>>,
 ) -> Result<(Version, Answer), String> {
-    tls_request(addr, sni, ca, None, alpn, req).await
+    tls_request(addr, sni, ca, None, alpn, false, req).await
+}
+
+/// As [`https`], offering TLS 1.2 only (HTTP/1.1).
+pub async fn https_tls12(
+    addr: SocketAddr,
+    sni: &str,
+    ca: CertificateDer<'static>,
+    req: Request<Full<Bytes>>,
+) -> Result<(Version, Answer), String> {
+    tls_request(addr, sni, ca, None, &[b"http/1.1"], true, req).await
 }
 
 /// As [`https`], presenting a client certificate (HTTP/1.1).
@@ -105,7 +115,7 @@ pub async fn https_with_client_cert(
     client: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
     req: Request<Full<Bytes>>,
 ) -> Result<(Version, Answer), String> {
-    tls_request(addr, sni, ca, Some(client), &[b"http/1.1"], req).await
+    tls_request(addr, sni, ca, Some(client), &[b"http/1.1"], false, req).await
 }
 
 async fn tls_request(
@@ -114,13 +124,19 @@ async fn tls_request(
     ca: CertificateDer<'static>,
     client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     alpn: &[&[u8]],
+    tls12_only: bool,
     req: Request<Full<Bytes>>,
 ) -> Result<(Version, Answer), String> {
     let mut roots = RootCertStore::empty();
     roots.add(ca).map_err(|e| e.to_string())?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
+        &[&rustls::version::TLS12]
+    } else {
+        rustls::DEFAULT_VERSIONS
+    };
     let builder = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots);
     let mut cfg = match client {

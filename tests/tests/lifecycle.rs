@@ -141,8 +141,15 @@ spec:
     )
     .await;
     assert!(wrong.is_err(), "b.secure.test must get b's certificate");
+    // b.secure.test sets minProtocolVersion TLSV1_3; a.secure.test does not.
+    let old = client::https_tls12(addr, "b.secure.test", ca2.ca_der(), req("b.secure.test")).await;
+    assert!(old.is_err(), "TLS 1.2 accepted by a TLSV1_3 server");
+    let (_, a) = client::https_tls12(addr, "a.secure.test", ca1.ca_der(), req("a.secure.test"))
+        .await
+        .expect("TLS 1.2 with a.secure.test");
+    assert_eq!(a.status, 200);
     let reqs = mock.requests();
-    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs.len(), 3);
     assert!(
         reqs.iter()
             .all(|r| r.header("x-forwarded-proto") == Some("https"))

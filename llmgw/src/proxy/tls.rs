@@ -26,6 +26,8 @@ pub enum ServerTlsError {
 /// The TLS configurations of one HTTPS listener.
 pub struct ListenerTls {
     servers: Vec<(Vec<HostPattern>, Arc<ServerConfig>)>,
+    /// The first server's: for no SNI, or an SNI no server names.
+    fallback: Arc<ServerConfig>,
 }
 
 impl ListenerTls {
@@ -36,7 +38,7 @@ impl ListenerTls {
                 servers.push((s.hosts.clone(), server_config(s, tls)?));
             }
         }
-        if servers.is_empty() {
+        let Some(fallback) = servers.first().map(|(_, c)| c.clone()) else {
             return Err(ServerTlsError::Config {
                 gateway: listener
                     .servers
@@ -46,8 +48,8 @@ impl ListenerTls {
                 server: format!("port {}", listener.port),
                 message: "HTTPS listener without a certificate".into(),
             });
-        }
-        Ok(Self { servers })
+        };
+        Ok(Self { servers, fallback })
     }
 
     /// The configuration for a ClientHello naming `sni`.
@@ -71,8 +73,7 @@ impl ListenerTls {
                 .max_by_key(|(score, _)| *score)
                 .map(|(_, cfg)| cfg.clone())
         });
-        // `build` guarantees one server.
-        best.unwrap_or_else(|| self.servers[0].1.clone())
+        best.unwrap_or_else(|| self.fallback.clone())
     }
 }
 
