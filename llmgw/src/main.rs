@@ -233,6 +233,11 @@ fn parse_port_map(s: &str) -> Result<(u16, u16)> {
     ))
 }
 
+/// mimalloc: the request path allocates and frees many small buffers across
+/// worker threads; see BENCHMARKS.md ("L7 profile").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
