@@ -32,3 +32,6 @@ pub fn compile(
 ) -> Policies {
     authz::compile(&raw.authorization_policies, settings, errors)
 }
+
+#[cfg(test)]
+mod authz_tests;
