@@ -89,6 +89,9 @@ pub struct Server {
     /// `port.name` (or `servers[].name`), for logs.
     pub name: String,
     pub hosts: Vec<HostPattern>,
+    /// Per `hosts` entry, the namespace routes must be in to bind
+    /// (`ns/host`; `None` = any namespace).
+    pub host_namespaces: Vec<Option<String>>,
     pub tls: Option<Arc<ServerTls>>,
     /// Plain-HTTP server that answers every request with a redirect to https.
     pub https_redirect: bool,
@@ -479,15 +482,20 @@ impl Compiler<'_> {
             ));
             return None;
         }
-        let hosts = server
-            .hosts
-            .iter()
-            .map(|h| {
-                // `namespace/host`: the namespace part filters which routes may bind.
-                let host = h.split_once('/').map_or(h.as_str(), |(_, host)| host);
-                HostPattern::parse(host)
-            })
-            .collect();
+        let mut hosts = Vec::new();
+        let mut host_namespaces = Vec::new();
+        for h in &server.hosts {
+            // `namespace/host`: the namespace part filters which routes may bind
+            // (`.` is the Gateway's own namespace, `*` any).
+            let (ns, host) = match h.split_once('/') {
+                Some(("*", host)) => (None, host),
+                Some((".", host)) => (Some(gw.id.namespace.clone()), host),
+                Some((ns, host)) => (Some(ns.to_string()), host),
+                None => (None, h.as_str()),
+            };
+            hosts.push(HostPattern::parse(host));
+            host_namespaces.push(ns);
+        }
         let mut https_redirect = false;
         let tls = match (&server.tls, protocol) {
             (Some(tls), Protocol::Http) => {
@@ -521,6 +529,7 @@ impl Compiler<'_> {
                 gateway: gw.id.clone(),
                 name,
                 hosts,
+                host_namespaces,
                 tls,
                 https_redirect,
                 vhosts: Vec::new(),
@@ -731,11 +740,14 @@ impl Compiler<'_> {
                     if !bound_gateways.contains(&server.gateway) {
                         continue;
                     }
-                    if !server.hosts.iter().any(|h| h.intersects(&route_host)) {
-                        continue;
-                    }
-                    let gw_ns_ok = route_namespace_allowed(all_gateways, &server.gateway, ns);
-                    if !gw_ns_ok {
+                    let binds = server
+                        .hosts
+                        .iter()
+                        .zip(&server.host_namespaces)
+                        .any(|(h, hns)| {
+                            h.intersects(&route_host) && hns.as_ref().is_none_or(|n| n == ns)
+                        });
+                    if !binds {
                         continue;
                     }
                     let bound: Vec<Arc<RouteRule>> = rules
@@ -996,28 +1008,6 @@ fn gateway_ref(s: &str, default_ns: &str) -> ResourceId {
             name: s.to_string(),
         },
     }
-}
-
-/// Istio's `hosts: ["ns/host"]` on a Gateway server: only routes from `ns`
-/// (`.` = the Gateway's own, `*` = any) may bind.
-fn route_namespace_allowed(
-    gateways: &[Document<GatewaySpec>],
-    gateway: &ResourceId,
-    route_ns: &str,
-) -> bool {
-    let Some(gw) = gateways.iter().find(|g| &g.id == gateway) else {
-        return false;
-    };
-    gw.spec
-        .servers
-        .iter()
-        .flat_map(|s| &s.hosts)
-        .any(|h| match h.split_once('/') {
-            None => true,
-            Some(("*", _)) => true,
-            Some((".", _)) => route_ns == gateway.namespace,
-            Some((ns, _)) => ns == route_ns,
-        })
 }
 
 fn split_host_port(s: &str) -> Result<(&str, Option<u16>), String> {
