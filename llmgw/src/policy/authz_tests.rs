@@ -523,7 +523,7 @@ fn ports_methods_and_paths() {
         case(
             &p,
             Req {
-                path: path,
+                path,
                 ..Req::default()
             },
             want,
