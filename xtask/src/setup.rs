@@ -125,7 +125,10 @@ fn bpf_linker() -> Result<()> {
 /// XDP pins live under /sys/fs/bpf; mount bpffs there when we may.
 fn bpffs() -> Result<()> {
     let mounted = std::fs::read_to_string("/proc/mounts")
-        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some("/sys/fs/bpf")))
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(1) == Some("/sys/fs/bpf"))
+        })
         .unwrap_or(false);
     if mounted || !crate::is_root() {
         return Ok(());
