@@ -83,7 +83,10 @@ impl L4Error {
     pub fn is_unavailable(&self) -> bool {
         match self {
             Self::NotPermitted(_) | Self::NoBpffs { .. } => true,
-            other => permission_denied(other),
+            // EPERM from bpf(2) when loading or attaching: missing privileges
+            // (a lockdown LSM, a seccomp filter, user namespaces).
+            Self::Load(_) | Self::Program { .. } | Self::Attach { .. } => permission_denied(self),
+            _ => false,
         }
     }
 

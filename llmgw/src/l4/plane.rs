@@ -63,7 +63,10 @@ pub struct Plane {
 }
 
 fn check_iface(iface: &str) -> Result<(), L4Error> {
-    if iface.is_empty() || iface.len() > 15 || iface.contains(['/', '\0']) || iface.starts_with('.')
+    if iface.is_empty()
+        || iface.len() > 15
+        || iface.contains(['/', '\0', '@', ':'])
+        || iface.chars().any(char::is_whitespace)
     {
         return Err(L4Error::BadInterfaceName(iface.into()));
     }

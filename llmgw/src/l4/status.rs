@@ -105,8 +105,16 @@ pub struct Status {
     pub stats: PlaneStats,
 }
 
+/// Pin name of a link: `<iface>@<mode>`, with `%` and `.` in the interface
+/// name percent-encoded (bpffs refuses names with a dot, and VLAN interfaces
+/// have one).
 pub(crate) fn link_file_name(iface: &str, mode: &str) -> String {
-    format!("{iface}.{mode}")
+    let enc = iface.replace('%', "%25").replace('.', "%2e");
+    format!("{enc}@{mode}")
+}
+
+fn decode_iface(enc: &str) -> String {
+    enc.replace("%2e", ".").replace("%25", "%")
 }
 
 /// The pinned links in `<dir>/links`: `(iface, mode, path)`.
@@ -121,8 +129,8 @@ pub(crate) fn pinned_links(dir: &Path) -> Result<Vec<(String, String, PathBuf)>,
     for entry in read {
         let entry = entry.map_err(|e| L4Error::io(format!("reading {}", links.display()), e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some((iface, mode)) = name.rsplit_once('.') {
-            out.push((iface.to_owned(), mode.to_owned(), entry.path()));
+        if let Some((iface, mode)) = name.rsplit_once('@') {
+            out.push((decode_iface(iface), mode.to_owned(), entry.path()));
         }
     }
     out.sort();
