@@ -8,6 +8,10 @@
 /// Key: `{prefix_len: u32, addr: [u8; 4]}` (aya's `lpm_trie::Key`, packed),
 /// address in network byte order, host bits cleared.
 pub const MAP_DENY_V4: &str = "LLMGW_DENY_V4";
+/// Exact IPv4 hosts (/32 deny entries): `HashMap<[u8; 4], DenyValue>`,
+/// looked up before the trie (a /32 is always the longest match); the trie
+/// then only holds shorter prefixes. Same values as the trie.
+pub const MAP_HOST_V4: &str = "LLMGW_HOST_V4";
 /// Deny trie for IPv6 sources: `LpmTrie<[u8; 16], DenyValue>`.
 pub const MAP_DENY_V6: &str = "LLMGW_DENY_V6";
 /// Listener ports: `Array<u8>` of 65536 entries indexed by destination port
@@ -29,8 +33,9 @@ pub const MAP_V4_FILTER: &str = "LLMGW_V4_FILT";
 pub const MAP_RULE_NAME: &str = "LLMGW_RULE_NAME";
 
 /// Every map the program defines, in the order userspace pins them.
-pub const ALL_MAPS: [&str; 8] = [
+pub const ALL_MAPS: [&str; 9] = [
     MAP_DENY_V4,
+    MAP_HOST_V4,
     MAP_DENY_V6,
     MAP_LISTEN,
     MAP_PORTSET,
@@ -54,6 +59,7 @@ pub const MAX_V6_PREFIXES: u32 = 1 << 18;
 /// Map sizes: room for the old and the new set during a sync.
 pub const DENY_V4_MAP_ENTRIES: u32 = 2 * MAX_V4_PREFIXES;
 pub const DENY_V6_MAP_ENTRIES: u32 = 2 * MAX_V6_PREFIXES;
+pub const HOST_V4_MAP_ENTRIES: u32 = 2 * MAX_V4_PREFIXES;
 /// Rule ids are `1..MAX_RULES`; 0 means "no rule".
 pub const MAX_RULES: u32 = 4096;
 /// Most `(class, port)` entries userspace keeps; the map has twice as many.

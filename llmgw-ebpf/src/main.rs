@@ -39,6 +39,7 @@ mod prog {
     }
     const _: () = assert!(same(common::MAP_DENY_V4, "LLMGW_DENY_V4"));
     const _: () = assert!(same(common::MAP_DENY_V6, "LLMGW_DENY_V6"));
+    const _: () = assert!(same(common::MAP_HOST_V4, "LLMGW_HOST_V4"));
     const _: () = assert!(same(common::MAP_LISTEN, "LLMGW_LISTEN"));
     const _: () = assert!(same(common::MAP_PORTSET, "LLMGW_PORTSET"));
     const _: () = assert!(same(common::MAP_RULE_CTR, "LLMGW_RULE_CTR"));
@@ -51,6 +52,11 @@ mod prog {
     #[map(name = "LLMGW_DENY_V4")]
     static DENY_V4: LpmTrie<[u8; 4], DenyValue> =
         LpmTrie::with_max_entries(common::DENY_V4_MAP_ENTRIES, 0);
+    #[map(name = "LLMGW_HOST_V4")]
+    static HOST_V4: HashMap<[u8; 4], DenyValue> = HashMap::with_max_entries(
+        common::HOST_V4_MAP_ENTRIES,
+        aya_ebpf::bindings::BPF_F_NO_PREALLOC,
+    );
     #[map(name = "LLMGW_DENY_V6")]
     static DENY_V6: LpmTrie<[u8; 16], DenyValue> =
         LpmTrie::with_max_entries(common::DENY_V6_MAP_ENTRIES, 0);
@@ -204,7 +210,7 @@ mod prog {
         if LLMGW_V4_FILTER_ON.load() != 0 && !v4_filter_may_match(src) {
             return Verdict::Pass(stat::PASS_FILTER);
         }
-        decide(DENY_V4.get(Key::new(32, src)), port)
+        decide(longest_match_v4(src), port)
     }
 
     #[inline(always)]
@@ -244,7 +250,7 @@ mod prog {
                     };
                     let n = e[0];
                     if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
-                        return unknown_port(DENY_V6.get(Key::new(128, src)));
+                        return unknown_port(DENY_V6.get(Key::new(128, src)).copied());
                     }
                     next = n;
                     off += 8;
@@ -259,7 +265,7 @@ mod prog {
             IPPROTO_TCP | IPPROTO_UDP => {}
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
                 // More extension headers than we walk: the port is unknown.
-                return unknown_port(DENY_V6.get(Key::new(128, src)));
+                return unknown_port(DENY_V6.get(Key::new(128, src)).copied());
             }
             _ => return Verdict::Pass(stat::PASS_NOT_TCP_UDP),
         }
@@ -269,7 +275,7 @@ mod prog {
         if !is_listener(port) {
             return Verdict::Pass(stat::PASS_NOT_LISTENER);
         }
-        decide(DENY_V6.get(Key::new(128, src)), port)
+        decide(DENY_V6.get(Key::new(128, src)).copied(), port)
     }
 
     #[inline(always)]
@@ -289,17 +295,29 @@ mod prog {
     }
 
     #[inline(always)]
-    fn lookup_v4(src: [u8; 4]) -> Option<&'static DenyValue> {
+    fn lookup_v4(src: [u8; 4]) -> Option<DenyValue> {
         if LLMGW_V4_FILTER_ON.load() != 0 && !v4_filter_may_match(src) {
             return None;
         }
-        DENY_V4.get(Key::new(32, src))
+        longest_match_v4(src)
+    }
+
+    /// The value of the longest deny prefix containing `src`: an exact /32
+    /// from the host hash, else the trie (which holds the shorter ones).
+    #[inline(always)]
+    fn longest_match_v4(src: [u8; 4]) -> Option<DenyValue> {
+        // SAFETY: a BPF_F_NO_PREALLOC hash: elements are RCU-freed, never
+        // recycled under a reader; the value is copied out at once.
+        if let Some(v) = unsafe { HOST_V4.get(src) } {
+            return Some(*v);
+        }
+        DENY_V4.get(Key::new(32, src)).copied()
     }
 
     /// Drop decision for a packet to listener port `port` whose source's
     /// longest matching deny prefix has value `value`.
     #[inline(always)]
-    fn decide(value: Option<&DenyValue>, port: u16) -> Verdict {
+    fn decide(value: Option<DenyValue>, port: u16) -> Verdict {
         let Some(v) = value else {
             return Verdict::Pass(stat::PASS_NO_MATCH);
         };
@@ -326,7 +344,7 @@ mod prog {
     /// beyond the walk bound): dropped only if its source is denied on every
     /// listener port.
     #[inline(always)]
-    fn unknown_port(value: Option<&DenyValue>) -> Verdict {
+    fn unknown_port(value: Option<DenyValue>) -> Verdict {
         match value {
             Some(v) if v.all_ports_rule != common::NONE => Verdict::Drop {
                 rule: v.all_ports_rule,

@@ -167,6 +167,11 @@ fn bad_input_is_an_error_not_a_panic() {
     assert!(matches!(err, L4Error::UnknownInterface(_)), "{err}");
     assert!(!err.is_unavailable());
     let mut plane = Plane::start_with(&root.opts(), &[], XdpMode::Auto, &rules_a()).unwrap();
+    // One owner at a time.
+    let err = Plane::start_with(&root.opts(), &[], XdpMode::Auto, &rules_a())
+        .err()
+        .unwrap();
+    assert!(matches!(err, L4Error::InUse(_)), "{err}");
     let mut long = rules_a();
     long.entries
         .push(entry("10.0.0.0/8", &"n".repeat(1000), None));

@@ -535,6 +535,14 @@ fn sync_changes_verdicts_and_keeps_ids() {
     assert_eq!(run(&mut p, &f), DROP);
     let s = p.stats().unwrap();
     assert_eq!(s.rule("ns/net[0]").unwrap().packets, 1);
+    // Without the /32 (host hash), its source falls back to the /24 (trie).
+    let mut r = rules();
+    r.entries.remove(1);
+    p.sync(&r).unwrap();
+    assert!(p.maps_match_last_sync().unwrap());
+    assert_eq!(run(&mut p, &frames::tcp4(v4("10.0.0.7"), v4(GW4), 443)), DROP);
+    assert_eq!(p.stats().unwrap().rule("ns/net[0]").unwrap().packets, 2);
+    p.sync(&rules()).unwrap();
     // Unchanged rules keep their ids.
     let host = p.rule_id("ns/host[0]").unwrap();
     p.sync(&rules()).unwrap();

@@ -44,6 +44,8 @@ pub enum L4Error {
     },
     #[error("pinned map {path} does not match this binary ({reason}); detach the L4 plane first")]
     IncompatiblePin { path: PathBuf, reason: String },
+    #[error("another process owns the L4 plane pinned at {0}")]
+    InUse(PathBuf),
     #[error("nothing pinned at {0} (is the L4 plane attached?)")]
     NotPinned(PathBuf),
     #[error("interface {0:?} not found")]

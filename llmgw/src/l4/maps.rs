@@ -30,7 +30,12 @@ struct Spec {
     max_entries: u32,
 }
 
-const SPECS: [Spec; 8] = [
+const SPECS: [Spec; 9] = [
+    Spec {
+        name: common::MAP_HOST_V4,
+        kind: MapType::Hash,
+        max_entries: common::HOST_V4_MAP_ENTRIES,
+    },
     Spec {
         name: common::MAP_DENY_V4,
         kind: MapType::LpmTrie,
@@ -177,6 +182,8 @@ impl Drop for FilterMap {
 /// Every map of the program, typed.
 pub(crate) struct Maps {
     deny_v4: LpmTrie<MapData, [u8; 4], DenyValue>,
+    /// The /32 entries of the IPv4 set (the trie holds the shorter ones).
+    host_v4: HashMap<MapData, [u8; 4], DenyValue>,
     deny_v6: LpmTrie<MapData, [u8; 16], DenyValue>,
     listen: Array<MapData, u8>,
     portset: HashMap<MapData, ClassPortKey, u32>,
@@ -246,6 +253,7 @@ impl Maps {
     fn build(mut get: impl FnMut(&'static str) -> Result<Map, L4Error>) -> Result<Self, L4Error> {
         Ok(Self {
             deny_v4: typed(common::MAP_DENY_V4, get(common::MAP_DENY_V4)?)?,
+            host_v4: typed(common::MAP_HOST_V4, get(common::MAP_HOST_V4)?)?,
             deny_v6: typed(common::MAP_DENY_V6, get(common::MAP_DENY_V6)?)?,
             listen: typed(common::MAP_LISTEN, get(common::MAP_LISTEN)?)?,
             portset: typed(common::MAP_PORTSET, get(common::MAP_PORTSET)?)?,
@@ -273,6 +281,11 @@ impl Maps {
                 item.map_err(|e| L4Error::map(common::MAP_DENY_V4, "iterating", e))?;
             let len = u8::try_from(key.prefix_len()).unwrap_or(32).min(32);
             s.v4.insert((u32::from_be_bytes(key.data()), len), value);
+        }
+        for item in self.host_v4.iter() {
+            let (addr, value) =
+                item.map_err(|e| L4Error::map(common::MAP_HOST_V4, "iterating", e))?;
+            s.v4.insert((u32::from_be_bytes(addr), 32), value);
         }
         for item in self.deny_v6.iter() {
             let (key, value) =
@@ -386,6 +399,10 @@ impl Target for Maps {
                 self.filter.write(words);
                 Ok(())
             }
+            Op::V4Put { key, value } if key.1 == 32 => self
+                .host_v4
+                .insert(key.0.to_be_bytes(), value, 0)
+                .map_err(|e| L4Error::map(common::MAP_HOST_V4, "insert", e)),
             Op::V4Put { key, value } => self
                 .deny_v4
                 .insert(&Key::new(u32::from(key.1), key.0.to_be_bytes()), value, 0)
@@ -394,6 +411,10 @@ impl Target for Maps {
                 .deny_v6
                 .insert(&Key::new(u32::from(key.1), key.0.to_be_bytes()), value, 0)
                 .map_err(|e| L4Error::map(common::MAP_DENY_V6, "insert", e)),
+            Op::V4Remove(key) if key.1 == 32 => {
+                ignore_missing(self.host_v4.remove(&key.0.to_be_bytes()))
+                    .map_err(|e| L4Error::map(common::MAP_HOST_V4, "remove", e))
+            }
             Op::V4Remove(key) => ignore_missing(
                 self.deny_v4
                     .remove(&Key::new(u32::from(key.1), key.0.to_be_bytes())),

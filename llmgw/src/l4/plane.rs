@@ -60,6 +60,9 @@ pub struct Plane {
     /// What the maps hold; `None` after a failed sync (re-read before the
     /// next one).
     state: Option<State>,
+    /// Exclusive flock on the pin directory: one owner at a time (released
+    /// by the kernel when the process dies).
+    _lock: std::fs::File,
 }
 
 fn check_iface(iface: &str) -> Result<(), L4Error> {
@@ -146,6 +149,13 @@ impl Plane {
         let maps_dir = dir.join("maps");
         mkdir(&maps_dir)?;
         mkdir(&dir.join("links"))?;
+        let lock = sys::lock_dir(&dir).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                L4Error::InUse(dir.clone())
+            } else {
+                L4Error::io(format!("locking {}", dir.display()), e)
+            }
+        })?;
 
         // Refuse pinned maps of another layout before the loader reuses them.
         let mut adopted = 0;
@@ -168,6 +178,7 @@ impl Plane {
             maps,
             links: Vec::new(),
             state: Some(state),
+            _lock: lock,
         };
 
         // Existing links first: replace their program atomically.

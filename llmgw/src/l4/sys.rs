@@ -86,6 +86,18 @@ pub(crate) fn xdp_link_info(link: &OwnedFd) -> io::Result<(u32, u32, u32)> {
     Ok((u32_at(1), u32_at(2), u32_at(4)))
 }
 
+/// Takes an exclusive, non-blocking flock on the directory `dir`; held until
+/// the returned file is closed (or the process dies).
+pub(crate) fn lock_dir(dir: &Path) -> io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd as _;
+    let f = std::fs::File::open(dir)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
 /// Whether `path` is on a BPF filesystem.
 pub(crate) fn is_bpffs(path: &Path) -> bool {
     let Ok(c) = cpath(path) else { return false };
