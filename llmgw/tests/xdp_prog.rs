@@ -540,7 +540,10 @@ fn sync_changes_verdicts_and_keeps_ids() {
     r.entries.remove(1);
     p.sync(&r).unwrap();
     assert!(p.maps_match_last_sync().unwrap());
-    assert_eq!(run(&mut p, &frames::tcp4(v4("10.0.0.7"), v4(GW4), 443)), DROP);
+    assert_eq!(
+        run(&mut p, &frames::tcp4(v4("10.0.0.7"), v4(GW4), 443)),
+        DROP
+    );
     assert_eq!(p.stats().unwrap().rule("ns/net[0]").unwrap().packets, 2);
     p.sync(&rules()).unwrap();
     // Unchanged rules keep their ids.

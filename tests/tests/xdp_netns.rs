@@ -414,4 +414,31 @@ fn auto_mode_falls_back_to_generic() {
     assert_ne!(st.links[0].ifindex, 0);
     let links = netns::ip_out(&["-n", &ns.name, "link", "show", "dm.5"]);
     assert!(links.contains("xdpgeneric"), "{links}");
+
+    // The interface is deleted and re-created: the pinned link is defunct;
+    // the next start replaces it instead of failing.
+    let old_ifindex = st.links[0].ifindex;
+    ns.ip(&["link", "del", "dm.5"]);
+    ns.ip(&["link", "add", "dm.5", "type", "bridge"]);
+    let dead = llmgw::l4::status(&bpf_root).expect("status");
+    assert_eq!(dead.links[0].ifindex, 0, "link should be defunct");
+    let root = bpf_root.clone();
+    let modes = ns.run(move || {
+        let opts = llmgw::l4::PlaneOptions {
+            bpf_root: root,
+            v4_filter: true,
+        };
+        llmgw::l4::Plane::start_with(
+            &opts,
+            &["dm.5".to_string()],
+            llmgw::l4::XdpMode::Auto,
+            &rules,
+        )
+        .expect("start over a defunct link")
+        .interfaces()
+    });
+    assert_eq!(modes, vec![("dm.5".to_string(), "skb")]);
+    let st = llmgw::l4::status(&bpf_root).expect("status");
+    assert_eq!(st.links.len(), 1);
+    assert!(st.links[0].ifindex != 0 && st.links[0].ifindex != old_ifindex);
 }

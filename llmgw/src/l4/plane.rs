@@ -182,7 +182,21 @@ impl Plane {
         };
 
         // Existing links first: replace their program atomically.
-        let pinned = pinned_links(&plane.dir)?;
+        // A link whose interface went away is defunct (ifindex 0): unpin it,
+        // the interface gets a fresh link below.
+        let mut pinned = pinned_links(&plane.dir)?;
+        pinned.retain(|(iface, _, path)| {
+            let alive = sys::obj_get(path)
+                .and_then(|fd| sys::xdp_link_info(&fd))
+                .is_ok_and(|(_, _, ifindex)| ifindex != 0);
+            if !alive {
+                tracing::warn!("XDP: pinned link for {iface} is defunct; replacing it");
+                if let Err(e) = detach_link(path) {
+                    tracing::warn!("XDP: removing {}: {e}", path.display());
+                }
+            }
+            alive
+        });
         for (iface, pinned_mode, path) in &pinned {
             if !ifaces.contains(iface) {
                 continue;
