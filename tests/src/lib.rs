@@ -14,7 +14,11 @@ pub fn privileged(test: &str) -> bool {
         return true;
     }
     if std::env::var("LLMGW_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        eprintln!("SKIPPED {test}: needs root (LLMGW_SKIP_PRIVILEGED=1)");
+        // Straight to stderr: the test harness captures `eprintln!`.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("SKIPPED {test}: needs root (LLMGW_SKIP_PRIVILEGED=1)\n").as_bytes(),
+        );
         return false;
     }
     panic!(
