@@ -2,6 +2,7 @@
 //! both halves, run the gateway (with the privileges XDP needs), run every
 //! test and the benchmarks. `cargo xtask --help` lists them.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -48,6 +49,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run a benchmark and print its markdown table (`xdp`: the XDP program
+    /// through BPF_PROG_TEST_RUN; `-- --quick` skips the 1M-prefix row).
+    Bench {
+        which: bench::Which,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -57,6 +65,7 @@ fn main() -> Result<()> {
         Task::Build { release } => build(release),
         Task::Run { release, args } => run(release, args),
         Task::Test { no_setup, args } => test(no_setup, args),
+        Task::Bench { which, args } => bench::run(which, args),
     }
 }
 
