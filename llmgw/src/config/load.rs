@@ -622,7 +622,11 @@ items:
         let raw = load(text, &env(&[])).unwrap();
         assert_eq!(raw.skipped.len(), 1);
         assert_eq!(raw.skipped[0].0.line, 3);
-        assert!(raw.skipped[0].1.contains("ConfigMap default/cm"), "{:?}", raw.skipped);
+        assert!(
+            raw.skipped[0].1.contains("ConfigMap default/cm"),
+            "{:?}",
+            raw.skipped
+        );
         assert_eq!(raw.gateways.len(), 1);
         assert_eq!(raw.gateways[0].id.to_string(), "default/g");
         assert_eq!(raw.gateways[0].source.document, 3);
