@@ -275,6 +275,29 @@ impl ExtAuthz {
         self.http_provider(provider).and_then(|p| p.body)
     }
 
+    /// One line per provider, for `llmgw validate`.
+    pub fn describe(&self) -> Vec<String> {
+        self.providers
+            .iter()
+            .map(|(name, p)| match p {
+                Provider::Http(p) => format!(
+                    "{name}: envoyExtAuthzHttp http://{}:{}{} (timeout {:?}, {})",
+                    p.host,
+                    p.port,
+                    p.path_prefix,
+                    p.timeout,
+                    if p.fail_open {
+                        "fail open".to_string()
+                    } else {
+                        format!("{} on error", p.status_on_error.as_u16())
+                    }
+                ),
+                Provider::Other(kind) => format!("{name}: {kind} (not used by llmgw)"),
+                Provider::Invalid => format!("{name}: invalid"),
+            })
+            .collect()
+    }
+
     /// Per-provider counters, for metrics.
     pub fn stats(&self) -> Vec<ProviderStats> {
         self.providers

@@ -168,6 +168,15 @@ pub enum Keys {
     Remote(Arc<RemoteJwks>),
 }
 
+impl Keys {
+    fn describe(&self) -> String {
+        match self {
+            Keys::Inline(j) => format!("inline ({} keys)", j.keys.len()),
+            Keys::Remote(r) => format!("from {} (timeout {:?})", r.source(), r.timeout()),
+        }
+    }
+}
+
 /// Where a token may be, and which issuers may put one there.
 #[derive(Debug, Default)]
 struct Locations {
@@ -226,6 +235,52 @@ impl Authenticator {
             Keys::Remote(remote) if remote.source() == source => remote.current(),
             _ => None,
         })
+    }
+
+    /// The rules as JSON, for `/config_dump`.
+    pub fn dump(&self) -> Value {
+        Value::Array(
+            self.rules
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "requestAuthentication": r.origin.to_string(),
+                        "rule": r.index,
+                        "issuer": r.issuer,
+                        "audiences": r.audiences,
+                        "keys": r.keys.describe(),
+                        "locations": r.locations,
+                        "forwardOriginalToken": r.forward_original_token,
+                        "outputPayloadToHeader": r.output_payload_to_header.as_ref().map(HeaderName::as_str),
+                        "outputClaimToHeaders": r.output_claim_to_headers.iter()
+                            .map(|(h, c)| (h.to_string(), Value::String(c.join("."))))
+                            .collect::<serde_json::Map<_, _>>(),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// One line per rule, for `llmgw validate`.
+    pub fn describe(&self) -> Vec<String> {
+        self.rules
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} (RequestAuthentication {} jwtRules[{}]): keys {}; tokens from {}{}",
+                    r.issuer,
+                    r.origin,
+                    r.index,
+                    r.keys.describe(),
+                    r.locations.join(", "),
+                    if r.audiences.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; audiences {:?}", r.audiences)
+                    }
+                )
+            })
+            .collect()
     }
 
     /// Fetch counters and state of every remote key set, for metrics.
