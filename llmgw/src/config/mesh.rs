@@ -174,7 +174,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         if !part.is_finite() || part > 1e12 {
             return Err(bad());
         }
-        total += Duration::from_secs_f64(part);
+        total = total
+            .checked_add(Duration::from_secs_f64(part))
+            .ok_or_else(bad)?;
         rest = tail;
     }
     Ok(total)

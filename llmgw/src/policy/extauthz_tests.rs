@@ -387,3 +387,25 @@ fn defaults_follow_istio() {
     assert!(p.path_prefix.is_empty());
     assert!(e.usable("a").is_ok());
 }
+
+/// The proxy spawns request futures on a multi-threaded runtime.
+#[test]
+fn futures_are_send() {
+    fn is_send<T: Send>(_: &T) {}
+    let e = ExtAuthz::default();
+    let h = HeaderMap::new();
+    let req = CheckRequest {
+        method: &Method::GET,
+        host: "h",
+        path_and_query: "/",
+        headers: &h,
+        body: None,
+    };
+    is_send(&e.check("p", &req));
+    let a = super::Authenticator::default();
+    let mut uri = http::Uri::from_static("/");
+    let mut headers = HeaderMap::new();
+    is_send(&a.authenticate(&Method::GET, &mut uri, &mut headers));
+    let mut r = http::Request::new(());
+    is_send(&a.authenticate_request(&mut r));
+}

@@ -230,7 +230,10 @@ impl RemoteJwks {
             return None;
         }
         // Discovery makes two requests, each with the timeout.
-        let patience = self.timeout * 2 + Duration::from_secs(1);
+        let patience = self
+            .timeout
+            .saturating_mul(2)
+            .saturating_add(Duration::from_secs(1));
         match tokio::time::timeout(patience, rx.wait_for(|s| s.attempts > 0)).await {
             Ok(Ok(s)) => s.keys.clone(),
             _ => None,
@@ -280,7 +283,7 @@ impl RemoteJwks {
                     Err(e) => {
                         this.record_error(&e);
                         let d = jitter(backoff);
-                        backoff = (backoff * 2).min(settings.retry_max);
+                        backoff = backoff.saturating_mul(2).min(settings.retry_max);
                         d
                     }
                 };

@@ -1065,9 +1065,3 @@ fn parse_fetch_uri(s: &str) -> Result<Uri, String> {
 pub fn b64url(payload: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload)
 }
-
-#[allow(dead_code)]
-fn _assert_send(a: &Authenticator, m: &Method, u: &mut Uri, h: &mut HeaderMap) {
-    fn is_send<T: Send>(_: T) {}
-    is_send(a.authenticate(m, u, h));
-}

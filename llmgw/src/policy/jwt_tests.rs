@@ -755,7 +755,7 @@ async fn jwks_uri_fetch_rotation_failure_and_timeout() {
     let k1 = rsa(RSA_1);
     let k2 = ec("P-256");
     let srv = jwks_server(jwks(&[k1.jwk("one", Some("RS256"))])).await;
-    let a = remote_rule(&srv.uri(), "    timeout: 300ms\n");
+    let a = remote_rule(&srv.uri(), "    timeout: 1s\n");
     let t1 = token(&k1, "RS256", "one", &claims(ISS, "u1"));
     let t2 = token(&k2, "ES256", "two", &claims(ISS, "u2"));
 
@@ -796,7 +796,7 @@ async fn jwks_uri_fetch_rotation_failure_and_timeout() {
     assert!(st.fetch_ok >= 2 && st.keys == 1, "{st:?}");
 
     // A slow server times out (counted as a failure) and keys stay.
-    srv.set(Reply::new(200, jwks(&[k1.jwk("one", None)])).delay(Duration::from_secs(3)));
+    srv.set(Reply::new(200, jwks(&[k1.jwk("one", None)])).delay(Duration::from_secs(4)));
     let failed_before = a.jwks_status()[0].fetch_failed;
     eventually("timeout counted", || async {
         a.jwks_status()[0].fetch_failed > failed_before
@@ -822,7 +822,7 @@ async fn first_fetch_failure_timeout_untrusted_ca_and_reload() {
 
     // A first fetch that times out: the request fails with Envoy's text.
     srv.set(Reply::new(200, jwks(&[k.jwk("k", None)])).delay(Duration::from_secs(3)));
-    let a = remote_rule(&srv.uri(), "    timeout: 200ms\n");
+    let a = remote_rule(&srv.uri(), "    timeout: 500ms\n");
     a.start(&srv.settings(), None);
     assert_eq!(verify(&a, &t).await, Err(JwtError::JwksFetchFail));
     srv.set(Reply::new(200, jwks(&[k.jwk("k", None)])));
