@@ -89,18 +89,27 @@ struct ConfigArgs {
     /// Listen on LOCAL for a Gateway port, e.g. `80=8080` (repeatable), to run without root.
     #[arg(long = "port-map", value_parser = parse_port_map)]
     port_map: Vec<(u16, u16)>,
+    /// Istio MeshConfig YAML (or the `istio` ConfigMap holding it under `data.mesh`):
+    /// its `extensionProviders` are the external authorizers CUSTOM policies name.
+    #[arg(long)]
+    mesh_config: Option<PathBuf>,
 }
 
 impl ConfigArgs {
-    fn settings(&self) -> Settings {
-        Settings {
+    fn settings(&self) -> Result<Settings> {
+        let mesh = match &self.mesh_config {
+            Some(path) => config::mesh::load_mesh_config(path)?,
+            None => Default::default(),
+        };
+        Ok(Settings {
             workload_labels: self.workload_labels.clone(),
             namespace: self.namespace.clone(),
             root_namespace: self.root_namespace.clone(),
             credentials_dir: self.credentials_dir.clone(),
             bind_address: self.bind_address,
             port_map: self.port_map.iter().copied().collect(),
-        }
+            mesh,
+        })
     }
 }
 
@@ -146,7 +155,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Validate { config, json } => {
-            let snapshot = config::raw_to_snapshot(&config.config, &config.settings(), &ProcessEnv);
+            let snapshot =
+                config::raw_to_snapshot(&config.config, &config.settings()?, &ProcessEnv);
             match snapshot {
                 Ok(s) => {
                     if json {

@@ -16,6 +16,7 @@ use regex::Regex;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use serde::Serialize;
 
+use super::mesh::MeshConfig;
 use super::{
     ErrorList, Labels, RawConfig, ResourceId, StringMatch,
     gateway::{GatewaySpec, Server as RawServer},
@@ -24,7 +25,7 @@ use super::{
     route::LlmRouteSpec,
     selector_matches,
 };
-use crate::policy::{self, Policies};
+use crate::policy::{self, Authenticator, ExtAuthz, Policies};
 
 /// What the gateway is, as opposed to what the configuration says.
 #[derive(Debug, Clone)]
@@ -41,6 +42,8 @@ pub struct Settings {
     pub bind_address: IpAddr,
     /// Gateway port → local port, for running unprivileged (`80=8080`).
     pub port_map: BTreeMap<u16, u16>,
+    /// Istio MeshConfig (`--mesh-config`): the extension providers CUSTOM policies name.
+    pub mesh: MeshConfig,
 }
 
 impl Default for Settings {
@@ -52,6 +55,7 @@ impl Default for Settings {
             credentials_dir: None,
             bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             port_map: BTreeMap::new(),
+            mesh: MeshConfig::default(),
         }
     }
 }
@@ -62,6 +66,10 @@ pub struct Snapshot {
     pub listeners: Vec<Listener>,
     pub providers: Vec<Arc<Provider>>,
     pub policies: Policies,
+    /// RequestAuthentication: JWT verification (call `authn.start` once serving).
+    pub authn: Arc<Authenticator>,
+    /// CUSTOM policies' external authorizers.
+    pub ext_authz: Arc<ExtAuthz>,
     /// Things that are not errors but that a user should hear about.
     pub warnings: Vec<String>,
 }
@@ -315,14 +323,16 @@ pub fn compile(raw: &RawConfig, settings: &Settings) -> Result<Snapshot, ErrorLi
         &providers,
         &mut listeners,
     );
-    let policies = policy::compile(raw, settings, &mut c.errors, &mut c.warnings);
+    let security = policy::compile(raw, settings, &mut c.errors, &mut c.warnings);
     let Compiler {
         errors, warnings, ..
     } = c;
     errors.into_result(Snapshot {
         listeners,
         providers: providers.into_values().map(|p| p.provider).collect(),
-        policies,
+        policies: security.policies,
+        authn: security.authn,
+        ext_authz: security.ext_authz,
         warnings,
     })
 }
