@@ -4,5 +4,7 @@
 
 pub mod config;
 pub mod l4;
+pub mod observe;
 pub mod policy;
 pub mod proxy;
+pub mod serve;

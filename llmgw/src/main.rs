@@ -1,12 +1,21 @@
 //! The `llmgw` command line: parses flags and calls the library.
 
-use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use llmgw::{
     config::{self, Labels, Settings, load::ProcessEnv},
     l4::{self, L4Rules, Plane, PlaneOptions, XdpMode},
+    observe::access_log,
+    proxy::upstream::ResolveOverride,
+    serve::{self, Hooks, ServeError, ServeOptions},
 };
 
 #[derive(Parser)]
@@ -29,6 +38,14 @@ enum Command {
         /// Print the compiled configuration as JSON (as /config_dump does).
         #[arg(long)]
         json: bool,
+    },
+    /// Serve: every listener of the configuration, reloading it on SIGHUP and
+    /// when its files change; drain on SIGTERM/SIGINT.
+    Run {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        run: Box<RunArgs>,
     },
     /// The XDP (L4) plane.
     Xdp {
@@ -63,6 +80,187 @@ enum XdpCommand {
         #[arg(long)]
         no_v4_filter: bool,
     },
+}
+
+/// Flags of `llmgw run`.
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Address of the admin server (/ready, /metrics, /config_dump); `off` for none.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_address: String,
+    /// Largest request body accepted (413 above), e.g. 10MiB.
+    #[arg(long, default_value = "10MiB", value_parser = serve::parse_size)]
+    max_request_body: u64,
+    /// Extra CA certificates (PEM) trusted for provider TLS, besides the
+    /// webpki and system roots.
+    #[arg(long)]
+    upstream_ca: Option<PathBuf>,
+    /// Connect to ADDR (an IP, or IP:PORT) for provider HOST:PORT instead of
+    /// resolving it, like curl's --resolve (repeatable).
+    #[arg(long, value_name = "HOST:PORT:ADDR")]
+    resolve: Vec<ResolveOverride>,
+    /// Proxies in front of the gateway whose X-Forwarded-For entries are
+    /// trusted (Envoy's xff_num_trusted_hops, Istio's numTrustedProxies).
+    #[arg(long, default_value_t = 0)]
+    num_trusted_proxies: usize,
+    /// Time allowed to connect to a provider (TCP and TLS).
+    #[arg(long, default_value = "5s", value_parser = serve::parse_duration)]
+    connect_timeout: Duration,
+    /// Time allowed for a provider's response headers.
+    #[arg(long, default_value = "300s", value_parser = serve::parse_duration)]
+    response_timeout: Duration,
+    /// Longest silence allowed between two chunks of a body (either way).
+    #[arg(long, default_value = "60s", value_parser = serve::parse_duration)]
+    stream_idle_timeout: Duration,
+    /// Time a client has to send its request headers or finish a TLS handshake.
+    #[arg(long, default_value = "30s", value_parser = serve::parse_duration)]
+    header_read_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long in-flight requests may finish.
+    #[arg(long, default_value = "10s", value_parser = serve::parse_duration)]
+    drain_timeout: Duration,
+    /// How often the configuration files are checked for changes; 0 for SIGHUP only.
+    #[arg(long, default_value = "2s", value_parser = serve::parse_duration)]
+    reload_interval: Duration,
+    /// Where the JSON access log goes: `-` (stdout), a file, or `off`.
+    #[arg(long, default_value = "-")]
+    access_log: String,
+    /// Speak only HTTP/1.1 to providers (by default HTTP/2 is used when a
+    /// provider offers it).
+    #[arg(long)]
+    upstream_http1_only: bool,
+    /// Worker threads serving connections (0: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// Format of the gateway's own log (stderr).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Attach the XDP deny program to IFACE (repeatable). Without it, or
+    /// without the privileges XDP needs, the L7 plane still enforces every rule.
+    #[arg(long = "xdp-iface", value_name = "IFACE")]
+    xdp_ifaces: Vec<String>,
+    /// XDP attach mode: auto (native, else generic with a warning), native, skb.
+    #[arg(long, default_value = "auto")]
+    xdp_mode: XdpMode,
+    /// bpffs directory of the XDP pins (a versioned directory goes below).
+    #[arg(long, env = "LLMGW_BPF_ROOT", default_value = l4::DEFAULT_BPF_ROOT)]
+    bpf_root: PathBuf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+fn parse_admin(s: &str) -> Result<Option<SocketAddr>> {
+    if s == "off" {
+        return Ok(None);
+    }
+    Ok(Some(s.parse().with_context(|| {
+        format!("{s:?} is not an address like 127.0.0.1:15000")
+    })?))
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Attaches XDP before anything is served (adopting pinned state from a
+/// previous run, so protection never lapses). `None` when no interface is
+/// asked for or the privileges are missing (one log line says so).
+fn start_l4(opts: &ServeOptions, run: &RunArgs) -> Result<Option<l4::Follower>> {
+    if run.xdp_ifaces.is_empty() {
+        tracing::info!("L4 plane off: no --xdp-iface; the L7 plane enforces every rule");
+        return Ok(None);
+    }
+    // The rules of the configuration as it is now; serving compiles it again
+    // and the follower catches up with any difference.
+    let rules = match config::raw_to_snapshot(&opts.config, &opts.settings, &ProcessEnv) {
+        Ok(s) => llmgw::policy::l4::rules(&s),
+        // `serve` reports the errors and exits.
+        Err(_) => L4Rules::default(),
+    };
+    let plane_opts = PlaneOptions {
+        bpf_root: run.bpf_root.clone(),
+        ..PlaneOptions::default()
+    };
+    match Plane::start_with(&plane_opts, &run.xdp_ifaces, run.xdp_mode, &rules) {
+        Ok(plane) => {
+            let ifaces: Vec<String> = plane
+                .interfaces()
+                .iter()
+                .map(|(i, m)| format!("{i} ({m})"))
+                .collect();
+            tracing::info!(
+                prefixes = rules.entries.len(),
+                "L4 plane on: XDP attached to {}",
+                ifaces.join(", ")
+            );
+            Ok(Some(
+                l4::Follower::start(plane).context("starting the L4 thread")?,
+            ))
+        }
+        Err(e) if e.is_unavailable() => {
+            tracing::warn!("L4 plane off: {e}; the L7 plane enforces every rule");
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("attaching XDP (--xdp-iface)")),
+    }
+}
+
+fn run_gateway(config: ConfigArgs, run: RunArgs) -> Result<ExitCode> {
+    init_logging(run.log_format);
+    let opts = ServeOptions {
+        config: config.config.clone(),
+        settings: config.settings()?,
+        admin_address: parse_admin(&run.admin_address)?,
+        max_request_body: run.max_request_body,
+        upstream_ca: run.upstream_ca.clone(),
+        resolve: run.resolve.clone(),
+        num_trusted_proxies: run.num_trusted_proxies,
+        connect_timeout: run.connect_timeout,
+        response_timeout: run.response_timeout,
+        stream_idle_timeout: run.stream_idle_timeout,
+        header_read_timeout: run.header_read_timeout,
+        drain_timeout: run.drain_timeout,
+        reload_interval: run.reload_interval,
+        workers: run.workers,
+        upstream_http2: !run.upstream_http1_only,
+        access_log: match run.access_log.as_str() {
+            "-" | "stdout" => access_log::Target::Stdout,
+            "off" => access_log::Target::Off,
+            path => access_log::Target::File(PathBuf::from(path)),
+        },
+    };
+    // The control plane (signals, reloads, admin server) runs here; the
+    // data plane runs on `serve`'s worker threads.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let mut hooks = Hooks::default();
+    if let Some(follower) = start_l4(&opts, &run)? {
+        hooks.on_apply.push(Box::new(move |s| {
+            follower.update(llmgw::policy::l4::rules(s))
+        }));
+    }
+    match runtime.block_on(serve::serve(opts, Arc::new(ProcessEnv), hooks)) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(ServeError::Config(errors)) => {
+            eprint!("{errors}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Flags that say which configuration to read and what this gateway is.
@@ -135,13 +333,6 @@ fn parse_port_map(s: &str) -> Result<(u16, u16)> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -153,7 +344,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    if !matches!(cli.command, Command::Run { .. }) {
+        init_logging(LogFormat::Text);
+    }
     match cli.command {
+        Command::Run { config, run } => run_gateway(config, *run),
         Command::Validate { config, json } => {
             let snapshot =
                 config::raw_to_snapshot(&config.config, &config.settings()?, &ProcessEnv);

@@ -1,10 +1,18 @@
-//! Helpers for llmgw's end-to-end tests: network namespaces wired with veth
-//! pairs (removed on drop), running code inside a namespace, tiny TCP/UDP
-//! servers and clients, the built binaries, the root-or-skip gate.
+//! Test support for llmgw's end-to-end tests: a throwaway PKI, a mock
+//! OpenAI-compatible provider over TLS that records what it receives, a
+//! helper that runs the built `llmgw` binary, small HTTP clients, and network
+//! namespaces wired with veth pairs (removed on drop) for the XDP tests.
 
+pub mod client;
+pub mod gateway;
+pub mod mock;
 pub mod netns;
+pub mod pki;
 
-use std::path::PathBuf;
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 /// Whether privileged tests may run: true as root; without root, skips (with
 /// a message) when `LLMGW_SKIP_PRIVILEGED=1`, else fails with the reason.
@@ -43,4 +51,30 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// Retries `f` until it returns `Some` or `patience` runs out.
+pub async fn eventually<T, F, Fut>(patience: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + patience;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
 }

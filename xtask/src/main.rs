@@ -39,6 +39,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmarks (same machine, same run, interleaved rounds).
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
     /// Set up, then run every check: fmt, clippy, unit, integration,
     /// privileged XDP and network-namespace tests, the Python client test.
     Test {
@@ -46,13 +51,6 @@ enum Task {
         #[arg(long)]
         no_setup: bool,
         /// Extra arguments for `cargo test` (a test name filter, ...).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
-    /// Run a benchmark and print its markdown table (`xdp`: the XDP program
-    /// through BPF_PROG_TEST_RUN; `-- --quick` skips the 1M-prefix row).
-    Bench {
-        which: bench::Which,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -65,7 +63,7 @@ fn main() -> Result<()> {
         Task::Build { release } => build(release),
         Task::Run { release, args } => run(release, args),
         Task::Test { no_setup, args } => test(no_setup, args),
-        Task::Bench { which, args } => bench::run(which, args),
+        Task::Bench { which } => bench::run(which),
     }
 }
 
@@ -205,6 +203,8 @@ fn python_client_test() -> Result<()> {
         .arg(root().join("examples/quickstart"))
         .arg("--port")
         .arg("0")
+        .arg("--extra-config")
+        .arg(root().join("tests/python/streaming.yaml"))
         .arg("--then")
         .arg(&python)
         .arg(root().join("tests/python/openai_client.py"));

@@ -5,6 +5,7 @@
 
 mod compile;
 mod error;
+mod follow;
 pub mod frames;
 mod maps;
 mod plane;
@@ -17,6 +18,7 @@ mod text;
 use std::path::PathBuf;
 
 pub use error::L4Error;
+pub use follow::Follower;
 pub use plane::{Plane, PlaneOptions, detach};
 pub use program::XdpProgram;
 pub use status::{LinkStatus, PlaneStats, PrefixStatus, RuleStats, Status, status};

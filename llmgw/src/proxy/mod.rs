@@ -1,4 +1,188 @@
 //! The L7 plane: listeners, routing, LLM request rewriting, the upstream
-//! client and streaming back to the client.
+//! client and streaming back to the client. `Proxy` is the state every
+//! connection shares, `Worker` one thread's part of it; `Live` is what a
+//! reload swaps in whole.
 
+pub mod body;
+pub mod error;
+pub mod forwarded;
+pub mod handler;
+pub mod listener;
+pub mod record;
+pub mod rewrite;
 pub mod router;
+pub mod security;
+pub mod tls;
+pub mod upstream;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use hyper_util::{
+    rt::{TokioExecutor, TokioTimer},
+    server::conn::auto,
+};
+use tokio::sync::{Notify, watch};
+
+use crate::{
+    config::{Snapshot, snapshot::Protocol},
+    observe::Observer,
+};
+
+/// Limits and timeouts of the request path.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    pub max_request_body: u64,
+    /// Envoy's `xff_num_trusted_hops`.
+    pub num_trusted_proxies: usize,
+    /// Longest silence between two frames of a body, either way.
+    pub stream_idle_timeout: Duration,
+    /// Time a client has to send its request headers (and a TLS handshake).
+    pub header_read_timeout: Duration,
+}
+
+/// A snapshot with what the data path derives from it once.
+pub struct Live {
+    pub snapshot: Arc<Snapshot>,
+    /// TLS configurations of the HTTPS listeners, by bound address.
+    pub tls: HashMap<SocketAddr, Arc<tls::ListenerTls>>,
+}
+
+impl Live {
+    pub fn build(snapshot: Arc<Snapshot>) -> Result<Self, tls::ServerTlsError> {
+        let mut by_addr = HashMap::new();
+        for l in &snapshot.listeners {
+            if l.protocol == Protocol::Https {
+                by_addr.insert(l.local, Arc::new(tls::ListenerTls::build(l)?));
+            }
+        }
+        Ok(Self {
+            snapshot,
+            tls: by_addr,
+        })
+    }
+}
+
+/// Tracks open connections so shutdown can wait for them.
+pub struct Drain {
+    tx: watch::Sender<bool>,
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+pub struct DrainGuard<'a>(&'a Drain);
+
+impl Drop for DrainGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self {
+            tx: watch::channel(false).0,
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }
+    }
+}
+
+impl Drain {
+    pub fn track(&self) -> DrainGuard<'_> {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        DrainGuard(self)
+    }
+
+    /// Resolves once `stop` has turned true.
+    pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+        let _ = stop.wait_for(|s| *s).await;
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
+
+    /// Asks every connection to finish its in-flight requests and close.
+    pub fn start(&self) {
+        self.tx.send_replace(true);
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Waits until no connection is open; false if `limit` passed first.
+    pub async fn wait_idle(&self, limit: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.idle.notified();
+                if self.active() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+}
+
+/// What every connection of every worker shares.
+pub struct Proxy {
+    pub live: ArcSwap<Live>,
+    pub observer: Arc<Observer>,
+    pub opts: ProxyOptions,
+    pub drain: Drain,
+    http: auto::Builder<TokioExecutor>,
+}
+
+impl Proxy {
+    pub fn new(live: Live, observer: Arc<Observer>, opts: ProxyOptions) -> Self {
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(opts.header_read_timeout)
+            .keep_alive(true);
+        http.http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .max_concurrent_streams(256);
+        Self {
+            live: ArcSwap::from_pointee(live),
+            observer,
+            opts,
+            drain: Drain::default(),
+            http,
+        }
+    }
+}
+
+/// One worker thread's view: the shared state and its own upstream pools
+/// (connections stay on the thread that opened them, so a request never
+/// waits for another thread to wake up).
+pub struct Worker {
+    pub proxy: Arc<Proxy>,
+    pub upstreams: upstream::Upstreams,
+}
+
+/// Facts about the connection a request came on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The connection's local address (`destination.ip`).
+    pub local: SocketAddr,
+    /// The configured listener address the connection was accepted on.
+    pub listen: SocketAddr,
+    pub tls: bool,
+    pub sni: Option<Arc<str>>,
+}

@@ -1,0 +1,104 @@
+//! The admin server: `/ready` (200 once the listeners are bound, 503 while
+//! starting or draining), `/metrics` (Prometheus text) and `/config_dump`
+//! (the snapshot in use as JSON, API keys redacted). Plain HTTP/1.1.
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::watch};
+use tracing::{debug, warn};
+
+use crate::{
+    config::dump,
+    proxy::{Drain, Proxy},
+};
+
+/// Serves the admin endpoints on `listener` until `stop` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    ready: Arc<AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = Drain::stopped(&mut stop) => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let proxy = proxy.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let r = answer(&req, &proxy, &ready);
+                async move { Ok::<_, Infallible>(r) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                debug!(error = %e, "admin connection");
+            }
+        });
+    }
+}
+
+fn answer(req: &Request<Incoming>, proxy: &Proxy, ready: &AtomicBool) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, ct: &'static str, body: Bytes| {
+        let mut r = Response::new(Full::new(body));
+        *r.status_mut() = status;
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ct));
+        r
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            Bytes::from_static(b"GET only\n"),
+        );
+    }
+    match req.uri().path() {
+        "/ready" if ready.load(Ordering::Acquire) => {
+            text(StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n"))
+        }
+        "/ready" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            Bytes::from_static(b"not ready\n"),
+        ),
+        "/metrics" => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            Bytes::from(proxy.observer.metrics.render()),
+        ),
+        "/config_dump" => {
+            let live = proxy.live.load();
+            let v = dump::dump(&live.snapshot);
+            let body = serde_json::to_vec_pretty(&v).unwrap_or_default();
+            text(StatusCode::OK, "application/json", Bytes::from(body))
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            Bytes::from_static(b"/ready /metrics /config_dump\n"),
+        ),
+    }
+}

@@ -1,0 +1,397 @@
+//! Token usage read from responses as they stream past, without holding the
+//! body: `JsonUsageTap` captures only the top-level `usage` member of a JSON
+//! body, `SseTap` parses server-sent events incrementally (split reads, CRLF,
+//! comments, `data:` without a space, `[DONE]`) and keeps the last usage seen.
+
+use memchr::memmem;
+use serde::Deserialize;
+
+/// Token counts as OpenAI-compatible providers report them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(default, alias = "input_tokens")]
+    pub prompt_tokens: Option<u64>,
+    #[serde(default, alias = "output_tokens")]
+    pub completion_tokens: Option<u64>,
+    #[serde(default)]
+    pub total_tokens: Option<u64>,
+}
+
+impl Usage {
+    fn from_value(v: &[u8]) -> Option<Usage> {
+        let u: Usage = serde_json::from_slice(v).ok()?;
+        let mut u = u;
+        if u.total_tokens.is_none()
+            && let (Some(p), Some(c)) = (u.prompt_tokens, u.completion_tokens)
+        {
+            u.total_tokens = Some(p + c);
+        }
+        (u != Usage::default()).then_some(u)
+    }
+}
+
+/// Usage objects are small; anything bigger is not one we can read.
+const MAX_USAGE_BYTES: usize = 64 * 1024;
+/// An SSE event's data is held until the event ends; past this it is dropped.
+const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+/// Finds `"usage": {...}` at the top level of a JSON object fed in pieces.
+#[derive(Debug, Default)]
+pub struct JsonUsageTap {
+    depth: u32,
+    in_string: bool,
+    escape: bool,
+    /// At depth 1, the next string is a key.
+    expect_key: bool,
+    /// Bytes of the key being read (at depth 1), `None` when not reading one
+    /// or when it is too long to be `usage`.
+    key: Option<Vec<u8>>,
+    key_is_usage: bool,
+    /// Capturing the value of the `usage` member.
+    capture: Option<Vec<u8>>,
+    usage: Option<Usage>,
+}
+
+impl JsonUsageTap {
+    pub fn feed(&mut self, chunk: &[u8]) {
+        let mut i = 0;
+        while i < chunk.len() {
+            // Inside a string that is neither a key nor captured, only a quote
+            // or a backslash matters: skip to the next one.
+            if self.in_string && !self.escape && self.capture.is_none() && self.key.is_none() {
+                match memchr::memchr2(b'"', b'\\', &chunk[i..]) {
+                    Some(n) => i += n,
+                    None => return,
+                }
+            }
+            let c = chunk[i];
+            i += 1;
+            if let Some(buf) = &mut self.capture {
+                let ends = !self.in_string && self.depth == 1 && (c == b',' || c == b'}');
+                if ends {
+                    self.usage = Usage::from_value(buf).or(self.usage);
+                    self.capture = None;
+                } else if buf.len() < MAX_USAGE_BYTES {
+                    buf.push(c);
+                } else {
+                    self.capture = None;
+                }
+            }
+            if self.in_string {
+                if self.escape {
+                    self.escape = false;
+                } else if c == b'\\' {
+                    self.escape = true;
+                } else if c == b'"' {
+                    self.in_string = false;
+                    if let Some(k) = self.key.take() {
+                        self.key_is_usage = k == b"usage";
+                    }
+                    continue;
+                }
+                if let Some(k) = &mut self.key {
+                    if k.len() < 8 {
+                        k.push(c);
+                    } else {
+                        self.key = None;
+                    }
+                }
+                continue;
+            }
+            match c {
+                b'"' => {
+                    self.in_string = true;
+                    if self.depth == 1 && self.expect_key {
+                        self.expect_key = false;
+                        self.key = Some(Vec::new());
+                        self.key_is_usage = false;
+                    }
+                }
+                b'{' | b'[' => {
+                    self.depth += 1;
+                    if self.depth == 1 {
+                        self.expect_key = c == b'{';
+                    }
+                }
+                b'}' | b']' => self.depth = self.depth.saturating_sub(1),
+                b',' if self.depth == 1 => self.expect_key = true,
+                b':' if self.depth == 1 && self.key_is_usage => {
+                    self.key_is_usage = false;
+                    self.capture = Some(Vec::new());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
+
+/// What one `SseTap::feed` saw.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SseProgress {
+    /// A data event other than `[DONE]` completed in this chunk for the first time.
+    pub first_event: bool,
+}
+
+/// Incremental server-sent events parser that keeps the last `usage`.
+#[derive(Debug, Default)]
+pub struct SseTap {
+    /// The current (incomplete) line.
+    line: Vec<u8>,
+    line_overflow: bool,
+    /// The previous chunk ended with CR: a following LF belongs to it.
+    after_cr: bool,
+    /// The data of the current event (lines joined with `\n`).
+    data: Vec<u8>,
+    has_data: bool,
+    events: u64,
+    done: bool,
+    usage: Option<Usage>,
+}
+
+impl SseTap {
+    pub fn feed(&mut self, mut chunk: &[u8]) -> SseProgress {
+        let before = self.events;
+        if self.after_cr && chunk.first() == Some(&b'\n') {
+            chunk = &chunk[1..];
+        }
+        self.after_cr = false;
+        while !chunk.is_empty() {
+            match memchr::memchr2(b'\n', b'\r', chunk) {
+                Some(i) => {
+                    self.push_line_bytes(&chunk[..i]);
+                    self.end_line();
+                    let crlf = chunk[i] == b'\r';
+                    chunk = &chunk[i + 1..];
+                    if crlf {
+                        match chunk.first() {
+                            Some(b'\n') => chunk = &chunk[1..],
+                            None => self.after_cr = true,
+                            _ => {}
+                        }
+                    }
+                }
+                None => {
+                    self.push_line_bytes(chunk);
+                    break;
+                }
+            }
+        }
+        SseProgress {
+            first_event: before == 0 && self.events > 0,
+        }
+    }
+
+    /// The stream ended: an event without its closing blank line still counts.
+    pub fn finish(&mut self) -> SseProgress {
+        let before = self.events;
+        if !self.line.is_empty() {
+            self.end_line();
+        }
+        self.dispatch();
+        SseProgress {
+            first_event: before == 0 && self.events > 0,
+        }
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// Data events seen, `[DONE]` excluded.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    pub fn saw_done(&self) -> bool {
+        self.done
+    }
+
+    fn push_line_bytes(&mut self, b: &[u8]) {
+        if self.line.len() + b.len() <= MAX_EVENT_BYTES {
+            self.line.extend_from_slice(b);
+        } else {
+            self.line_overflow = true;
+        }
+    }
+
+    fn end_line(&mut self) {
+        let line = std::mem::take(&mut self.line);
+        let overflow = std::mem::replace(&mut self.line_overflow, false);
+        if line.is_empty() {
+            self.dispatch();
+        } else if line[0] == b':' || overflow {
+            // A comment (keep-alive), or a line too long to hold.
+        } else {
+            let (field, value) = match memchr::memchr(b':', &line) {
+                Some(i) => {
+                    let v = &line[i + 1..];
+                    (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+                }
+                None => (&line[..], &b""[..]),
+            };
+            if field == b"data" {
+                if self.has_data {
+                    self.data.push(b'\n');
+                }
+                if self.data.len() + value.len() <= MAX_EVENT_BYTES {
+                    self.data.extend_from_slice(value);
+                }
+                self.has_data = true;
+            }
+        }
+        self.line = line;
+        self.line.clear();
+    }
+
+    fn dispatch(&mut self) {
+        if !self.has_data {
+            return;
+        }
+        self.has_data = false;
+        let data = std::mem::take(&mut self.data);
+        let trimmed = data.trim_ascii();
+        if trimmed == b"[DONE]" {
+            self.done = true;
+        } else {
+            self.events += 1;
+            // Parse only the events that can carry usage.
+            if memmem::find(trimmed, b"\"usage\"").is_some()
+                && let Ok(ev) = serde_json::from_slice::<UsageEvent>(trimmed)
+                && let Some(u) = ev.usage.and_then(|u| Usage::from_value(u.get().as_bytes()))
+            {
+                self.usage = Some(u);
+            }
+        }
+        self.data = data;
+        self.data.clear();
+    }
+}
+
+#[derive(Deserialize)]
+struct UsageEvent<'a> {
+    #[serde(borrow, default)]
+    usage: Option<&'a serde_json::value::RawValue>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"{"choices":[{"message":{"role":"assistant","content":"Hello! I am Qwen, ..."},"finish_reason":"stop","index":0,"logprobs":null}],"object":"chat.completion","usage":{"prompt_tokens":12,"completion_tokens":130,"total_tokens":142},"created":1720682745,"system_fingerprint":null,"model":"qwen1.5-72b-chat","id":"chatcmpl-3608dcd5-e3ad-9ade-bc70-xxxxxxxxxxxxxx"}"#;
+
+    fn usage(p: u64, c: u64, t: u64) -> Option<Usage> {
+        Some(Usage {
+            prompt_tokens: Some(p),
+            completion_tokens: Some(c),
+            total_tokens: Some(t),
+        })
+    }
+
+    #[test]
+    fn json_usage_in_the_middle_fed_byte_by_byte() {
+        let mut tap = JsonUsageTap::default();
+        for b in SEED.as_bytes() {
+            tap.feed(std::slice::from_ref(b));
+        }
+        assert_eq!(tap.usage(), usage(12, 130, 142));
+    }
+
+    #[test]
+    fn json_usage_ignores_nested_and_string_lookalikes() {
+        let body = r#"{"a":{"usage":{"prompt_tokens":1}},"s":"\"usage\":{\"prompt_tokens\":2}","usage" : {"prompt_tokens":3,"completion_tokens":4}}"#;
+        for split in 0..body.len() {
+            let mut tap = JsonUsageTap::default();
+            tap.feed(&body.as_bytes()[..split]);
+            tap.feed(&body.as_bytes()[split..]);
+            assert_eq!(tap.usage(), usage(3, 4, 7), "split at {split}");
+        }
+        let mut tap = JsonUsageTap::default();
+        tap.feed(br#"{"usage":null,"x":[{"usage":{"total_tokens":9}}]}"#);
+        assert_eq!(tap.usage(), None);
+    }
+
+    fn sse(body: &str) -> SseTap {
+        let mut tap = SseTap::default();
+        tap.feed(body.as_bytes());
+        tap.finish();
+        tap
+    }
+
+    const CHUNK: &str = r#"{"choices":[{"delta":{"content":"hi"}}],"usage":null}"#;
+    const LAST: &str =
+        r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#;
+
+    #[test]
+    fn sse_usage_in_the_final_chunk() {
+        let body = format!("data: {CHUNK}\n\ndata: {CHUNK}\n\ndata: {LAST}\n\ndata: [DONE]\n\n");
+        let tap = sse(&body);
+        assert_eq!(tap.usage(), usage(5, 7, 12));
+        assert_eq!(tap.events(), 3);
+        assert!(tap.saw_done());
+    }
+
+    #[test]
+    fn sse_events_split_across_every_read_boundary() {
+        let body = format!("data: {CHUNK}\r\n\r\ndata:{LAST}\r\n\r\ndata: [DONE]\r\n\r\n");
+        for split in 0..body.len() {
+            let mut tap = SseTap::default();
+            let a = tap.feed(&body.as_bytes()[..split]);
+            let b = tap.feed(&body.as_bytes()[split..]);
+            tap.finish();
+            assert_eq!(tap.usage(), usage(5, 7, 12), "split at {split}");
+            assert_eq!(tap.events(), 2, "split at {split}");
+            assert!(a.first_event ^ b.first_event, "split at {split}");
+            assert!(tap.saw_done());
+        }
+    }
+
+    #[test]
+    fn sse_data_without_space_comments_and_cr_only_lines() {
+        let body = format!(": keep-alive\r\r:another\rdata:{LAST}\r\revent: x\rdata: [DONE]\r\r");
+        let tap = sse(&body);
+        assert_eq!(tap.usage(), usage(5, 7, 12));
+        assert_eq!(tap.events(), 1);
+        assert!(tap.saw_done());
+    }
+
+    #[test]
+    fn sse_multi_line_data_is_joined() {
+        let body = "data: {\"usage\":\ndata: {\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n";
+        assert_eq!(sse(body).usage(), usage(1, 2, 3));
+    }
+
+    #[test]
+    fn sse_missing_usage_and_missing_final_blank_line() {
+        let tap = sse(&format!("data: {CHUNK}\n\ndata: {CHUNK}"));
+        assert_eq!(tap.usage(), None);
+        assert_eq!(tap.events(), 2);
+        assert!(!tap.saw_done());
+        // The last event's closing blank line is missing, usage is still read.
+        let tap = sse(&format!("data: {CHUNK}\n\ndata: {LAST}\n"));
+        assert_eq!(tap.usage(), usage(5, 7, 12));
+    }
+
+    #[test]
+    fn sse_first_event_is_reported_once() {
+        let mut tap = SseTap::default();
+        assert!(!tap.feed(b": comment\n\n").first_event);
+        assert!(!tap.feed(b"data: {\"a\"").first_event);
+        assert!(tap.feed(b":1}\n\n").first_event);
+        assert!(
+            !tap.feed(format!("data: {CHUNK}\n\n").as_bytes())
+                .first_event
+        );
+    }
+
+    #[test]
+    fn sse_invalid_json_is_skipped() {
+        let tap = sse(&format!(
+            "data: {{\"usage\": nope}}\n\ndata: {LAST}\n\ndata: {{\"usage\":\n\n"
+        ));
+        assert_eq!(tap.usage(), usage(5, 7, 12));
+    }
+}

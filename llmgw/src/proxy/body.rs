@@ -1,0 +1,213 @@
+//! Response bodies: small local ones (errors, redirects) and the provider's
+//! body streamed through frame by frame, never buffered, with an idle
+//! timeout between frames and a usage tap. Dropping the body (the client
+//! left) drops the upstream body, which cancels the upstream request.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::Sleep;
+
+use super::record::Record;
+use crate::observe::usage::{JsonUsageTap, SseTap};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub enum ProxyBody {
+    Full(Option<Bytes>),
+    Upstream(Box<UpstreamBody>),
+}
+
+impl ProxyBody {
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        let b = b.into();
+        ProxyBody::Full((!b.is_empty()).then_some(b))
+    }
+
+    pub fn empty() -> Self {
+        ProxyBody::Full(None)
+    }
+}
+
+/// How usage is read from a response.
+pub enum Tap {
+    None,
+    Json(JsonUsageTap),
+    Sse(SseTap),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the provider sent nothing for {0:?}")]
+pub struct IdleTimeout(pub Duration);
+
+pub struct UpstreamBody {
+    inner: Incoming,
+    /// Fires at the latest possible idle deadline; re-armed lazily from
+    /// `last_frame` so a frame costs a clock read, not a timer update.
+    idle: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
+    last_frame: tokio::time::Instant,
+    tap: Tap,
+    record: Record,
+    done: bool,
+}
+
+impl UpstreamBody {
+    pub fn new(inner: Incoming, record: Record, tap: Tap, idle_timeout: Duration) -> Self {
+        Self {
+            inner,
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle_timeout,
+            last_frame: tokio::time::Instant::now(),
+            tap,
+            record,
+            done: false,
+        }
+    }
+
+    fn on_data(&mut self, data: &Bytes) {
+        let now = self.record.start.elapsed();
+        self.record.ttfb.get_or_insert(now);
+        self.record.bytes_sent += data.len() as u64;
+        match &mut self.tap {
+            Tap::None => {}
+            Tap::Json(t) => t.feed(data),
+            Tap::Sse(t) => {
+                if t.feed(data).first_event {
+                    self.record.ttft = Some(now);
+                }
+            }
+        }
+    }
+
+    fn on_end(&mut self) {
+        self.done = true;
+        match &mut self.tap {
+            Tap::None => {}
+            Tap::Json(t) => self.record.usage = t.usage(),
+            Tap::Sse(t) => {
+                if t.finish().first_event {
+                    self.record.ttft = Some(self.record.start.elapsed());
+                }
+                self.record.usage = t.usage();
+            }
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if !self.done && self.inner.is_end_stream() {
+            self.on_end();
+        }
+        if !self.done {
+            // Keep what the stream already told us.
+            match &self.tap {
+                Tap::Json(t) => self.record.usage = t.usage(),
+                Tap::Sse(t) => self.record.usage = t.usage(),
+                Tap::None => {}
+            }
+            self.record
+                .error
+                .get_or_insert_with(|| "client disconnected during the response".into());
+        }
+        // The record reports itself when dropped with this body.
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.on_data(data);
+                }
+                if this.inner.is_end_stream() {
+                    // h2 stops polling once the body says it is done.
+                    this.on_end();
+                } else {
+                    this.last_frame = tokio::time::Instant::now();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.on_end();
+                this.record.error = Some(format!("provider response body: {e}"));
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.on_end();
+                Poll::Ready(None)
+            }
+            Poll::Pending => loop {
+                if this.idle.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let due = this.last_frame + this.idle_timeout;
+                if tokio::time::Instant::now() < due {
+                    // Frames came since it was armed: re-arm for the real deadline.
+                    this.idle.as_mut().reset(due);
+                    continue;
+                }
+                this.on_end();
+                let e = IdleTimeout(this.idle_timeout);
+                this.record.error = Some(e.to_string());
+                return Poll::Ready(Some(Err(e.into())));
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Upstream(u) => Pin::new(u.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Upstream(u) => u.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Upstream(u) => u.size_hint(),
+        }
+    }
+}

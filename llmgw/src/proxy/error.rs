@@ -1,0 +1,154 @@
+//! Every way a request can fail in the proxy, and the one place that turns
+//! a failure into a status and a body: the OpenAI error JSON shape, except
+//! where Istio's exact text is the contract (`RBAC: access denied`).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::json;
+use thiserror::Error;
+
+use super::{body::ProxyBody, rewrite::JsonError, router::NoRoute, upstream::UpstreamError};
+use crate::config::ResourceId;
+
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    /// An AuthorizationPolicy denied the request.
+    #[error("RBAC: access denied")]
+    Denied { policy: Option<ResourceId> },
+    #[error("no route for host {host:?}")]
+    NoRoute { host: String, why: NoRoute },
+    #[error("the request body is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error(transparent)]
+    BadJson(#[from] JsonError),
+    #[error("reading the request body failed: {0}")]
+    ClientBody(String),
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BadJson(_) | ProxyError::ClientBody(_) | ProxyError::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// OpenAI's `error.type` and `error.code` for this failure.
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            ProxyError::Denied { .. } => ("permission_error", "access_denied"),
+            ProxyError::NoRoute { .. } => ("invalid_request_error", "route_not_found"),
+            ProxyError::TooLarge { .. } => ("invalid_request_error", "request_too_large"),
+            ProxyError::BadJson(_) => ("invalid_request_error", "invalid_json"),
+            ProxyError::ClientBody(_) | ProxyError::BadRequest(_) => {
+                ("invalid_request_error", "invalid_request")
+            }
+            ProxyError::BodyTimeout(_) => ("invalid_request_error", "request_timeout"),
+            ProxyError::Upstream(e) if e.is_timeout() => ("server_error", "upstream_timeout"),
+            ProxyError::Upstream(UpstreamError::Tls { .. }) => {
+                ("server_error", "upstream_tls_error")
+            }
+            ProxyError::Upstream(_) => ("server_error", "upstream_unavailable"),
+        }
+    }
+
+    /// The response the client gets.
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let status = self.status();
+        let (content_type, body) = match self {
+            // Istio's exact answer.
+            ProxyError::Denied { .. } => ("text/plain", Bytes::from_static(b"RBAC: access denied")),
+            _ => {
+                let (ty, code) = self.kind();
+                let v = json!({"error": {
+                    "message": self.to_string(),
+                    "type": ty,
+                    "param": null,
+                    "code": code,
+                }});
+                ("application/json", Bytes::from(v.to_string()))
+            }
+        };
+        let mut resp = Response::new(ProxyBody::full(body));
+        *resp.status_mut() = status;
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    async fn body(r: Response<ProxyBody>) -> String {
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn denied_is_istios_text() {
+        let r = ProxyError::Denied { policy: None }.to_response();
+        assert_eq!(r.status(), 403);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "text/plain");
+        assert_eq!(body(r).await, "RBAC: access denied");
+    }
+
+    #[tokio::test]
+    async fn others_are_openai_errors() {
+        let cases = [
+            (ProxyError::TooLarge { limit: 10 }, 413, "request_too_large"),
+            (
+                ProxyError::BadJson(JsonError::NotObject),
+                400,
+                "invalid_json",
+            ),
+            (
+                ProxyError::Upstream(UpstreamError::ResponseTimeout {
+                    authority: "a:443".into(),
+                    after: Duration::from_secs(1),
+                }),
+                504,
+                "upstream_timeout",
+            ),
+            (
+                ProxyError::Upstream(UpstreamError::Connect {
+                    authority: "a:443".into(),
+                    source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+                }),
+                502,
+                "upstream_unavailable",
+            ),
+        ];
+        for (e, status, code) in cases {
+            let r = e.to_response();
+            assert_eq!(r.status(), status);
+            let v: serde_json::Value = serde_json::from_str(&body(r).await).unwrap();
+            assert_eq!(v["error"]["code"], code);
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty())
+            );
+            assert!(v["error"]["type"].is_string());
+            assert!(v["error"].as_object().unwrap().contains_key("param"));
+        }
+    }
+}

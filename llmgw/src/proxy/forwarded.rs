@@ -1,0 +1,128 @@
+//! Forwarding headers: the original client address from X-Forwarded-For with
+//! Envoy's `xff_num_trusted_hops` rule, and the hop-by-hop headers a proxy
+//! must not pass on (RFC 9110 §7.6.1).
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName, header};
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The client address: the peer when no proxy in front is trusted, else the
+/// `trusted_hops`-th address from the right of X-Forwarded-For (the peer when
+/// the header has fewer, or the entry does not parse).
+pub fn remote_addr(headers: &HeaderMap, peer: IpAddr, trusted_hops: usize) -> IpAddr {
+    if trusted_hops == 0 {
+        return peer;
+    }
+    let mut seen = 0;
+    // Later header lines come later in the list; walk from the right.
+    let values: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for v in values.iter().rev() {
+        for entry in v.rsplit(',') {
+            seen += 1;
+            if seen == trusted_hops {
+                return parse_xff_entry(entry.trim()).unwrap_or(peer);
+            }
+        }
+    }
+    peer
+}
+
+/// `1.2.3.4`, `1.2.3.4:567`, `2001:db8::1`, `[2001:db8::1]:567`.
+fn parse_xff_entry(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        return rest.split_once(']').and_then(|(ip, _)| ip.parse().ok());
+    }
+    s.rsplit_once(':').and_then(|(ip, _)| ip.parse().ok())
+}
+
+/// Hop-by-hop headers (and proxy credentials) that never cross the proxy.
+pub const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Whether `name` must be dropped, given the `Connection` header's list.
+pub fn is_hop_by_hop(name: &HeaderName, connection: &[HeaderName]) -> bool {
+    HOP_BY_HOP.contains(name)
+        || name == "keep-alive"
+        || name == "proxy-connection"
+        || connection.contains(name)
+}
+
+/// The header names listed in `Connection` (lower-cased).
+pub fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().to_ascii_lowercase().as_bytes()).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn envoy_trusted_hops() {
+        let peer: IpAddr = "10.0.0.9".parse().unwrap();
+        let h = xff(&["192.0.2.10, 198.51.100.2", "203.0.113.7:4444"]);
+        assert_eq!(remote_addr(&h, peer, 0), peer);
+        assert_eq!(
+            remote_addr(&h, peer, 1),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            remote_addr(&h, peer, 2),
+            "198.51.100.2".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            remote_addr(&h, peer, 3),
+            "192.0.2.10".parse::<IpAddr>().unwrap()
+        );
+        // Fewer entries than hops: the peer.
+        assert_eq!(remote_addr(&h, peer, 4), peer);
+        assert_eq!(remote_addr(&xff(&["garbage"]), peer, 1), peer);
+        assert_eq!(
+            remote_addr(&xff(&["[2001:db8::1]:80"]), peer, 1),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, X-Secret".parse().unwrap());
+        let listed = connection_listed(&h);
+        assert!(is_hop_by_hop(&HeaderName::from_static("x-secret"), &listed));
+        assert!(is_hop_by_hop(&header::TRANSFER_ENCODING, &listed));
+        assert!(is_hop_by_hop(
+            &HeaderName::from_static("keep-alive"),
+            &listed
+        ));
+        assert!(!is_hop_by_hop(&header::CONTENT_TYPE, &listed));
+    }
+}

@@ -1,0 +1,482 @@
+//! The request pipeline: security → route (or https redirect) → weighted
+//! backend → read and rewrite the body → upstream request → stream the answer
+//! back through the usage tap. Never panics on input; every failure becomes
+//! a `ProxyError` and so one response.
+
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
+
+use bytes::{Bytes, BytesMut};
+use http::{
+    HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
+    uri::PathAndQuery,
+};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+use super::{
+    ConnInfo, Proxy, Worker,
+    body::{ProxyBody, Tap, UpstreamBody},
+    error::ProxyError,
+    forwarded::{self, X_FORWARDED_FOR, X_FORWARDED_PROTO},
+    record::Record,
+    rewrite::{self, BodyRewrite},
+    router::{self, NoRoute, normalize_host},
+    security,
+};
+use crate::{
+    config::snapshot::Upstream,
+    observe::usage::{JsonUsageTap, SseTap},
+    policy::{RequestContext, authz::normalize_path},
+};
+
+/// Client headers that carry API credentials; dropped when the provider sets its own key.
+const API_KEY_HEADERS: &[&str] = &["api-key", "x-api-key"];
+
+/// The hyper service function.
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+    worker: Arc<Worker>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let proxy = &worker.proxy;
+    let mut rec = Record {
+        observer: proxy.observer.clone(),
+        start: Instant::now(),
+        time: SystemTime::now(),
+        client: conn.peer.ip(),
+        peer: conn.peer.ip(),
+        host: String::new(),
+        method: req.method().clone(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string(),
+        protocol: match req.version() {
+            Version::HTTP_2 => "HTTP/2",
+            Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+        rule: None,
+        backend: 0,
+        model: None,
+        stream: false,
+        status: 0,
+        upstream_status: None,
+        ttfb: None,
+        ttft: None,
+        usage: None,
+        bytes_sent: 0,
+        error: None,
+        upstream_error: None,
+    };
+    let resp = match pipeline(req, &conn, &worker, &mut rec).await {
+        Ok(Reply::Local(resp)) => {
+            rec.status = resp.status().as_u16();
+            resp
+        }
+        Ok(Reply::Upstream(resp, tap)) => {
+            rec.status = resp.status().as_u16();
+            rec.upstream_status = Some(rec.status);
+            rec.ttfb = Some(rec.start.elapsed());
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            let body = UpstreamBody::new(body, rec, tap, proxy.opts.stream_idle_timeout);
+            return Ok(Response::from_parts(
+                parts,
+                ProxyBody::Upstream(Box::new(body)),
+            ));
+        }
+        Err(e) => {
+            rec.status = e.status().as_u16();
+            rec.error = Some(e.to_string());
+            if let ProxyError::Upstream(u) = &e {
+                rec.upstream_error = Some(u.kind());
+            }
+            e.to_response()
+        }
+    };
+    rec.bytes_sent = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
+    Ok(resp)
+}
+
+enum Reply {
+    Local(Response<ProxyBody>),
+    Upstream(Response<Incoming>, Tap),
+}
+
+async fn pipeline(
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    worker: &Worker,
+    rec: &mut Record,
+) -> Result<Reply, ProxyError> {
+    let proxy = &worker.proxy;
+    let live = proxy.live.load_full();
+    let snapshot = &live.snapshot;
+    let (parts, body) = req.into_parts();
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+        })
+        .unwrap_or("");
+    let host = normalize_host(authority);
+    rec.host.clone_from(&host);
+    let Some(listener) = snapshot.listeners.iter().find(|l| l.local == conn.listen) else {
+        // The listener was removed by a reload while this connection was open.
+        return Err(ProxyError::NoRoute {
+            host,
+            why: NoRoute::Host,
+        });
+    };
+    let raw_path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = normalize_path(raw_path);
+    let remote = forwarded::remote_addr(
+        &parts.headers,
+        conn.peer.ip(),
+        proxy.opts.num_trusted_proxies,
+    );
+    rec.client = remote;
+
+    // 1. Security: who may do what (before routing, as Envoy's RBAC filter).
+    let ctx = RequestContext {
+        peer: conn.peer.ip(),
+        remote,
+        local: conn.local,
+        sni: conn.sni.as_deref(),
+        host: &host,
+        method: parts.method.as_str(),
+        path: &path,
+        headers: &parts.headers,
+        identity: None,
+    };
+    security::admit(snapshot, &ctx).await?;
+
+    // 2. Route.
+    let no_route = |why| ProxyError::NoRoute {
+        host: host.clone(),
+        why,
+    };
+    let server = router::server_for(listener, &host).ok_or_else(|| no_route(NoRoute::Host))?;
+    if server.https_redirect {
+        return Ok(Reply::Local(redirect(&host, raw_path)));
+    }
+    let routed = router::route(listener, &host, &parts.headers).map_err(no_route)?;
+    let rule = routed.rule.clone();
+    let roll = fastrand::u32(..rule.total_weight.max(1));
+    let picked = rule.pick(roll);
+    rec.backend = rule
+        .backends
+        .iter()
+        .position(|b| std::ptr::eq(b, picked))
+        .unwrap_or(0);
+    let up = picked.upstream.clone();
+    rec.rule = Some(rule);
+    rec.model.clone_from(&up.model);
+
+    // 3. Body: bounded read, then the provider rewrite.
+    let body = read_body(body, &parts.headers, proxy).await?;
+    let body = if body.is_empty() && matches!(parts.method, Method::GET | Method::HEAD) {
+        body
+    } else {
+        let rw = rewrite::rewrite(
+            &body,
+            &BodyRewrite {
+                model: up.model.as_deref(),
+                stream: up.stream,
+            },
+        )?;
+        rec.model = rw.model;
+        rec.stream = rw.stream;
+        Bytes::from(rw.body)
+    };
+
+    // 4. Upstream request.
+    let host_header = host_header(&up);
+    let uri = upstream_uri(&up, &host_header, raw_path, &path)?;
+    let body_len = body.len();
+    let mut out = Request::new(Full::new(body));
+    *out.method_mut() = parts.method.clone();
+    *out.uri_mut() = uri;
+    *out.version_mut() = Version::HTTP_11;
+    let headers = out.headers_mut();
+    copy_request_headers(&parts.headers, headers, &up);
+    headers.insert(
+        header::HOST,
+        HeaderValue::from_str(&host_header)
+            .map_err(|_| ProxyError::BadRequest("provider host is not a header value".into()))?,
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+    if let Some(auth) = &up.authorization {
+        headers.insert(header::AUTHORIZATION, auth.clone());
+    }
+    append_forwarded(
+        &parts.headers,
+        headers,
+        conn,
+        proxy.opts.num_trusted_proxies,
+    );
+
+    let sni = up.host.split(':').next().unwrap_or(&up.host);
+    let resp = worker.upstreams.send(&up.authority, sni, out).await?;
+    let tap = tap_for(resp.headers(), rec.stream);
+    Ok(Reply::Upstream(resp, tap))
+}
+
+/// Reads the request body up to `--max-request-body`, refusing early on a
+/// larger Content-Length, with the stream idle timeout between frames.
+async fn read_body(
+    mut body: Incoming,
+    headers: &HeaderMap,
+    proxy: &Proxy,
+) -> Result<Bytes, ProxyError> {
+    let limit = proxy.opts.max_request_body;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ProxyError::TooLarge { limit });
+    }
+    let idle = proxy.opts.stream_idle_timeout;
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit) as usize);
+    let mut first: Option<Bytes> = None;
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(ProxyError::BodyTimeout(idle)),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(ProxyError::ClientBody(e.to_string())),
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let total = buf.len() + first.as_ref().map_or(0, Bytes::len) + data.len();
+        if total as u64 > limit {
+            return Err(ProxyError::TooLarge { limit });
+        }
+        // One frame is the common case: keep it without copying.
+        match first.take() {
+            None if buf.is_empty() => first = Some(data),
+            Some(f) => {
+                buf.extend_from_slice(&f);
+                buf.extend_from_slice(&data);
+            }
+            None => buf.extend_from_slice(&data),
+        }
+    }
+    Ok(match first {
+        Some(f) => f,
+        None => buf.freeze(),
+    })
+}
+
+/// `Host` for the provider: its host, with the port unless it is 443.
+fn host_header(up: &Upstream) -> String {
+    if up.port == 443 || up.host.contains(':') {
+        up.host.clone()
+    } else {
+        format!("{}:{}", up.host, up.port)
+    }
+}
+
+/// `https://HOST/PATH`: the provider's path (the client's query kept when the
+/// provider's path has none), else the client's path as normalised.
+fn upstream_uri(
+    up: &Upstream,
+    host: &str,
+    raw_path: &str,
+    normalized: &str,
+) -> Result<Uri, ProxyError> {
+    let query = raw_path.split_once('?').map(|(_, q)| q);
+    let pq: PathAndQuery = match (&up.path, query) {
+        (Some(p), Some(q)) if p.query().is_none() => format!("{}?{q}", p.path())
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("invalid query".into()))?,
+        (Some(p), _) => p.clone(),
+        (None, Some(q)) => format!("{normalized}?{q}")
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("invalid path".into()))?,
+        (None, None) => normalized
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("invalid path".into()))?,
+    };
+    Uri::builder()
+        .scheme("https")
+        .authority(host)
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| ProxyError::BadRequest(format!("provider URI: {e}")))
+}
+
+/// Copies the client's end-to-end headers. Dropped: hop-by-hop ones, Host
+/// and Content-Length (set anew), Accept-Encoding (so usage can be read from
+/// the answer), forwarding headers (set anew) and, when the provider has a
+/// key, every client credential header.
+fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap, up: &Upstream) {
+    let listed = forwarded::connection_listed(from);
+    to.reserve(from.len() + 4);
+    for (name, value) in from {
+        let skip = forwarded::is_hop_by_hop(name, &listed)
+            || name == header::HOST
+            || name == header::CONTENT_LENGTH
+            || name == header::ACCEPT_ENCODING
+            || name == X_FORWARDED_FOR
+            || name == X_FORWARDED_PROTO
+            || (up.authorization.is_some()
+                && (name == header::AUTHORIZATION || API_KEY_HEADERS.contains(&name.as_str())));
+        if !skip {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// X-Forwarded-For gets the peer appended; X-Forwarded-Proto is ours unless a
+/// trusted proxy in front set it (Envoy's `use_remote_address` behaviour).
+fn append_forwarded(from: &HeaderMap, to: &mut HeaderMap, conn: &ConnInfo, trusted: usize) {
+    let peer = conn.peer.ip().to_string();
+    let prior: Vec<&str> = from
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let xff = if prior.is_empty() {
+        peer
+    } else {
+        format!("{}, {peer}", prior.join(", "))
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        to.insert(X_FORWARDED_FOR, v);
+    }
+    let scheme = if conn.tls { "https" } else { "http" };
+    let proto = match from.get(X_FORWARDED_PROTO) {
+        Some(v) if trusted > 0 => v.clone(),
+        _ => HeaderValue::from_static(scheme),
+    };
+    to.insert(X_FORWARDED_PROTO, proto);
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed = forwarded::connection_listed(headers);
+    for name in forwarded::HOP_BY_HOP.iter().chain(&listed) {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// Which usage tap fits the response.
+fn tap_for(headers: &HeaderMap, stream: bool) -> Tap {
+    if headers.contains_key(header::CONTENT_ENCODING) {
+        return Tap::None;
+    }
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct.starts_with("text/event-stream") || (stream && ct.is_empty()) {
+        Tap::Sse(SseTap::default())
+    } else if ct.contains("json") || ct.is_empty() {
+        Tap::Json(JsonUsageTap::default())
+    } else {
+        Tap::None
+    }
+}
+
+fn redirect(host: &str, path: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::empty());
+    *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{path}")) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(path: Option<&str>, port: u16, key: bool) -> Upstream {
+        Upstream {
+            provider: crate::config::ResourceId {
+                namespace: "ns".into(),
+                name: "p".into(),
+            },
+            host: "api.example.com".into(),
+            authority: format!("api.example.com:{port}"),
+            port,
+            path: path.map(|p| p.parse().unwrap()),
+            model: None,
+            stream: None,
+            authorization: key.then(|| HeaderValue::from_static("Bearer sk-provider")),
+        }
+    }
+
+    #[test]
+    fn uri_takes_the_providers_path_and_keeps_the_query() {
+        let up = upstream(Some("/v1/chat/completions"), 443, false);
+        let u = upstream_uri(&up, "api.example.com", "/x?a=1", "/x").unwrap();
+        assert_eq!(
+            u.to_string(),
+            "https://api.example.com/v1/chat/completions?a=1"
+        );
+        let up = upstream(None, 8443, false);
+        assert_eq!(host_header(&up), "api.example.com:8443");
+        let u = upstream_uri(&up, &host_header(&up), "/a/../b?q", "/b").unwrap();
+        assert_eq!(u.to_string(), "https://api.example.com:8443/b?q");
+    }
+
+    #[test]
+    fn client_credentials_and_hop_by_hop_headers_are_dropped() {
+        let mut from = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer sk-client"),
+            ("x-api-key", "sk-client"),
+            ("api-key", "sk-client"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("accept-encoding", "gzip"),
+            ("content-type", "application/json"),
+            ("x-custom", "kept"),
+        ] {
+            from.append(k, v.parse().unwrap());
+        }
+        let mut to = HeaderMap::new();
+        copy_request_headers(&from, &mut to, &upstream(None, 443, true));
+        let names: Vec<&str> = to.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "x-custom"]);
+        // Without a provider key, the client's credentials go through.
+        let mut to = HeaderMap::new();
+        copy_request_headers(&from, &mut to, &upstream(None, 443, false));
+        assert_eq!(to["authorization"], "Bearer sk-client");
+    }
+
+    #[test]
+    fn taps() {
+        let h = |ct: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            m
+        };
+        assert!(matches!(
+            tap_for(&h("text/event-stream; charset=utf-8"), false),
+            Tap::Sse(_)
+        ));
+        assert!(matches!(
+            tap_for(&h("application/json"), true),
+            Tap::Json(_)
+        ));
+        assert!(matches!(tap_for(&h("text/html"), false), Tap::None));
+    }
+}

@@ -1,0 +1,130 @@
+//! Accepting connections: one accept loop per bound address; per connection
+//! the current snapshot says whether it is plain HTTP (HTTP/1.1 or h2c) or
+//! HTTPS (TLS with SNI-chosen certificate, ALPN h2/http1.1), then hyper
+//! serves it until it closes or a drain asks it to finish.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+use tokio_rustls::LazyConfigAcceptor;
+use tracing::{debug, warn};
+
+use super::{ConnInfo, Drain, Worker, handler};
+use crate::config::snapshot::Protocol;
+
+/// Accepts on `listener` (configured as `listen`) until `stop` turns true.
+pub async fn accept_loop(
+    listener: TcpListener,
+    listen: SocketAddr,
+    worker: Arc<Worker>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = Drain::stopped(&mut stop) => break,
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    tokio::spawn(serve_connection(stream, peer, listen, worker.clone()));
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    warn!(%listen, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    debug!(%listen, "listener closed");
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listen: SocketAddr,
+    worker: Arc<Worker>,
+) {
+    let proxy = &worker.proxy;
+    let _guard = proxy.drain.track();
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(listen);
+    let (protocol, tls) = {
+        let live = proxy.live.load();
+        let Some(l) = live.snapshot.listeners.iter().find(|l| l.local == listen) else {
+            return;
+        };
+        (l.protocol, live.tls.get(&listen).cloned())
+    };
+    match protocol {
+        Protocol::Http => {
+            let conn = ConnInfo {
+                peer,
+                local,
+                listen,
+                tls: false,
+                sni: None,
+            };
+            serve_http(TokioIo::new(stream), conn, &worker).await
+        }
+        Protocol::Https => {
+            let Some(tls) = tls else { return };
+            let limit = proxy.opts.header_read_timeout;
+            let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+            let start = match tokio::time::timeout(limit, acceptor).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "TLS ClientHello");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let sni: Option<Arc<str>> = start.client_hello().server_name().map(Arc::from);
+            let config = tls.config_for(sni.as_deref());
+            let stream = match tokio::time::timeout(limit, start.into_stream(config)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "TLS handshake");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let conn = ConnInfo {
+                peer,
+                local,
+                listen,
+                tls: true,
+                sni,
+            };
+            serve_http(TokioIo::new(stream), conn, &worker).await
+        }
+    }
+}
+
+async fn serve_http<I>(io: I, conn: ConnInfo, worker: &Arc<Worker>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let conn = Arc::new(conn);
+    let w = worker.clone();
+    let svc = service_fn(move |req| handler::handle(req, conn.clone(), w.clone()));
+    let proxy = &worker.proxy;
+    let served = proxy.http.serve_connection(io, svc);
+    tokio::pin!(served);
+    let mut stop = proxy.drain.subscribe();
+    tokio::select! {
+        r = served.as_mut() => {
+            if let Err(e) = r {
+                debug!(error = %e, "connection ended with an error");
+            }
+        }
+        _ = Drain::stopped(&mut stop) => {
+            served.as_mut().graceful_shutdown();
+            let _ = served.await;
+        }
+    }
+}

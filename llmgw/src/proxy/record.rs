@@ -1,0 +1,126 @@
+//! What the proxy learns about one request as it goes (route, model, status,
+//! timings, tokens), reported once to metrics and the access log when the
+//! request ends: normally, with an error, or because the client went away.
+
+use std::{
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use http::Method;
+
+use crate::{
+    config::snapshot::RouteRule,
+    observe::{
+        Observer,
+        access_log::{Entry, Rfc3339, millis},
+        metrics::{Labels, Observation, UpstreamErrorKind},
+        usage::Usage,
+    },
+};
+
+pub struct Record {
+    pub observer: Arc<Observer>,
+    pub start: Instant,
+    pub time: SystemTime,
+    pub client: IpAddr,
+    pub peer: IpAddr,
+    pub host: String,
+    pub method: Method,
+    /// As the client sent it.
+    pub path: String,
+    pub protocol: &'static str,
+    pub rule: Option<Arc<RouteRule>>,
+    pub backend: usize,
+    pub model: Option<String>,
+    pub stream: bool,
+    /// 0 until a response is chosen; a record dropped at 0 means the client left.
+    pub status: u16,
+    pub upstream_status: Option<u16>,
+    pub ttfb: Option<Duration>,
+    pub ttft: Option<Duration>,
+    pub usage: Option<Usage>,
+    pub bytes_sent: u64,
+    pub error: Option<String>,
+    pub upstream_error: Option<UpstreamErrorKind>,
+}
+
+/// nginx's code for "client closed request".
+pub const CLIENT_CLOSED: u16 = 499;
+
+impl Record {
+    fn emit(&mut self) {
+        if self.status == 0 {
+            self.status = CLIENT_CLOSED;
+            self.error
+                .get_or_insert_with(|| "client disconnected before the response".into());
+        }
+        let duration = self.start.elapsed();
+        let (route, rule, provider) = match &self.rule {
+            Some(r) => (
+                r.route.to_string(),
+                r.name.as_str(),
+                r.backends
+                    .get(self.backend)
+                    .map(|b| b.provider.id.to_string())
+                    .unwrap_or_default(),
+            ),
+            None => (String::new(), "", String::new()),
+        };
+        let model = self.model.as_deref().unwrap_or("");
+        self.observer.metrics.record(
+            &Labels {
+                route: &route,
+                rule,
+                provider: &provider,
+                model,
+            },
+            &Observation {
+                status: self.status,
+                duration,
+                upstream: self.upstream_status.is_some() || self.upstream_error.is_some(),
+                ttft: self.ttft,
+                usage: self.usage,
+                upstream_error: self.upstream_error,
+            },
+        );
+        if self.observer.log.enabled() {
+            fn some(s: &str) -> Option<&str> {
+                (!s.is_empty()).then_some(s)
+            }
+            let mut e = Entry {
+                time: Rfc3339(self.time),
+                client: self.client,
+                peer: self.peer,
+                host: &self.host,
+                method: self.method.as_str(),
+                path: &self.path,
+                protocol: self.protocol,
+                route: some(&route),
+                rule: some(rule),
+                provider: some(&provider),
+                model: some(model),
+                stream: self.stream,
+                status: self.status,
+                upstream_status: self.upstream_status,
+                duration_ms: millis(duration),
+                ttfb_ms: self.ttfb.map(millis),
+                ttft_ms: self.ttft.map(millis),
+                prompt_tokens: None,
+                completion_tokens: None,
+                total_tokens: None,
+                bytes_sent: self.bytes_sent,
+                error: self.error.as_deref(),
+            };
+            e.set_usage(self.usage);
+            self.observer.log.write(&e);
+        }
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.emit();
+    }
+}

@@ -1,0 +1,570 @@
+//! `llmgw run`: loads the configuration, binds every listener of the
+//! snapshot and the admin server, then reloads on SIGHUP or when a config
+//! file changes (a bad configuration keeps the last good one serving) and
+//! drains on SIGTERM/SIGINT. `Hooks` is where other planes (L4) follow reloads.
+
+use std::{
+    collections::HashMap,
+    hash::{DefaultHasher, Hash, Hasher},
+    io,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use thiserror::Error;
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::{self, ErrorList, Settings, Snapshot, load::Env},
+    observe::{Observer, access_log, metrics::Metrics},
+    proxy::{
+        Live, Proxy, ProxyOptions, Worker, listener,
+        tls::ServerTlsError,
+        upstream::{self, ResolveOverride, TlsSetupError, UpstreamOptions},
+    },
+};
+
+/// Everything `llmgw run` is told.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub config: Vec<PathBuf>,
+    pub settings: Settings,
+    pub admin_address: Option<SocketAddr>,
+    pub max_request_body: u64,
+    pub upstream_ca: Option<PathBuf>,
+    pub resolve: Vec<ResolveOverride>,
+    pub num_trusted_proxies: usize,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub stream_idle_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub drain_timeout: Duration,
+    /// How often config files are checked for changes; zero: only on SIGHUP.
+    pub reload_interval: Duration,
+    pub access_log: access_log::Target,
+    /// Worker threads serving connections (0: one per CPU).
+    pub workers: usize,
+    /// Offer HTTP/2 to providers (ALPN); HTTP/1.1 only when false.
+    pub upstream_http2: bool,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            config: Vec::new(),
+            settings: Settings::default(),
+            admin_address: None,
+            max_request_body: 10 * 1024 * 1024,
+            upstream_ca: None,
+            resolve: Vec::new(),
+            num_trusted_proxies: 0,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(300),
+            stream_idle_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
+            reload_interval: Duration::from_secs(2),
+            access_log: access_log::Target::Stdout,
+            workers: 0,
+            upstream_http2: true,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Config(ErrorList),
+    #[error(transparent)]
+    ServerTls(#[from] ServerTlsError),
+    #[error(transparent)]
+    UpstreamTls(#[from] TlsSetupError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("access log: {0}")]
+    AccessLog(#[source] io::Error),
+    #[error("signal handler: {0}")]
+    Signal(#[source] io::Error),
+    #[error("starting worker threads: {0}")]
+    Workers(#[source] io::Error),
+}
+
+/// Called with each snapshot put in service (at start and after each
+/// successful reload), after the swap. The L4 plane syncs its maps here.
+pub type SnapshotHook = Box<dyn FnMut(&Snapshot) + Send>;
+
+#[derive(Default)]
+pub struct Hooks {
+    pub on_apply: Vec<SnapshotHook>,
+}
+
+impl Hooks {
+    fn applied(&mut self, s: &Snapshot) {
+        for h in &mut self.on_apply {
+            h(s);
+        }
+    }
+}
+
+/// A command for a worker thread.
+enum Cmd {
+    /// Accept on `listener` (a clone of the listening socket) until `stop`.
+    Listen {
+        addr: SocketAddr,
+        listener: std::net::TcpListener,
+        stop: watch::Receiver<bool>,
+    },
+}
+
+/// The worker threads: each runs a single-threaded runtime with its own
+/// upstream pools; all accept from clones of the same listening sockets, so
+/// whichever is free takes the next connection.
+struct Workers {
+    tx: Vec<mpsc::UnboundedSender<Cmd>>,
+}
+
+impl Workers {
+    fn start(
+        n: usize,
+        proxy: &Arc<Proxy>,
+        tls: &Arc<rustls::ClientConfig>,
+        opts: &UpstreamOptions,
+    ) -> Result<Self, ServeError> {
+        let mut tx = Vec::with_capacity(n);
+        for i in 0..n {
+            let (t, mut rx) = mpsc::unbounded_channel::<Cmd>();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(ServeError::Workers)?;
+            let worker = Arc::new(Worker {
+                proxy: proxy.clone(),
+                upstreams: upstream::Upstreams::new(tls.clone(), opts.clone()),
+            });
+            std::thread::Builder::new()
+                .name(format!("llmgw-worker-{i}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        while let Some(cmd) = rx.recv().await {
+                            match cmd {
+                                Cmd::Listen {
+                                    addr,
+                                    listener,
+                                    stop,
+                                } => match TcpListener::from_std(listener) {
+                                    Ok(l) => {
+                                        tokio::spawn(listener::accept_loop(
+                                            l,
+                                            addr,
+                                            worker.clone(),
+                                            stop,
+                                        ));
+                                    }
+                                    Err(e) => {
+                                        error!(listen = %addr, error = %e, "worker cannot accept")
+                                    }
+                                },
+                            }
+                        }
+                    });
+                })
+                .map_err(ServeError::Workers)?;
+            tx.push(t);
+        }
+        Ok(Self { tx })
+    }
+
+    /// Hands a clone of `sock` to every worker.
+    fn listen(&self, addr: SocketAddr, sock: TcpListener, stop: &watch::Sender<bool>) {
+        let sock = match sock.into_std() {
+            Ok(s) => s,
+            Err(e) => return error!(listen = %addr, error = %e, "listener"),
+        };
+        for t in &self.tx {
+            match sock.try_clone() {
+                Ok(clone) => {
+                    let _ = t.send(Cmd::Listen {
+                        addr,
+                        listener: clone,
+                        stop: stop.subscribe(),
+                    });
+                }
+                Err(e) => error!(listen = %addr, error = %e, "cannot share the listener"),
+            }
+        }
+    }
+}
+
+/// The bound listeners, by configured address; dropping a sender's value
+/// (sending `true`) makes every worker stop accepting on it.
+#[derive(Default)]
+struct Listeners {
+    running: HashMap<SocketAddr, watch::Sender<bool>>,
+}
+
+impl Listeners {
+    /// Binds what `live` needs and is not bound yet; all or nothing.
+    async fn bind_new(&self, live: &Live) -> Result<Vec<(SocketAddr, TcpListener)>, ServeError> {
+        let mut bound = Vec::new();
+        for l in &live.snapshot.listeners {
+            if self.running.contains_key(&l.local) {
+                continue;
+            }
+            let sock = TcpListener::bind(l.local)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: l.local,
+                    source,
+                })?;
+            bound.push((l.local, sock));
+        }
+        Ok(bound)
+    }
+
+    /// Starts `bound` on every worker and stops what `live` no longer has.
+    fn commit(&mut self, bound: Vec<(SocketAddr, TcpListener)>, live: &Live, workers: &Workers) {
+        for (addr, sock) in bound {
+            let (stop, _) = watch::channel(false);
+            workers.listen(addr, sock, &stop);
+            info!(listen = %addr, "listening");
+            self.running.insert(addr, stop);
+        }
+        let keep: Vec<SocketAddr> = live.snapshot.listeners.iter().map(|l| l.local).collect();
+        let gone: Vec<SocketAddr> = self
+            .running
+            .keys()
+            .filter(|a| !keep.contains(a))
+            .copied()
+            .collect();
+        for addr in gone {
+            if let Some(stop) = self.running.remove(&addr) {
+                stop.send_replace(true);
+                info!(listen = %addr, "listener removed");
+            }
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for (_, stop) in self.running.drain() {
+            stop.send_replace(true);
+        }
+    }
+}
+
+fn compile(opts: &ServeOptions, env: &dyn Env) -> Result<Snapshot, ErrorList> {
+    config::raw_to_snapshot(&opts.config, &opts.settings, env)
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Runs the gateway until SIGTERM or SIGINT, then drains.
+pub async fn serve(
+    opts: ServeOptions,
+    env: Arc<dyn Env + Send + Sync>,
+    mut hooks: Hooks,
+) -> Result<(), ServeError> {
+    let mut sighup = signal(SignalKind::hangup()).map_err(ServeError::Signal)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(ServeError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(ServeError::Signal)?;
+
+    let snapshot = compile(&opts, env.as_ref()).map_err(ServeError::Config)?;
+    for w in &snapshot.warnings {
+        warn!("{w}");
+    }
+    let live = Live::build(Arc::new(snapshot))?;
+
+    let metrics = Arc::new(Metrics::new());
+    metrics.last_reload_ok.store(now_unix(), Ordering::Relaxed);
+    let log = access_log::AccessLog::start(&opts.access_log, metrics.clone())
+        .map_err(ServeError::AccessLog)?;
+    let observer = Arc::new(Observer { metrics, log });
+    let upstream_tls = upstream::client_tls(opts.upstream_ca.as_deref(), opts.upstream_http2)?;
+    let upstream_opts = UpstreamOptions {
+        connect_timeout: opts.connect_timeout,
+        response_timeout: opts.response_timeout,
+        resolve: opts.resolve.clone(),
+    };
+    let mut listeners = Listeners::default();
+    let bound = listeners.bind_new(&live).await?;
+    let admin = match opts.admin_address {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let proxy = Arc::new(Proxy::new(
+        live,
+        observer,
+        ProxyOptions {
+            max_request_body: opts.max_request_body,
+            num_trusted_proxies: opts.num_trusted_proxies,
+            stream_idle_timeout: opts.stream_idle_timeout,
+            header_read_timeout: opts.header_read_timeout,
+        },
+    ));
+    let n = match opts.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let workers = Workers::start(n, &proxy, &upstream_tls, &upstream_opts)?;
+    listeners.commit(bound, &proxy.live.load(), &workers);
+    hooks.applied(&proxy.live.load().snapshot);
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let (admin_stop, admin_rx) = watch::channel(false);
+    if let Some(sock) = admin {
+        if let Ok(a) = sock.local_addr() {
+            info!(admin = %a, "admin server listening");
+        }
+        tokio::spawn(crate::observe::admin::serve(
+            sock,
+            proxy.clone(),
+            ready.clone(),
+            admin_rx,
+        ));
+    }
+    ready.store(true, Ordering::Release);
+    info!(
+        listeners = proxy.live.load().snapshot.listeners.len(),
+        workers = n,
+        "llmgw is serving"
+    );
+
+    let mut fingerprint = config_fingerprint(&opts.config);
+    let poll = if opts.reload_interval.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        opts.reload_interval
+    };
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        let why = tokio::select! {
+            _ = sighup.recv() => "SIGHUP",
+            _ = tick.tick(), if !opts.reload_interval.is_zero() => {
+                let now = config_fingerprint(&opts.config);
+                if now == fingerprint {
+                    continue;
+                }
+                "configuration files changed"
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        };
+        fingerprint = config_fingerprint(&opts.config);
+        reload(
+            why,
+            &opts,
+            env.as_ref(),
+            (&proxy, &workers),
+            &mut listeners,
+            &mut hooks,
+        )
+        .await;
+    }
+
+    info!(
+        connections = proxy.drain.active(),
+        timeout = ?opts.drain_timeout,
+        "shutting down: draining"
+    );
+    ready.store(false, Ordering::Release);
+    listeners.stop_all();
+    proxy.drain.start();
+    if !proxy.drain.wait_idle(opts.drain_timeout).await {
+        warn!(
+            connections = proxy.drain.active(),
+            "drain timeout: closing the remaining connections"
+        );
+    }
+    admin_stop.send_replace(true);
+    proxy.observer.log.close();
+    info!("stopped");
+    Ok(())
+}
+
+/// Compiles the configuration again and puts it in service, or keeps the
+/// current one and says why.
+async fn reload(
+    why: &str,
+    opts: &ServeOptions,
+    env: &dyn Env,
+    (proxy, workers): (&Arc<Proxy>, &Workers),
+    listeners: &mut Listeners,
+    hooks: &mut Hooks,
+) {
+    let metrics = &proxy.observer.metrics;
+    let fail = |msg: String| {
+        metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+        error!(
+            reason = why,
+            "reload failed, still serving the previous configuration: {msg}"
+        );
+    };
+    let snapshot = match compile(opts, env) {
+        Ok(s) => s,
+        Err(errors) => return fail(errors.to_string()),
+    };
+    let live = match Live::build(Arc::new(snapshot)) {
+        Ok(l) => l,
+        Err(e) => return fail(e.to_string()),
+    };
+    let bound = match listeners.bind_new(&live).await {
+        Ok(b) => b,
+        Err(e) => return fail(e.to_string()),
+    };
+    for w in &live.snapshot.warnings {
+        warn!("{w}");
+    }
+    proxy.live.store(Arc::new(live));
+    let live = proxy.live.load();
+    listeners.commit(bound, &live, workers);
+    metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+    metrics.last_reload_ok.store(now_unix(), Ordering::Relaxed);
+    info!(
+        reason = why,
+        listeners = live.snapshot.listeners.len(),
+        "configuration reloaded"
+    );
+    hooks.applied(&live.snapshot);
+}
+
+/// A hash of the configuration files' contents, following symlinks (a
+/// ConfigMap mount swaps its `..data` link): changes when any file does.
+pub fn config_fingerprint(paths: &[PathBuf]) -> u64 {
+    let mut h = DefaultHasher::new();
+    for p in paths {
+        hash_path(p, &mut h);
+    }
+    h.finish()
+}
+
+fn hash_path(p: &Path, h: &mut DefaultHasher) {
+    p.hash(h);
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => {
+            let mut entries: Vec<PathBuf> = match std::fs::read_dir(p) {
+                Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+                Err(e) => {
+                    e.kind().hash(h);
+                    return;
+                }
+            };
+            entries.sort();
+            for e in entries {
+                let name = e.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                let yaml = [".yaml", ".yml", ".json"].iter().any(|x| name.ends_with(x));
+                if !name.starts_with('.') && yaml {
+                    hash_path(&e, h);
+                }
+            }
+        }
+        Ok(_) => match std::fs::read(p) {
+            Ok(bytes) => bytes.hash(h),
+            Err(e) => e.kind().hash(h),
+        },
+        Err(e) => e.kind().hash(h),
+    }
+}
+
+/// `5s`, `300ms`, `2m`, `1h`, `1.5s`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 5s, 300ms, 2m)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1e3,
+        "us" | "µs" => n / 1e6,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        u => return Err(format!("{s:?}: unknown unit {u:?} (ms, s, m, h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// `10MiB`, `512KiB`, `1MB`, `1000`; bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 10MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1024,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1024 * 1024,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1024 * 1024 * 1024,
+        u => return Err(format!("{s:?}: unknown unit {u:?} (KiB, MiB, GiB, KB, MB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("s").is_err());
+        assert_eq!(parse_size("10MiB"), Ok(10 * 1024 * 1024));
+        assert_eq!(parse_size("1kb"), Ok(1000));
+        assert_eq!(parse_size("42"), Ok(42));
+        assert!(parse_size("1TiB").is_err());
+        assert!(parse_size("-1").is_err());
+    }
+
+    #[test]
+    fn fingerprint_follows_a_swapped_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("v1")).unwrap();
+        std::fs::create_dir(d.join("v2")).unwrap();
+        std::fs::write(d.join("v1/a.yaml"), "one").unwrap();
+        std::fs::write(d.join("v2/a.yaml"), "two").unwrap();
+        std::os::unix::fs::symlink("v1", d.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/a.yaml", d.join("a.yaml")).unwrap();
+        let before = config_fingerprint(&[d.to_path_buf()]);
+        assert_eq!(before, config_fingerprint(&[d.to_path_buf()]));
+        std::fs::remove_file(d.join("..data")).unwrap();
+        std::os::unix::fs::symlink("v2", d.join("..data")).unwrap();
+        assert_ne!(before, config_fingerprint(&[d.to_path_buf()]));
+    }
+}

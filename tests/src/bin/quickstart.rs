@@ -1,0 +1,133 @@
+//! `cargo xtask run -- quickstart`: the source document's quickstart, offline.
+//! Starts the mock provider (posing as dashscope.aliyuncs.com), runs
+//! `llmgw run --config examples/quickstart` in front of it, prints the curl
+//! to try, and with `--then CMD...` runs CMD with GATEWAY_URL set instead.
+
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use llmgw_tests::{free_port, gateway::admin_get, mock::MockProvider};
+
+#[derive(Parser)]
+#[command(about = "Run the quickstart offline: a mock provider and llmgw in front of it")]
+struct Args {
+    /// The llmgw binary.
+    #[arg(long)]
+    llmgw: PathBuf,
+    /// The quickstart's YAML directory.
+    #[arg(long)]
+    examples: PathBuf,
+    /// Local port for the Gateway's port 80 (0: any free port).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// More configuration files or directories, added to the quickstart's.
+    #[arg(long)]
+    extra_config: Vec<PathBuf>,
+    /// Run this command (with GATEWAY_URL set) instead of waiting for Ctrl-C;
+    /// exit with its status.
+    #[arg(long, num_args = 1.., allow_hyphen_values = true, trailing_var_arg = true)]
+    then: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("llmgw-quickstart: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<ExitCode> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    let mock = rt.block_on(MockProvider::start());
+    let dir = tempfile::tempdir()?;
+    let ca = dir.path().join("mock-ca.pem");
+    mock.pki.write_ca(&ca)?;
+    let port = if args.port == 0 {
+        free_port()
+    } else {
+        args.port
+    };
+    let admin = free_port();
+    let api_key = std::env::var("API_KEY").unwrap_or_else(|_| "sk-quickstart-demo".into());
+    let mut child = Command::new(&args.llmgw)
+        .arg("run")
+        .arg("--config")
+        .arg(&args.examples)
+        .args(["--bind-address", "127.0.0.1"])
+        .arg("--port-map")
+        .arg(format!("80={port}"))
+        .arg("--admin-address")
+        .arg(format!("127.0.0.1:{admin}"))
+        .arg("--upstream-ca")
+        .arg(&ca)
+        .args(
+            args.extra_config
+                .iter()
+                .flat_map(|c| [PathBuf::from("--config"), c.clone()]),
+        )
+        .arg("--resolve")
+        .arg(format!("dashscope.aliyuncs.com:443:{}", mock.addr))
+        .arg("--resolve")
+        .arg(format!("dashscope-intl.aliyuncs.com:443:{}", mock.addr))
+        .env("API_KEY", &api_key)
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", args.llmgw.display()))?;
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("llmgw exited with {status}");
+        }
+        if matches!(
+            admin_get(([127, 0, 0, 1], admin).into(), "/ready"),
+            Ok((200, _))
+        ) {
+            break;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            bail!("llmgw did not become ready");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let url = format!("http://localhost:{port}");
+    eprintln!(
+        "\nllmgw is serving the quickstart on {url}, in front of a mock dashscope.aliyuncs.com \
+         ({}); admin on 127.0.0.1:{admin}. Try:\n\n\
+         curl --location '{url}' \\\n  --header 'Content-Type: application/json' \\\n  \
+         --header \"host: test.com\" \\\n  --data '{{\n    \"messages\": [\n      \
+         {{\"role\": \"user\", \"content\": \"Please introduce yourself\"}}\n    ]\n  }}'\n",
+        mock.addr
+    );
+    let code = if let Some((cmd, rest)) = args.then.split_first() {
+        let status = Command::new(cmd)
+            .args(rest)
+            .env("GATEWAY_URL", &url)
+            .env("GATEWAY_ADMIN_URL", format!("http://127.0.0.1:{admin}"))
+            .status()
+            .with_context(|| format!("running {cmd}"))?;
+        if status.success() {
+            ExitCode::SUCCESS
+        } else {
+            eprintln!("llmgw-quickstart: {cmd} failed: {status}");
+            ExitCode::FAILURE
+        }
+    } else {
+        eprintln!("(Ctrl-C to stop)");
+        let _ = child.wait();
+        ExitCode::SUCCESS
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(mock);
+    Ok(code)
+}

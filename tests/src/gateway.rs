@@ -1,0 +1,308 @@
+//! Runs the built `llmgw` binary (found next to the test executable, or at
+//! `$LLMGW_BIN`) on free ports, pointed at a mock provider, waits for
+//! `/ready`, captures stdout and stderr, and kills it when dropped.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use crate::free_port;
+
+/// The `llmgw` binary: `$LLMGW_BIN`, else beside the running test binary
+/// (`target/debug/deps/..` → `target/debug/llmgw`).
+pub fn llmgw_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LLMGW_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("llmgw");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build -p llmgw`; `cargo xtask test` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The workspace's `examples/` directory.
+pub fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+pub struct GatewayBuilder {
+    configs: Vec<PathBuf>,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+    ports: Vec<u16>,
+    upstream: Option<(SocketAddr, PathBuf)>,
+    resolve_hosts: Vec<String>,
+    wait_ready: bool,
+}
+
+pub struct Gateway {
+    child: Child,
+    /// Gateway port (as in the YAML) → local port.
+    ports: Vec<(u16, u16)>,
+    pub admin: SocketAddr,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    pumps: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl GatewayBuilder {
+    pub fn new() -> Self {
+        Self {
+            configs: Vec::new(),
+            env: vec![("API_KEY".into(), "sk-test-0123456789".into())],
+            args: Vec::new(),
+            ports: vec![80],
+            upstream: None,
+            resolve_hosts: vec!["dashscope.aliyuncs.com".into()],
+            wait_ready: true,
+        }
+    }
+
+    pub fn config(mut self, p: impl Into<PathBuf>) -> Self {
+        self.configs.push(p.into());
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.retain(|(x, _)| x != k);
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    /// Gateway ports to map to free local ports (default: 80).
+    pub fn ports(mut self, ports: &[u16]) -> Self {
+        self.ports = ports.to_vec();
+        self
+    }
+
+    /// Send provider traffic to `addr`, trusting the CA in `ca`.
+    pub fn upstream(mut self, addr: SocketAddr, ca: PathBuf) -> Self {
+        self.upstream = Some((addr, ca));
+        self
+    }
+
+    /// Provider hosts `--resolve`d to the upstream (default: dashscope.aliyuncs.com).
+    pub fn resolve_hosts(mut self, hosts: &[&str]) -> Self {
+        self.resolve_hosts = hosts.iter().map(|h| h.to_string()).collect();
+        self
+    }
+
+    pub fn no_wait(mut self) -> Self {
+        self.wait_ready = false;
+        self
+    }
+
+    pub fn start(self) -> Gateway {
+        let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let ports: Vec<(u16, u16)> = self.ports.iter().map(|p| (*p, free_port())).collect();
+        let mut cmd = Command::new(llmgw_bin());
+        cmd.arg("run");
+        for c in &self.configs {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.args(["--bind-address", "127.0.0.1"])
+            .arg("--admin-address")
+            .arg(admin.to_string());
+        for (p, l) in &ports {
+            cmd.arg("--port-map").arg(format!("{p}={l}"));
+        }
+        if let Some((addr, ca)) = &self.upstream {
+            cmd.arg("--upstream-ca").arg(ca);
+            for h in &self.resolve_hosts {
+                cmd.arg("--resolve").arg(format!("{h}:443:{addr}"));
+            }
+        }
+        cmd.args(&self.args);
+        cmd.env_remove("RUST_LOG");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("llmgw starts");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pumps = [
+            pump(child.stdout.take(), stdout.clone()),
+            pump(child.stderr.take(), stderr.clone()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let mut gw = Gateway {
+            child,
+            ports,
+            admin,
+            stdout,
+            stderr,
+            pumps,
+        };
+        if self.wait_ready {
+            gw.wait_ready(Duration::from_secs(20));
+        }
+        gw
+    }
+}
+
+impl Default for GatewayBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn pump(
+    from: Option<impl Read + Send + 'static>,
+    to: Arc<Mutex<String>>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let from = from?;
+    Some(std::thread::spawn(move || {
+        let mut r = BufReader::new(from);
+        let mut line = String::new();
+        while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
+            if let Ok(mut s) = to.lock() {
+                s.push_str(&line);
+            }
+            line.clear();
+        }
+    }))
+}
+
+impl Gateway {
+    /// The local port serving gateway port `port`.
+    pub fn port(&self, port: u16) -> u16 {
+        self.ports
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, l)| *l)
+            .unwrap_or_else(|| panic!("port {port} was not mapped"))
+    }
+
+    /// `http://127.0.0.1:PORT` for gateway port 80.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port(80))
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Panics (with the gateway's stderr) unless `/ready` answers 200 in time.
+    pub fn wait_ready(&mut self, patience: Duration) {
+        let end = Instant::now() + patience;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("llmgw exited with {status}:\n{}", self.stderr());
+            }
+            if matches!(admin_get(self.admin, "/ready"), Ok((200, _))) {
+                return;
+            }
+            if Instant::now() > end {
+                panic!("llmgw not ready after {patience:?}:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// GET on the admin server: (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        admin_get(self.admin, path).unwrap_or_else(|e| panic!("admin GET {path}: {e}"))
+    }
+
+    pub fn metrics(&self) -> String {
+        self.admin_get("/metrics").1
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit (and for its output to be read);
+    /// `None` if it is still running after `patience`.
+    pub fn wait_exit(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + patience;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                for p in self.pumps.drain(..) {
+                    let _ = p.join();
+                }
+                return Some(s);
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the captured stdout/stderr contains `needle`.
+    pub fn wait_output(&self, needle: &str, patience: Duration) -> bool {
+        let end = Instant::now() + patience;
+        loop {
+            if self.stdout().contains(needle) || self.stderr().contains(needle) {
+                return true;
+            }
+            if Instant::now() > end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET for the admin server (blocking, no pooling).
+pub fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((status, body))
+}

@@ -1,0 +1,654 @@
+//! The request path end to end over real sockets: the built `llmgw` in front
+//! of the mock provider. The seed's step 4, routing, weighted split, error
+//! mapping, pass-through, streaming, cancellation, usage and secrets.
+
+use std::{path::PathBuf, time::Duration};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use llmgw_tests::{
+    client::{self, SEED_REQUEST, post},
+    eventually,
+    gateway::{Gateway, GatewayBuilder, examples},
+    mock::{MockProvider, Reply, SEED_COMPLETION},
+};
+
+const API_KEY: &str = "sk-test-0123456789";
+
+struct Setup {
+    mock: MockProvider,
+    gw: Gateway,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup_with(configs: Vec<PathBuf>, extra: &[&str], hosts: &[&str]) -> Setup {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    mock.pki.write_ca(&ca).unwrap();
+    let mut b = GatewayBuilder::new()
+        .upstream(mock.addr, ca)
+        .resolve_hosts(hosts);
+    for c in configs {
+        b = b.config(c);
+    }
+    for a in extra {
+        b = b.arg(*a);
+    }
+    let gw = tokio::task::spawn_blocking(move || b.start())
+        .await
+        .unwrap();
+    Setup {
+        mock,
+        gw,
+        _dir: dir,
+    }
+}
+
+async fn quickstart(extra: &[&str]) -> Setup {
+    setup_with(
+        vec![examples().join("quickstart")],
+        extra,
+        &["dashscope.aliyuncs.com"],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn seed_step_4_rewrites_for_the_provider_and_passes_its_answer_through() {
+    let s = quickstart(&[]).await;
+    let a = post(
+        &s.gw.url(),
+        "test.com",
+        SEED_REQUEST,
+        &[("authorization", "Bearer client-key")],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(
+        a.body,
+        SEED_COMPLETION.as_bytes(),
+        "the provider's body byte for byte"
+    );
+    assert_eq!(a.headers["content-type"], "application/json");
+
+    let reqs = s.mock.requests();
+    assert_eq!(reqs.len(), 1);
+    let r = &reqs[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.path, "/compatible-mode/v1/chat/completions");
+    assert_eq!(r.host.as_deref(), Some("dashscope.aliyuncs.com"));
+    assert_eq!(r.sni.as_deref(), Some("dashscope.aliyuncs.com"));
+    assert_eq!(
+        r.version,
+        http::Version::HTTP_2,
+        "h2 when the provider offers it"
+    );
+    assert_eq!(
+        r.header("authorization"),
+        Some(format!("Bearer {API_KEY}").as_str()),
+        "the provider's key replaces the client's"
+    );
+    assert_eq!(r.headers.get_all("authorization").iter().count(), 1);
+    let body = r.json();
+    assert_eq!(body["model"], "qwen1.5-72b-chat");
+    assert_eq!(body["stream"], false);
+    assert_eq!(
+        body["messages"],
+        serde_json::json!([{"role": "user", "content": "Please introduce yourself"}])
+    );
+    assert_eq!(r.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(r.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        r.header("content-length")
+            .and_then(|v| v.parse::<usize>().ok()),
+        Some(r.body.len())
+    );
+}
+
+#[tokio::test]
+async fn usage_reaches_the_access_log_and_metrics_and_the_key_goes_nowhere() {
+    let s = quickstart(&[]).await;
+    let a = post(&s.gw.url(), "test.com", SEED_REQUEST, &[]).await;
+    assert_eq!(a.status, 200);
+    let gw = &s.gw;
+    let line = eventually(Duration::from_secs(5), || async {
+        gw.stdout()
+            .lines()
+            .find(|l| l.contains("\"status\":200"))
+            .map(str::to_string)
+    })
+    .await
+    .expect("an access log line");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON access log");
+    assert_eq!(v["prompt_tokens"], 12);
+    assert_eq!(v["completion_tokens"], 130);
+    assert_eq!(v["total_tokens"], 142);
+    assert_eq!(v["host"], "test.com");
+    assert_eq!(v["route"], "default/dashscope-route");
+    assert_eq!(v["rule"], "ingress-route");
+    assert_eq!(v["provider"], "istio-system/dashscope-qwen");
+    assert_eq!(v["model"], "qwen1.5-72b-chat");
+    assert_eq!(v["upstream_status"], 200);
+    assert!(v["duration_ms"].as_f64().is_some_and(|d| d > 0.0));
+    assert!(v["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+
+    let m = gw.metrics();
+    let labels = r#"route="default/dashscope-route",rule="ingress-route",provider="istio-system/dashscope-qwen",model="qwen1.5-72b-chat""#;
+    assert!(
+        m.contains(&format!("llmgw_requests_total{{{labels},code=\"200\"}} 1")),
+        "{m}"
+    );
+    assert!(m.contains("gen_ai_token_type=\"input\"} 12\n"), "{m}");
+    assert!(m.contains("gen_ai_token_type=\"output\"} 130\n"), "{m}");
+    assert!(m.contains("gen_ai_server_request_duration_count{"));
+
+    let (status, dump) = gw.admin_get("/config_dump");
+    assert_eq!(status, 200);
+    assert!(dump.contains("<redacted>"), "{dump}");
+    for (what, text) in [
+        ("stdout", gw.stdout()),
+        ("stderr", gw.stderr()),
+        ("/metrics", m),
+        ("/config_dump", dump),
+    ] {
+        assert!(!text.contains(API_KEY), "the API key leaked into {what}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_host_is_404_in_the_openai_shape() {
+    let s = quickstart(&[]).await;
+    let a = post(&s.gw.url(), "nope.example", SEED_REQUEST, &[]).await;
+    assert_eq!(a.status, 404);
+    assert_eq!(a.json()["error"]["code"], "route_not_found");
+    assert!(a.json()["error"]["message"].is_string());
+    assert!(s.mock.requests().is_empty());
+    // The host is matched without its port and case-insensitively.
+    let a = post(&s.gw.url(), "TEST.com:8080", SEED_REQUEST, &[]).await;
+    assert_eq!(a.status, 200);
+}
+
+#[tokio::test]
+async fn bad_bodies_are_400_and_big_ones_413() {
+    let s = quickstart(&["--max-request-body", "1KiB"]).await;
+    for bad in ["not json", "[1,2]", "{\"a\":", ""] {
+        let a = post(&s.gw.url(), "test.com", bad, &[]).await;
+        assert_eq!(a.status, 400, "{bad:?}: {}", a.text());
+        assert_eq!(a.json()["error"]["type"], "invalid_request_error");
+    }
+    let big = format!("{{\"messages\":\"{}\"}}", "x".repeat(2000));
+    let a = post(&s.gw.url(), "test.com", &big, &[]).await;
+    assert_eq!(a.status, 413);
+    assert_eq!(a.json()["error"]["code"], "request_too_large");
+
+    // Without a Content-Length (chunked): counted while reading.
+    let (tx, body) = chunked();
+    let req = Request::post(s.gw.url())
+        .header("host", "test.com")
+        .body(body)
+        .unwrap();
+    let send = tokio::spawn(async move {
+        for _ in 0..20 {
+            if tx.send(Bytes::from(vec![b' '; 100])).await.is_err() {
+                break;
+            }
+        }
+    });
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let resp = client.request(req).await.expect("answer");
+    assert_eq!(resp.status(), 413);
+    let _ = send.await;
+    assert!(s.mock.requests().is_empty());
+}
+
+fn chunked() -> (tokio::sync::mpsc::Sender<Bytes>, ChannelBody) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    (tx, ChannelBody(rx))
+}
+
+/// A request body fed from a channel (sent chunked).
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+#[tokio::test]
+async fn unreachable_provider_is_502_and_slow_one_504() {
+    // Nothing listens on the resolved port.
+    let closed = llmgw_tests::free_port();
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    mock.pki.write_ca(&ca).unwrap();
+    let b = GatewayBuilder::new()
+        .config(examples().join("quickstart"))
+        .upstream(([127, 0, 0, 1], closed).into(), ca.clone());
+    let gw = tokio::task::spawn_blocking(move || b.start())
+        .await
+        .unwrap();
+    let a = post(&gw.url(), "test.com", SEED_REQUEST, &[]).await;
+    assert_eq!(a.status, 502, "{}", a.text());
+    assert_eq!(a.json()["error"]["code"], "upstream_unavailable");
+    assert!(gw.metrics().contains("kind=\"connect\"} 1"));
+
+    // TLS failure: the provider's certificate is not trusted.
+    let other = llmgw_tests::pki::Pki::new();
+    let wrong_ca = dir.path().join("wrong.pem");
+    other.write_ca(&wrong_ca).unwrap();
+    let b = GatewayBuilder::new()
+        .config(examples().join("quickstart"))
+        .upstream(mock.addr, wrong_ca);
+    let gw = tokio::task::spawn_blocking(move || b.start())
+        .await
+        .unwrap();
+    let a = post(&gw.url(), "test.com", SEED_REQUEST, &[]).await;
+    assert_eq!(a.status, 502, "{}", a.text());
+    assert_eq!(a.json()["error"]["code"], "upstream_tls_error");
+
+    // No response headers within --response-timeout.
+    let s = quickstart(&["--response-timeout", "300ms"]).await;
+    s.mock.respond(|_| Reply::Hang);
+    let started = std::time::Instant::now();
+    let a = post(&s.gw.url(), "test.com", SEED_REQUEST, &[]).await;
+    assert_eq!(a.status, 504, "{}", a.text());
+    assert_eq!(a.json()["error"]["code"], "upstream_timeout");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A slow answer within the timeout is fine.
+    s.mock.respond(|_| Reply::Slow {
+        delay: Duration::from_millis(50),
+        then: Box::new(Reply::completion()),
+    });
+    let a = post(&s.gw.url(), "test.com", SEED_REQUEST, &[]).await;
+    assert_eq!(a.status, 200);
+}
+
+#[tokio::test]
+async fn the_providers_errors_pass_through_unchanged() {
+    let s = quickstart(&[]).await;
+    let err = r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+    s.mock.respond(move |_| Reply::json(429, err));
+    let a = post(&s.gw.url(), "test.com", SEED_REQUEST, &[]).await;
+    assert_eq!(a.status, 429);
+    assert_eq!(a.body, err.as_bytes());
+    s.mock.respond(|_| Reply::Body {
+        status: 500,
+        content_type: "text/html",
+        body: "<h1>oops</h1>".into(),
+    });
+    let a = post(&s.gw.url(), "test.com", SEED_REQUEST, &[]).await;
+    assert_eq!(a.status, 500);
+    assert_eq!(a.text(), "<h1>oops</h1>");
+    assert_eq!(a.headers["content-type"], "text/html");
+}
+
+/// The quickstart with `stream: true` at the provider, in a new directory.
+fn stream_conf() -> PathBuf {
+    let dir = tempfile::tempdir().unwrap().keep();
+    for f in ["02-gateway.yaml", "03-llmroute.yaml"] {
+        std::fs::copy(examples().join("quickstart").join(f), dir.join(f)).unwrap();
+    }
+    let provider = std::fs::read_to_string(examples().join("quickstart/01-llmprovider.yaml"))
+        .unwrap()
+        .replace("stream: false", "stream: true");
+    std::fs::write(dir.join("01-llmprovider.yaml"), provider).unwrap();
+    dir
+}
+
+async fn stream_setup() -> (Setup, PathBuf) {
+    let dir = stream_conf();
+    (
+        setup_with(vec![dir.clone()], &[], &["dashscope.aliyuncs.com"]).await,
+        dir,
+    )
+}
+
+#[tokio::test]
+async fn a_stream_reaches_the_client_while_the_provider_is_still_sending() {
+    let (s, _dir) = stream_setup().await;
+    let n = 5;
+    let delay = Duration::from_millis(150);
+    s.mock.respond(move |_| Reply::stream(n, delay));
+    let req = Request::post(s.gw.url())
+        .header("host", "test.com")
+        .body(Full::new(Bytes::from_static(SEED_REQUEST.as_bytes())))
+        .unwrap();
+    let resp = client::send(req).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let frames = client::timed_frames(resp).await;
+    let logs = s.mock.streams();
+    assert_eq!(logs.len(), 1);
+    let sent = &logs[0].sent;
+    assert_eq!(sent.len(), n + 2, "content chunks, usage, [DONE]");
+    let first_seen = frames.first().expect("a frame").0;
+    // The first event was in the client's hands before the provider sent the
+    // third one (300 ms later), and well before the last.
+    assert!(
+        first_seen < sent[2],
+        "first event seen {:?} after the third was sent",
+        first_seen.duration_since(sent[2])
+    );
+    assert!(first_seen.duration_since(sent[0]) < Duration::from_millis(100));
+    let text: String = frames
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert!(text.contains("\"content\":\"c0\""));
+    assert!(text.ends_with("data: [DONE]\n\n"));
+
+    // The provider saw the stream flags, with usage asked for.
+    let body = s.mock.requests()[0].json();
+    assert_eq!(body["stream"], true);
+    assert_eq!(body["stream_options"]["include_usage"], true);
+
+    // Usage from the final chunk, time to first token in the log and metrics.
+    let gw = &s.gw;
+    let line = eventually(Duration::from_secs(5), || async {
+        gw.stdout()
+            .lines()
+            .find(|l| l.contains("\"status\":200"))
+            .map(str::to_string)
+    })
+    .await
+    .expect("access log line");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["completion_tokens"], n);
+    assert_eq!(v["prompt_tokens"], 5);
+    assert_eq!(v["stream"], true);
+    let ttft = v["ttft_ms"].as_f64().expect("ttft");
+    let total = v["duration_ms"].as_f64().unwrap();
+    assert!(ttft < total - 500.0, "ttft {ttft} ms, total {total} ms");
+    let m = gw.metrics();
+    assert!(
+        m.contains("gen_ai_server_time_to_first_token_count{"),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!("gen_ai_token_type=\"output\"}} {n}\n")),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_cancels_the_upstream_request() {
+    let (s, _dir) = stream_setup().await;
+    s.mock
+        .respond(|_| Reply::stream(100, Duration::from_millis(50)));
+    let req = Request::post(s.gw.url())
+        .header("host", "test.com")
+        .body(Full::new(Bytes::from_static(SEED_REQUEST.as_bytes())))
+        .unwrap();
+    let resp = client::send(req).await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = body.frame().await.expect("a frame").expect("data");
+    assert!(first.is_data());
+    let left = std::time::Instant::now();
+    drop(body);
+    let logs = s
+        .mock
+        .wait_streams(Duration::from_secs(5), |l| {
+            l.first().is_some_and(|x| x.cancelled.is_some())
+        })
+        .await;
+    let log = &logs[0];
+    let cancelled = log
+        .cancelled
+        .expect("the provider saw the stream cancelled");
+    assert!(cancelled.duration_since(left) < Duration::from_secs(2));
+    assert!(!log.completed);
+    assert!(log.sent.len() < 50, "sent {} of 102", log.sent.len());
+    // The access log says the client left.
+    let gw = &s.gw;
+    let line = eventually(Duration::from_secs(5), || async {
+        gw.stdout()
+            .lines()
+            .find(|l| l.contains("client disconnected"))
+            .map(str::to_string)
+    })
+    .await;
+    assert!(line.is_some(), "{}", gw.stdout());
+}
+
+#[tokio::test]
+async fn weighted_backends_split_traffic_by_weight() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = r#"
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: a, namespace: istio-system}
+spec:
+  host: a.provider.test
+  path: /v1/chat/completions
+  configs: {defaultConfig: {openAIConfig: {model: model-a, apiKey: "${API_KEY}"}}}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: b, namespace: istio-system}
+spec:
+  host: b.provider.test
+  path: /v1/chat/completions
+  configs: {defaultConfig: {openAIConfig: {model: model-b}}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+    - hosts: ["*"]
+      port: {name: http, number: 80, protocol: HTTP}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMRoute
+metadata: {name: split, namespace: istio-system}
+spec:
+  host: "*"
+  gateways: [gw]
+  rules:
+    - name: split
+      backendRefs:
+        - {providerHost: a.provider.test, weight: 80}
+        - {providerHost: b.provider.test, weight: 20}
+"#;
+    let cfg = dir.path().join("split.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let s = setup_with(vec![cfg], &[], &["a.provider.test", "b.provider.test"]).await;
+    let n = 400;
+    let url = s.gw.url();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..n / 8 {
+                let a = post(&url, "any.host", "{\"messages\":[]}", &[]).await;
+                assert_eq!(a.status, 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let reqs = s.mock.requests();
+    assert_eq!(reqs.len(), n);
+    let to_a = reqs
+        .iter()
+        .filter(|r| r.sni.as_deref() == Some("a.provider.test"))
+        .count();
+    let to_b = reqs
+        .iter()
+        .filter(|r| r.sni.as_deref() == Some("b.provider.test"))
+        .count();
+    assert_eq!(to_a + to_b, n);
+    // Binomial(400, 0.8): sd = 8; allow 4.5 sd either way.
+    assert!((284..=356).contains(&to_a), "{to_a} of {n} to a");
+    for r in &reqs {
+        let (model, host) = if r.sni.as_deref() == Some("a.provider.test") {
+            ("model-a", "a.provider.test")
+        } else {
+            ("model-b", "b.provider.test")
+        };
+        assert_eq!(r.json()["model"], model);
+        assert_eq!(r.host.as_deref(), Some(host));
+    }
+    // Provider b has no key: the client's would pass; provider a's replaces.
+    assert!(
+        reqs.iter()
+            .filter(|r| r.sni.as_deref() == Some("a.provider.test"))
+            .all(|r| r.header("authorization") == Some(&format!("Bearer {API_KEY}")))
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_cancels_the_pending_request() {
+    use tokio::io::AsyncWriteExt;
+    let s = quickstart(&["--response-timeout", "60s"]).await;
+    s.mock.respond(|_| Reply::Hang);
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.gw.port(80)))
+        .await
+        .unwrap();
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: test.com\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{SEED_REQUEST}",
+        SEED_REQUEST.len()
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    assert_eq!(
+        s.mock.wait_requests(1, Duration::from_secs(5)).await.len(),
+        1
+    );
+    drop(tcp);
+    // The gateway notices at once, not after the 60 s response timeout.
+    let gw = &s.gw;
+    let line = eventually(Duration::from_secs(5), || async {
+        gw.stdout()
+            .lines()
+            .find(|l| l.contains("\"status\":499"))
+            .map(str::to_string)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no 499 logged:\n{}", gw.stdout()));
+    assert!(line.contains("client disconnected"), "{line}");
+}
+
+#[tokio::test]
+async fn h2c_clients_are_served_and_their_requests_logged_complete() {
+    let s = quickstart(&[]).await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.gw.port(80)))
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let req = Request::post("http://test.com/")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(SEED_REQUEST.as_bytes())))
+            .unwrap();
+        let resp = send.send_request(req).await.expect("h2c answer");
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        let a = client::collect(resp).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.body, SEED_COMPLETION.as_bytes());
+    }
+    let gw = &s.gw;
+    let lines = eventually(Duration::from_secs(5), || async {
+        let l: Vec<String> = gw
+            .stdout()
+            .lines()
+            .filter(|l| l.contains("\"protocol\":\"HTTP/2\""))
+            .map(str::to_string)
+            .collect();
+        (l.len() == 2).then_some(l)
+    })
+    .await
+    .unwrap_or_else(|| panic!("two HTTP/2 log lines:\n{}", gw.stdout()));
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(v["error"], serde_json::Value::Null, "{l}");
+        assert_eq!(v["total_tokens"], 142, "{l}");
+    }
+}
+
+#[tokio::test]
+async fn a_provider_that_goes_quiet_mid_stream_is_cut_after_the_idle_timeout() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    mock.pki.write_ca(&ca).unwrap();
+    let b = GatewayBuilder::new()
+        .config(stream_conf())
+        .upstream(mock.addr, ca)
+        .arg("--stream-idle-timeout")
+        .arg("400ms");
+    let gw = tokio::task::spawn_blocking(move || b.start())
+        .await
+        .unwrap();
+    let req = || {
+        Request::post(gw.url())
+            .header("host", "test.com")
+            .body(Full::new(Bytes::from_static(SEED_REQUEST.as_bytes())))
+            .unwrap()
+    };
+    // Gaps shorter than the timeout, for longer than it in all: complete.
+    mock.respond(|_| Reply::stream(6, Duration::from_millis(150)));
+    let resp = client::send(req()).await;
+    let frames = client::timed_frames(resp).await;
+    let text: String = frames
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+
+    // A gap longer than the timeout: the answer is cut, and the log says why.
+    mock.respond(|_| Reply::Sse {
+        events: vec![
+            "data: {\"choices\":[]}\n\n".into(),
+            "data: [DONE]\n\n".into(),
+        ],
+        delay: Duration::from_secs(3),
+    });
+    let started = std::time::Instant::now();
+    let resp = client::send(req()).await;
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await;
+    assert!(body.is_err(), "a cut stream must not look complete");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        gw.wait_output("the provider sent nothing for", Duration::from_secs(5)),
+        "{}",
+        gw.stdout()
+    );
+}
+
+#[tokio::test]
+async fn upstream_http1_only_keeps_to_http_1_1() {
+    let s = quickstart(&["--upstream-http1-only"]).await;
+    for _ in 0..3 {
+        let a = post(&s.gw.url(), "test.com", SEED_REQUEST, &[]).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.body, SEED_COMPLETION.as_bytes());
+    }
+    let reqs = s.mock.requests();
+    assert_eq!(reqs.len(), 3);
+    for r in reqs {
+        assert_eq!(r.version, http::Version::HTTP_11);
+        assert_eq!(r.host.as_deref(), Some("dashscope.aliyuncs.com"));
+    }
+}
