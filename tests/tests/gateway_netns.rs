@@ -94,12 +94,14 @@ impl Gw {
             .stdout(Stdio::null())
             .spawn()
             .expect("llmgw starts");
+        // Owned before waiting, so a failed wait still kills it.
+        let gw = Gw { child };
         let admin = sa("127.0.0.1", ADMIN);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let ready = ns.run(move || matches!(admin_get(admin, "/ready"), Ok((200, _))));
             if ready {
-                return Gw { child };
+                return gw;
             }
             assert!(Instant::now() < deadline, "llmgw did not get ready");
             std::thread::sleep(Duration::from_millis(100));
