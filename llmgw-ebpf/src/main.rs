@@ -1,13 +1,357 @@
+//! The llmgw XDP program: drops packets addressed to one of the gateway's
+//! listener ports when the source address is in a deny prefix, passes every
+//! other packet (including garbage), and counts both per CPU.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod parse;
+
+#[cfg(target_arch = "bpf")]
 mod prog {
-    use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+    use aya_ebpf::{
+        Global,
+        bindings::{BPF_F_MMAPABLE, xdp_action},
+        macros::{map, xdp},
+        maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+        programs::XdpContext,
+    };
+    use llmgw_common::{self as common, ClassPortKey, DenyValue, RuleCounters, Stats, stat};
+
+    use crate::parse::{MAX_OFFSET, be16_at, bytes_at};
+
+    /// `true` when two strings are equal; lets the map names below be
+    /// checked against `llmgw_common` at compile time (the `#[map]` macro
+    /// needs literals).
+    const fn same(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+    const _: () = assert!(same(common::MAP_DENY_V4, "LLMGW_DENY_V4"));
+    const _: () = assert!(same(common::MAP_DENY_V6, "LLMGW_DENY_V6"));
+    const _: () = assert!(same(common::MAP_HOST_V4, "LLMGW_HOST_V4"));
+    const _: () = assert!(same(common::MAP_LISTEN, "LLMGW_LISTEN"));
+    const _: () = assert!(same(common::MAP_PORTSET, "LLMGW_PORTSET"));
+    const _: () = assert!(same(common::MAP_RULE_CTR, "LLMGW_RULE_CTR"));
+    const _: () = assert!(same(common::MAP_STATS, "LLMGW_STATS"));
+    const _: () = assert!(same(common::MAP_V4_FILTER, "LLMGW_V4_FILT"));
+    const _: () = assert!(same(common::MAP_RULE_NAME, "LLMGW_RULE_NAME"));
+    const _: () = assert!(same(common::GLOBAL_V4_FILTER_ON, "LLMGW_V4_FILTER_ON"));
+    const _: () = assert!(same(common::PROGRAM_NAME, "llmgw_xdp"));
+
+    #[map(name = "LLMGW_DENY_V4")]
+    static DENY_V4: LpmTrie<[u8; 4], DenyValue> =
+        LpmTrie::with_max_entries(common::DENY_V4_MAP_ENTRIES, 0);
+    #[map(name = "LLMGW_HOST_V4")]
+    static HOST_V4: HashMap<[u8; 4], DenyValue> = HashMap::with_max_entries(
+        common::HOST_V4_MAP_ENTRIES,
+        aya_ebpf::bindings::BPF_F_NO_PREALLOC,
+    );
+    #[map(name = "LLMGW_DENY_V6")]
+    static DENY_V6: LpmTrie<[u8; 16], DenyValue> =
+        LpmTrie::with_max_entries(common::DENY_V6_MAP_ENTRIES, 0);
+    #[map(name = "LLMGW_LISTEN")]
+    static LISTEN: Array<u8> = Array::with_max_entries(common::LISTEN_ENTRIES, 0);
+    #[map(name = "LLMGW_PORTSET")]
+    static PORTSET: HashMap<ClassPortKey, u32> =
+        HashMap::with_max_entries(common::PORTSET_MAP_ENTRIES, 0);
+    #[map(name = "LLMGW_RULE_CTR")]
+    static RULE_CTR: PerCpuArray<RuleCounters> =
+        PerCpuArray::with_max_entries(common::MAX_RULES, 0);
+    #[map(name = "LLMGW_STATS")]
+    static STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
+    #[map(name = "LLMGW_V4_FILT")]
+    static V4_FILTER: Array<u64> = Array::with_max_entries(common::V4_FILTER_WORDS, BPF_F_MMAPABLE);
+    // Userspace-only (rule id -> name); defined here so that one object
+    // describes every map the plane pins.
+    #[map(name = "LLMGW_RULE_NAME")]
+    static RULE_NAME: HashMap<u32, common::RuleName> =
+        HashMap::with_max_entries(common::MAX_RULES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+    #[unsafe(no_mangle)]
+    static LLMGW_V4_FILTER_ON: Global<u8> = Global::new(1);
+
+    const ETH_P_IP: u16 = 0x0800;
+    const ETH_P_IPV6: u16 = 0x86dd;
+    const ETH_P_8021Q: u16 = 0x8100;
+    const ETH_P_8021AD: u16 = 0x88a8;
+    const ETH_HLEN: usize = 14;
+    const VLAN_HLEN: usize = 4;
+    /// VLAN tags we skip (802.1Q and QinQ); a third tag passes as "not IP".
+    const MAX_VLAN_TAGS: usize = 2;
+
+    const IPPROTO_HOPOPTS: u8 = 0;
+    const IPPROTO_TCP: u8 = 6;
+    const IPPROTO_UDP: u8 = 17;
+    const IPPROTO_ROUTING: u8 = 43;
+    const IPPROTO_FRAGMENT: u8 = 44;
+    const IPPROTO_AH: u8 = 51;
+    const IPPROTO_DSTOPTS: u8 = 60;
+    /// IPv6 extension headers walked before giving up on finding the port.
+    const MAX_EXT_HEADERS: usize = 6;
+
+    /// What to do with a packet: pass (counted under a `stat::PASS_*`
+    /// reason) or drop (charged to a rule id).
+    #[derive(Clone, Copy)]
+    enum Verdict {
+        Pass(usize),
+        Drop { rule: u32, unknown_port: bool },
+    }
+
+    const MALFORMED: Verdict = Verdict::Pass(stat::PASS_MALFORMED);
 
     #[xdp]
-    pub fn llmgw_xdp(_ctx: XdpContext) -> u32 {
-        xdp_action::XDP_PASS
+    pub fn llmgw_xdp(ctx: XdpContext) -> u32 {
+        let verdict = classify(&ctx);
+        account(&ctx, verdict)
+    }
+
+    /// Counts the verdict (per CPU, no atomics) and turns it into an action.
+    #[inline(always)]
+    fn account(ctx: &XdpContext, verdict: Verdict) -> u32 {
+        let stats = STATS.get_ptr_mut(0);
+        if let Some(s) = stats {
+            // SAFETY: a per-CPU array slot of this CPU; the program is not
+            // preempted while it runs, so nobody else writes it.
+            unsafe { (*s).counters[stat::SEEN] += 1 };
+        }
+        match verdict {
+            Verdict::Pass(reason) => {
+                if let Some(s) = stats {
+                    // SAFETY: as above.
+                    let c = unsafe { &mut (*s).counters };
+                    c[stat::PASSED] += 1;
+                    if let Some(r) = c.get_mut(reason) {
+                        *r += 1;
+                    }
+                }
+                xdp_action::XDP_PASS
+            }
+            Verdict::Drop { rule, unknown_port } => {
+                if let Some(s) = stats {
+                    // SAFETY: as above.
+                    let c = unsafe { &mut (*s).counters };
+                    c[stat::DROPPED] += 1;
+                    if unknown_port {
+                        c[stat::DROP_UNKNOWN_PORT] += 1;
+                    }
+                }
+                if let Some(r) = RULE_CTR.get_ptr_mut(rule) {
+                    let len = (ctx.data_end() - ctx.data()) as u64;
+                    // SAFETY: a per-CPU array slot of this CPU.
+                    unsafe {
+                        (*r).packets += 1;
+                        (*r).bytes += len;
+                    }
+                }
+                xdp_action::XDP_DROP
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn classify(ctx: &XdpContext) -> Verdict {
+        let Some(mut proto) = be16_at(ctx, 12) else {
+            return MALFORMED;
+        };
+        let mut off = ETH_HLEN;
+        for _ in 0..MAX_VLAN_TAGS {
+            if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
+                break;
+            }
+            let Some(inner) = be16_at(ctx, off + 2) else {
+                return MALFORMED;
+            };
+            proto = inner;
+            off += VLAN_HLEN;
+        }
+        match proto {
+            ETH_P_IP => ipv4(ctx, off),
+            ETH_P_IPV6 => ipv6(ctx, off),
+            _ => Verdict::Pass(stat::PASS_NOT_IP),
+        }
+    }
+
+    #[inline(always)]
+    fn ipv4(ctx: &XdpContext, off: usize) -> Verdict {
+        let Some(h) = bytes_at::<20>(ctx, off) else {
+            return MALFORMED;
+        };
+        let ihl = (h[0] & 0x0f) as usize;
+        if h[0] >> 4 != 4 || ihl < 5 {
+            return MALFORMED;
+        }
+        let src = [h[12], h[13], h[14], h[15]];
+        let frag_offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+        if frag_offset != 0 {
+            // A non-first fragment carries no port.
+            return unknown_port(lookup_v4(src));
+        }
+        let proto = h[9];
+        if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+            return Verdict::Pass(stat::PASS_NOT_TCP_UDP);
+        }
+        let Some(port) = be16_at(ctx, off + ihl * 4 + 2) else {
+            return MALFORMED;
+        };
+        if !is_listener(port) {
+            return Verdict::Pass(stat::PASS_NOT_LISTENER);
+        }
+        if LLMGW_V4_FILTER_ON.load() != 0 && !v4_filter_may_match(src) {
+            return Verdict::Pass(stat::PASS_FILTER);
+        }
+        decide(longest_match_v4(src), port)
+    }
+
+    #[inline(always)]
+    fn ipv6(ctx: &XdpContext, off: usize) -> Verdict {
+        let Some(h) = bytes_at::<24>(ctx, off) else {
+            return MALFORMED;
+        };
+        // The fixed header is 40 bytes; make sure the rest is there too.
+        if bytes_at::<16>(ctx, off + 24).is_none() || h[0] >> 4 != 6 {
+            return MALFORMED;
+        }
+        let mut src = [0u8; 16];
+        src.copy_from_slice(&h[8..24]);
+        let mut next = h[6];
+        let mut off = off + 40;
+        for _ in 0..MAX_EXT_HEADERS {
+            match next {
+                IPPROTO_TCP | IPPROTO_UDP => break,
+                IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                    let Some(e) = bytes_at::<2>(ctx, off) else {
+                        return MALFORMED;
+                    };
+                    next = e[0];
+                    off += (e[1] as usize + 1) * 8;
+                }
+                IPPROTO_AH => {
+                    // AH counts its length in 4-byte units, minus 2.
+                    let Some(e) = bytes_at::<2>(ctx, off) else {
+                        return MALFORMED;
+                    };
+                    next = e[0];
+                    off += (e[1] as usize + 2) * 4;
+                }
+                IPPROTO_FRAGMENT => {
+                    let Some(e) = bytes_at::<4>(ctx, off) else {
+                        return MALFORMED;
+                    };
+                    let n = e[0];
+                    if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
+                        return unknown_port(DENY_V6.get(Key::new(128, src)).copied());
+                    }
+                    next = n;
+                    off += 8;
+                }
+                _ => return Verdict::Pass(stat::PASS_NOT_TCP_UDP),
+            }
+            if off > MAX_OFFSET {
+                return MALFORMED;
+            }
+        }
+        match next {
+            IPPROTO_TCP | IPPROTO_UDP => {}
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
+                // More extension headers than we walk: the port is unknown.
+                return unknown_port(DENY_V6.get(Key::new(128, src)).copied());
+            }
+            _ => return Verdict::Pass(stat::PASS_NOT_TCP_UDP),
+        }
+        let Some(port) = be16_at(ctx, off + 2) else {
+            return MALFORMED;
+        };
+        if !is_listener(port) {
+            return Verdict::Pass(stat::PASS_NOT_LISTENER);
+        }
+        decide(DENY_V6.get(Key::new(128, src)).copied(), port)
+    }
+
+    #[inline(always)]
+    fn is_listener(port: u16) -> bool {
+        matches!(LISTEN.get(port as u32), Some(v) if *v != 0)
+    }
+
+    /// The /24 front filter: `false` means no IPv4 deny prefix can contain
+    /// `src`, so the trie lookup is skipped.
+    #[inline(always)]
+    fn v4_filter_may_match(src: [u8; 4]) -> bool {
+        let n = ((src[0] as u32) << 16) | ((src[1] as u32) << 8) | src[2] as u32;
+        match V4_FILTER.get(n >> 6) {
+            Some(word) => (*word >> (n & 63)) & 1 != 0,
+            None => true,
+        }
+    }
+
+    #[inline(always)]
+    fn lookup_v4(src: [u8; 4]) -> Option<DenyValue> {
+        if LLMGW_V4_FILTER_ON.load() != 0 && !v4_filter_may_match(src) {
+            return None;
+        }
+        longest_match_v4(src)
+    }
+
+    /// The value of the longest deny prefix containing `src`: an exact /32
+    /// from the host hash, else the trie (which holds the shorter ones).
+    #[inline(always)]
+    fn longest_match_v4(src: [u8; 4]) -> Option<DenyValue> {
+        // SAFETY: a BPF_F_NO_PREALLOC hash: elements are RCU-freed, never
+        // recycled under a reader; the value is copied out at once.
+        if let Some(v) = unsafe { HOST_V4.get(src) } {
+            return Some(*v);
+        }
+        DENY_V4.get(Key::new(32, src)).copied()
+    }
+
+    /// Drop decision for a packet to listener port `port` whose source's
+    /// longest matching deny prefix has value `value`.
+    #[inline(always)]
+    fn decide(value: Option<DenyValue>, port: u16) -> Verdict {
+        let Some(v) = value else {
+            return Verdict::Pass(stat::PASS_NO_MATCH);
+        };
+        if v.class != common::NONE {
+            // SAFETY: the value is a plain u32 read once; userspace never
+            // rewrites a value in place (it inserts, then deletes).
+            if let Some(rule) = unsafe { PORTSET.get(ClassPortKey::new(v.class, port)) } {
+                return Verdict::Drop {
+                    rule: *rule,
+                    unknown_port: false,
+                };
+            }
+        }
+        if v.all_ports_rule != common::NONE {
+            return Verdict::Drop {
+                rule: v.all_ports_rule,
+                unknown_port: false,
+            };
+        }
+        Verdict::Pass(stat::PASS_PORT_ALLOWED)
+    }
+
+    /// A packet whose port we cannot know (non-first fragment, header chain
+    /// beyond the walk bound): dropped only if its source is denied on every
+    /// listener port.
+    #[inline(always)]
+    fn unknown_port(value: Option<DenyValue>) -> Verdict {
+        match value {
+            Some(v) if v.all_ports_rule != common::NONE => Verdict::Drop {
+                rule: v.all_ports_rule,
+                unknown_port: true,
+            },
+            _ => Verdict::Pass(stat::PASS_UNKNOWN_PORT),
+        }
     }
 
     #[panic_handler]

@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use llmgw::{
     config::{self, Labels, Settings, load::ProcessEnv},
+    l4::{self, L4Rules, Plane, PlaneOptions, XdpMode},
     observe::access_log,
     proxy::upstream::ResolveOverride,
     serve::{self, Hooks, ServeError, ServeOptions},
@@ -45,6 +46,39 @@ enum Command {
         config: ConfigArgs,
         #[command(flatten)]
         run: Box<RunArgs>,
+    },
+    /// The XDP (L4) plane.
+    Xdp {
+        /// bpffs directory of the pins (a versioned directory goes below).
+        #[arg(long, env = "LLMGW_BPF_ROOT", default_value = l4::DEFAULT_BPF_ROOT, global = true)]
+        bpf_root: PathBuf,
+        #[command(subcommand)]
+        command: XdpCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum XdpCommand {
+    /// Interfaces, mode, prefixes with their rules, drops per rule.
+    Status {
+        /// Prefixes to list.
+        #[arg(long, default_value_t = 50)]
+        max_prefixes: usize,
+    },
+    /// Detach from every interface and remove the maps and pins.
+    Detach,
+    /// Developer: attach, enforce the rules in FILE (text form, re-read when
+    /// it changes) until killed; the pins stay behind.
+    Serve {
+        #[arg(long = "iface", required = true)]
+        ifaces: Vec<String>,
+        #[arg(long, default_value = "auto")]
+        mode: XdpMode,
+        #[arg(long)]
+        rules: PathBuf,
+        /// Do not use the IPv4 /24 front filter.
+        #[arg(long)]
+        no_v4_filter: bool,
     },
 }
 
@@ -100,6 +134,16 @@ struct RunArgs {
     /// Format of the gateway's own log (stderr).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Attach the XDP deny program to IFACE (repeatable). Without it, or
+    /// without the privileges XDP needs, the L7 plane still enforces every rule.
+    #[arg(long = "xdp-iface", value_name = "IFACE")]
+    xdp_ifaces: Vec<String>,
+    /// XDP attach mode: auto (native, else generic with a warning), native, skb.
+    #[arg(long, default_value = "auto")]
+    xdp_mode: XdpMode,
+    /// bpffs directory of the XDP pins (a versioned directory goes below).
+    #[arg(long, env = "LLMGW_BPF_ROOT", default_value = l4::DEFAULT_BPF_ROOT)]
+    bpf_root: PathBuf,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -130,15 +174,58 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Attaches XDP before anything is served (adopting pinned state from a
+/// previous run, so protection never lapses). `None` when no interface is
+/// asked for or the privileges are missing (one log line says so).
+fn start_l4(opts: &ServeOptions, run: &RunArgs) -> Result<Option<l4::Follower>> {
+    if run.xdp_ifaces.is_empty() {
+        tracing::info!("L4 plane off: no --xdp-iface; the L7 plane enforces every rule");
+        return Ok(None);
+    }
+    // The rules of the configuration as it is now; serving compiles it again
+    // and the follower catches up with any difference.
+    let rules = match config::raw_to_snapshot(&opts.config, &opts.settings, &ProcessEnv) {
+        Ok(s) => llmgw::policy::l4::rules(&s),
+        // `serve` reports the errors and exits.
+        Err(_) => L4Rules::default(),
+    };
+    let plane_opts = PlaneOptions {
+        bpf_root: run.bpf_root.clone(),
+        ..PlaneOptions::default()
+    };
+    match Plane::start_with(&plane_opts, &run.xdp_ifaces, run.xdp_mode, &rules) {
+        Ok(plane) => {
+            let ifaces: Vec<String> = plane
+                .interfaces()
+                .iter()
+                .map(|(i, m)| format!("{i} ({m})"))
+                .collect();
+            tracing::info!(
+                prefixes = rules.entries.len(),
+                "L4 plane on: XDP attached to {}",
+                ifaces.join(", ")
+            );
+            Ok(Some(
+                l4::Follower::start(plane).context("starting the L4 thread")?,
+            ))
+        }
+        Err(e) if e.is_unavailable() => {
+            tracing::warn!("L4 plane off: {e}; the L7 plane enforces every rule");
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("attaching XDP (--xdp-iface)")),
+    }
+}
+
 fn run_gateway(config: ConfigArgs, run: RunArgs) -> Result<ExitCode> {
     init_logging(run.log_format);
     let opts = ServeOptions {
         config: config.config.clone(),
-        settings: config.settings(),
+        settings: config.settings()?,
         admin_address: parse_admin(&run.admin_address)?,
         max_request_body: run.max_request_body,
-        upstream_ca: run.upstream_ca,
-        resolve: run.resolve,
+        upstream_ca: run.upstream_ca.clone(),
+        resolve: run.resolve.clone(),
         num_trusted_proxies: run.num_trusted_proxies,
         connect_timeout: run.connect_timeout,
         response_timeout: run.response_timeout,
@@ -160,9 +247,12 @@ fn run_gateway(config: ConfigArgs, run: RunArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    // The L4 plane (--xdp-iface) registers its sync here: after every
-    // snapshot put in service, `l4.sync(policy::l4::rules(snapshot))`.
-    let hooks = Hooks::default();
+    let mut hooks = Hooks::default();
+    if let Some(follower) = start_l4(&opts, &run)? {
+        hooks.on_apply.push(Box::new(move |s| {
+            follower.update(llmgw::policy::l4::rules(s))
+        }));
+    }
     match runtime.block_on(serve::serve(opts, Arc::new(ProcessEnv), hooks)) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(ServeError::Config(errors)) => {
@@ -197,18 +287,27 @@ struct ConfigArgs {
     /// Listen on LOCAL for a Gateway port, e.g. `80=8080` (repeatable), to run without root.
     #[arg(long = "port-map", value_parser = parse_port_map)]
     port_map: Vec<(u16, u16)>,
+    /// Istio MeshConfig YAML (or the `istio` ConfigMap holding it under `data.mesh`):
+    /// its `extensionProviders` are the external authorizers CUSTOM policies name.
+    #[arg(long)]
+    mesh_config: Option<PathBuf>,
 }
 
 impl ConfigArgs {
-    fn settings(&self) -> Settings {
-        Settings {
+    fn settings(&self) -> Result<Settings> {
+        let mesh = match &self.mesh_config {
+            Some(path) => config::mesh::load_mesh_config(path)?,
+            None => Default::default(),
+        };
+        Ok(Settings {
             workload_labels: self.workload_labels.clone(),
             namespace: self.namespace.clone(),
             root_namespace: self.root_namespace.clone(),
             credentials_dir: self.credentials_dir.clone(),
             bind_address: self.bind_address,
             port_map: self.port_map.iter().copied().collect(),
-        }
+            mesh,
+        })
     }
 }
 
@@ -250,10 +349,14 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    if !matches!(cli.command, Command::Run { .. }) {
+        init_logging(LogFormat::Text);
+    }
     match cli.command {
         Command::Run { config, run } => run_gateway(config, *run),
         Command::Validate { config, json } => {
-            let snapshot = config::raw_to_snapshot(&config.config, &config.settings(), &ProcessEnv);
+            let snapshot =
+                config::raw_to_snapshot(&config.config, &config.settings()?, &ProcessEnv);
             match snapshot {
                 Ok(s) => {
                     if json {
@@ -269,6 +372,89 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        Command::Xdp { bpf_root, command } => match command {
+            XdpCommand::Status { max_prefixes } => {
+                let status = l4::status(&bpf_root)?;
+                print!("{}", status.render(max_prefixes));
+                Ok(ExitCode::SUCCESS)
+            }
+            XdpCommand::Detach => {
+                if l4::detach(&bpf_root)? {
+                    println!("detached; pins under {} removed", bpf_root.display());
+                } else {
+                    println!("nothing pinned under {}", bpf_root.display());
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            XdpCommand::Serve {
+                ifaces,
+                mode,
+                rules,
+                no_v4_filter,
+            } => xdp_serve(bpf_root, ifaces, mode, rules, !no_v4_filter),
+        },
+    }
+}
+
+fn read_rules(path: &PathBuf) -> Result<(String, L4Rules)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let rules = l4::parse_rules(&text)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("parsing {}", path.display()))?;
+    Ok((text, rules))
+}
+
+fn xdp_serve(
+    bpf_root: PathBuf,
+    ifaces: Vec<String>,
+    mode: XdpMode,
+    path: PathBuf,
+    v4_filter: bool,
+) -> Result<ExitCode> {
+    let (mut text, rules) = read_rules(&path)?;
+    let opts = PlaneOptions {
+        bpf_root,
+        v4_filter,
+    };
+    let mut plane = match Plane::start_with(&opts, &ifaces, mode, &rules) {
+        Ok(p) => p,
+        Err(e) if e.is_unavailable() => {
+            tracing::warn!("L4 plane off: {e}");
+            return Ok(ExitCode::from(3));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let ifs: Vec<String> = plane
+        .interfaces()
+        .iter()
+        .map(|(i, m)| format!("{i}:{m}"))
+        .collect();
+    println!(
+        "ready {} prefixes on {}",
+        rules.entries.len(),
+        ifs.join(",")
+    );
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let (new_text, rules) = match read_rules(&path) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("{e:#}; keeping the rules in force");
+                continue;
+            }
+        };
+        if new_text == text {
+            continue;
+        }
+        text = new_text;
+        match plane.sync(&rules) {
+            Ok(r) => println!(
+                "synced +{} ~{} -{} ({} prefixes, {} rules)",
+                r.added, r.updated, r.removed, r.prefixes, r.rules
+            ),
+            Err(e) => tracing::error!("sync failed, keeping what is in force: {e}"),
         }
     }
 }

@@ -27,6 +27,7 @@ use tracing::{error, info, warn};
 use crate::{
     config::{self, ErrorList, Settings, Snapshot, load::Env},
     observe::{Observer, access_log, metrics::Metrics},
+    policy::jwks_fetch::FetchSettings,
     proxy::{
         Live, Proxy, ProxyOptions, Worker, listener,
         tls::ServerTlsError,
@@ -305,6 +306,9 @@ pub async fn serve(
         warn!("{w}");
     }
     let live = Live::build(Arc::new(snapshot))?;
+    // JWKS fetches trust what provider connections trust; HTTP/1 only.
+    let jwks_fetch = FetchSettings::new(upstream::client_tls(opts.upstream_ca.as_deref(), false)?);
+    live.snapshot.authn.start(&jwks_fetch, None);
 
     let metrics = Arc::new(Metrics::new());
     metrics.last_reload_ok.store(now_unix(), Ordering::Relaxed);
@@ -395,6 +399,7 @@ pub async fn serve(
             (&proxy, &workers),
             &mut listeners,
             &mut hooks,
+            &jwks_fetch,
         )
         .await;
     }
@@ -428,6 +433,7 @@ async fn reload(
     (proxy, workers): (&Arc<Proxy>, &Workers),
     listeners: &mut Listeners,
     hooks: &mut Hooks,
+    jwks_fetch: &FetchSettings,
 ) {
     let metrics = &proxy.observer.metrics;
     let fail = |msg: String| {
@@ -452,6 +458,11 @@ async fn reload(
     for w in &live.snapshot.warnings {
         warn!("{w}");
     }
+    // Key sets already fetched for the same sources serve until the new
+    // fetches complete.
+    live.snapshot
+        .authn
+        .start(jwks_fetch, Some(&proxy.live.load().snapshot.authn));
     proxy.live.store(Arc::new(live));
     let live = proxy.live.load();
     listeners.commit(bound, &live, workers);

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: benchmarks run on this machine, in one run, with
 //! interleaved rounds so drift hits every contender alike. `bench proxy`
-//! compares the mock provider direct, llmgw and nginx (reverse proxy).
+//! compares the mock provider direct, llmgw and nginx (reverse proxy);
+//! `bench xdp` runs `llmgw/benches/xdp.rs` through BPF_PROG_TEST_RUN (root).
 
 use std::{
     collections::BTreeMap,
@@ -14,7 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 
-use crate::{bin_path, cargo, root, status, target_dir};
+use crate::{bin_path, cargo, is_root, root, status, target_dir};
 
 #[derive(Subcommand)]
 pub enum Which {
@@ -22,6 +23,13 @@ pub enum Which {
     /// proxy CPU per request, time to first SSE chunk and RSS; the mock
     /// provider direct vs llmgw vs nginx. Writes BENCHMARKS.md ("L7").
     Proxy(ProxyArgs),
+    /// XDP: ns per packet (hit/miss, hot/random, 1 to 1M prefixes) and
+    /// load/update times, through BPF_PROG_TEST_RUN (needs root).
+    /// `-- --quick` skips the 1M-prefix row.
+    Xdp {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -40,6 +48,15 @@ pub struct ProxyArgs {
 pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Proxy(a) => proxy(a),
+        Which::Xdp { args } => {
+            if !is_root() {
+                bail!("the XDP benchmark loads BPF programs: run it as root");
+            }
+            let mut cmd = cargo();
+            cmd.args(["bench", "--package", "llmgw", "--bench", "xdp", "--"])
+                .args(args);
+            status(&mut cmd)
+        }
     }
 }
 

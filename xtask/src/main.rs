@@ -175,14 +175,15 @@ fn test(no_setup: bool, args: Vec<String>) -> Result<()> {
     cmd.args(["test", "--workspace"]).args(&args);
     status(&mut cmd)?;
     if args.is_empty() {
-        python_client_test()?;
+        let python = python_env()?;
+        python_client_test(&python)?;
+        deploy_manifests_test(&python)?;
     }
     Ok(())
 }
 
-/// The official `openai` Python client against the gateway (plain and
-/// streaming), through the quickstart's mock provider.
-fn python_client_test() -> Result<()> {
+/// A virtualenv under target/ with the Python packages the checks use.
+fn python_env() -> Result<PathBuf> {
     let venv = target_dir().join("pyenv");
     let python = venv.join("bin/python");
     if !python.exists() {
@@ -195,7 +196,26 @@ fn python_client_test() -> Result<()> {
         "--quiet",
         "--disable-pip-version-check",
         "openai>=1.40,<3",
+        "kubernetes-validate>=1.30,<2",
     ]))?;
+    Ok(python)
+}
+
+/// The Kubernetes manifests against the API schemas, strictly (unknown
+/// fields are errors); their embedded configuration is checked by
+/// `tests/tests/deploy.rs`.
+fn deploy_manifests_test(python: &Path) -> Result<()> {
+    status(
+        Command::new(python)
+            .args(["-m", "kubernetes_validate", "--strict", "--quiet"])
+            .arg(root().join("deploy/kubernetes/llmgw.yaml")),
+    )
+    .context("deploy/kubernetes/llmgw.yaml does not validate")
+}
+
+/// The official `openai` Python client against the gateway (plain and
+/// streaming), through the quickstart's mock provider.
+fn python_client_test(python: &Path) -> Result<()> {
     let mut cmd = Command::new(bin_path(false, "llmgw-quickstart"));
     cmd.arg("--llmgw")
         .arg(bin_path(false, "llmgw"))
@@ -206,7 +226,7 @@ fn python_client_test() -> Result<()> {
         .arg("--extra-config")
         .arg(root().join("tests/python/streaming.yaml"))
         .arg("--then")
-        .arg(&python)
+        .arg(python)
         .arg(root().join("tests/python/openai_client.py"));
     status(&mut cmd)
 }

@@ -41,7 +41,8 @@ fn sudo(program: &str) -> Command {
 
 fn apt_packages() -> Result<()> {
     let llvm_dev = format!("llvm-{LLVM_MAJOR}-dev");
-    let wanted = [llvm_dev.as_str(), "iproute2", "python3-venv", "curl"];
+    // iproute2 and util-linux (nsenter) for the network-namespace tests.
+    let wanted = [llvm_dev.as_str(), "iproute2", "util-linux", "curl"];
     let missing: Vec<&str> = wanted
         .iter()
         .copied()
@@ -59,7 +60,7 @@ fn apt_packages() -> Result<()> {
     if !have("apt-get") {
         bail!(
             "missing packages {missing:?} and no apt-get: install them by hand \
-             (LLVM {LLVM_MAJOR} with llvm-config, iproute2, python3-venv)"
+             (LLVM {LLVM_MAJOR} with llvm-config, iproute2, util-linux)"
         );
     }
     eprintln!("xtask setup: installing {missing:?}");

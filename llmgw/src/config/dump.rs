@@ -34,6 +34,8 @@ pub fn dump(s: &Snapshot) -> Value {
         })).collect::<Vec<_>>(),
         "providers": s.providers.iter().map(|p| json!({"name": p.id.to_string(), "host": p.host})).collect::<Vec<_>>(),
         "authorizationPolicies": s.policies.all().map(policy).collect::<Vec<_>>(),
+        "requestAuthentication": s.authn.dump(),
+        "extensionProviders": s.ext_authz.describe(),
         "xdp": {
             "listenerPorts": l4.listener_ports,
             "deny": l4.entries.iter().map(|e| json!({
@@ -205,6 +207,21 @@ pub fn describe(s: &Snapshot) -> String {
         for r in &p.rules {
             let place = if r.placement.xdp { "XDP+L7" } else { "L7" };
             let _ = writeln!(w, "    rule {}: {place}: {}", r.index, r.placement.reason);
+        }
+    }
+    let _ = writeln!(w, "request authentication (JWT issuers):");
+    let authn = s.authn.describe();
+    if authn.is_empty() {
+        let _ = writeln!(w, "  (none: tokens are not checked)");
+    }
+    for line in &authn {
+        let _ = writeln!(w, "  {line}");
+    }
+    let providers = s.ext_authz.describe();
+    if !providers.is_empty() {
+        let _ = writeln!(w, "extension providers (CUSTOM):");
+        for line in &providers {
+            let _ = writeln!(w, "  {line}");
         }
     }
     let l4 = l4::rules(s);

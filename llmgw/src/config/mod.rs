@@ -9,6 +9,7 @@ pub mod dump;
 pub mod error;
 pub mod gateway;
 pub mod load;
+pub mod mesh;
 pub mod provider;
 pub mod route;
 pub mod snapshot;

@@ -16,6 +16,7 @@ use regex::Regex;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use serde::Serialize;
 
+use super::mesh::MeshConfig;
 use super::{
     ErrorList, Labels, RawConfig, ResourceId, StringMatch,
     gateway::{GatewaySpec, Server as RawServer},
@@ -24,7 +25,7 @@ use super::{
     route::LlmRouteSpec,
     selector_matches,
 };
-use crate::policy::{self, Policies};
+use crate::policy::{self, Authenticator, ExtAuthz, Policies};
 
 /// What the gateway is, as opposed to what the configuration says.
 #[derive(Debug, Clone)]
@@ -41,6 +42,8 @@ pub struct Settings {
     pub bind_address: IpAddr,
     /// Gateway port → local port, for running unprivileged (`80=8080`).
     pub port_map: BTreeMap<u16, u16>,
+    /// Istio MeshConfig (`--mesh-config`): the extension providers CUSTOM policies name.
+    pub mesh: MeshConfig,
 }
 
 impl Default for Settings {
@@ -52,6 +55,7 @@ impl Default for Settings {
             credentials_dir: None,
             bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             port_map: BTreeMap::new(),
+            mesh: MeshConfig::default(),
         }
     }
 }
@@ -62,6 +66,10 @@ pub struct Snapshot {
     pub listeners: Vec<Listener>,
     pub providers: Vec<Arc<Provider>>,
     pub policies: Policies,
+    /// RequestAuthentication: JWT verification (call `authn.start` once serving).
+    pub authn: Arc<Authenticator>,
+    /// CUSTOM policies' external authorizers.
+    pub ext_authz: Arc<ExtAuthz>,
     /// Things that are not errors but that a user should hear about.
     pub warnings: Vec<String>,
 }
@@ -89,6 +97,9 @@ pub struct Server {
     /// `port.name` (or `servers[].name`), for logs.
     pub name: String,
     pub hosts: Vec<HostPattern>,
+    /// Per `hosts` entry, the namespace routes must be in to bind
+    /// (`ns/host`; `None` = any namespace).
+    pub host_namespaces: Vec<Option<String>>,
     pub tls: Option<Arc<ServerTls>>,
     /// Plain-HTTP server that answers every request with a redirect to https.
     pub https_redirect: bool,
@@ -312,14 +323,16 @@ pub fn compile(raw: &RawConfig, settings: &Settings) -> Result<Snapshot, ErrorLi
         &providers,
         &mut listeners,
     );
-    let policies = policy::compile(raw, settings, &mut c.errors, &mut c.warnings);
+    let security = policy::compile(raw, settings, &mut c.errors, &mut c.warnings);
     let Compiler {
         errors, warnings, ..
     } = c;
     errors.into_result(Snapshot {
         listeners,
         providers: providers.into_values().map(|p| p.provider).collect(),
-        policies,
+        policies: security.policies,
+        authn: security.authn,
+        ext_authz: security.ext_authz,
         warnings,
     })
 }
@@ -479,15 +492,20 @@ impl Compiler<'_> {
             ));
             return None;
         }
-        let hosts = server
-            .hosts
-            .iter()
-            .map(|h| {
-                // `namespace/host`: the namespace part filters which routes may bind.
-                let host = h.split_once('/').map_or(h.as_str(), |(_, host)| host);
-                HostPattern::parse(host)
-            })
-            .collect();
+        let mut hosts = Vec::new();
+        let mut host_namespaces = Vec::new();
+        for h in &server.hosts {
+            // `namespace/host`: the namespace part filters which routes may bind
+            // (`.` is the Gateway's own namespace, `*` any).
+            let (ns, host) = match h.split_once('/') {
+                Some(("*", host)) => (None, host),
+                Some((".", host)) => (Some(gw.id.namespace.clone()), host),
+                Some((ns, host)) => (Some(ns.to_string()), host),
+                None => (None, h.as_str()),
+            };
+            hosts.push(HostPattern::parse(host));
+            host_namespaces.push(ns);
+        }
         let mut https_redirect = false;
         let tls = match (&server.tls, protocol) {
             (Some(tls), Protocol::Http) => {
@@ -521,6 +539,7 @@ impl Compiler<'_> {
                 gateway: gw.id.clone(),
                 name,
                 hosts,
+                host_namespaces,
                 tls,
                 https_redirect,
                 vhosts: Vec::new(),
@@ -731,11 +750,14 @@ impl Compiler<'_> {
                     if !bound_gateways.contains(&server.gateway) {
                         continue;
                     }
-                    if !server.hosts.iter().any(|h| h.intersects(&route_host)) {
-                        continue;
-                    }
-                    let gw_ns_ok = route_namespace_allowed(all_gateways, &server.gateway, ns);
-                    if !gw_ns_ok {
+                    let binds = server
+                        .hosts
+                        .iter()
+                        .zip(&server.host_namespaces)
+                        .any(|(h, hns)| {
+                            h.intersects(&route_host) && hns.as_ref().is_none_or(|n| n == ns)
+                        });
+                    if !binds {
                         continue;
                     }
                     let bound: Vec<Arc<RouteRule>> = rules
@@ -996,28 +1018,6 @@ fn gateway_ref(s: &str, default_ns: &str) -> ResourceId {
             name: s.to_string(),
         },
     }
-}
-
-/// Istio's `hosts: ["ns/host"]` on a Gateway server: only routes from `ns`
-/// (`.` = the Gateway's own, `*` = any) may bind.
-fn route_namespace_allowed(
-    gateways: &[Document<GatewaySpec>],
-    gateway: &ResourceId,
-    route_ns: &str,
-) -> bool {
-    let Some(gw) = gateways.iter().find(|g| &g.id == gateway) else {
-        return false;
-    };
-    gw.spec
-        .servers
-        .iter()
-        .flat_map(|s| &s.hosts)
-        .any(|h| match h.split_once('/') {
-            None => true,
-            Some(("*", _)) => true,
-            Some((".", _)) => route_ns == gateway.namespace,
-            Some((ns, _)) => ns == route_ns,
-        })
 }
 
 fn split_host_port(s: &str) -> Result<(&str, Option<u16>), String> {

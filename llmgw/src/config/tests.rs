@@ -390,3 +390,29 @@ fn https_server_loads_certificates_from_credentials_dir() {
         "{err}"
     );
 }
+
+#[test]
+fn server_host_namespace_filters_which_routes_bind() {
+    let mut raw = seed();
+    // The route lives in `default`; a server that only admits routes from
+    // istio-system (".") leaves it unbound, "default/*" binds it.
+    raw.gateways[0].spec.servers[0].hosts = vec!["./*".into()];
+    let snap = compile_ok(&raw);
+    assert!(snap.listeners[0].servers[0].vhosts.is_empty());
+    raw.gateways[0].spec.servers[0].hosts = vec!["default/*".into()];
+    let snap = compile_ok(&raw);
+    assert_eq!(snap.listeners[0].servers[0].vhosts.len(), 1);
+    raw.gateways[0].spec.servers[0].hosts = vec!["*/api.test.com".into()];
+    let snap = compile_ok(&raw);
+    // `*` route host intersects api.test.com: bound, and only that host is served.
+    assert_eq!(snap.listeners[0].servers[0].vhosts.len(), 1);
+    let l = &snap.listeners[0];
+    assert!(
+        route(l, "api.test.com", &HeaderMap::new()).is_err(),
+        "no rule matches host api.test.com"
+    );
+    assert_eq!(
+        route(l, "test.com", &HeaderMap::new()).unwrap_err(),
+        NoRoute::Host
+    );
+}

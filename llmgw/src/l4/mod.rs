@@ -1,22 +1,99 @@
-//! The L4 plane: the XDP program that drops packets from denied networks to
-//! the gateway's listener ports, and the userspace side that loads, pins and
-//! syncs it. (This file holds the contract with the policy compiler; the
-//! loader lands with the XDP program.)
+//! The L4 plane: source-IP deny rules enforced in XDP on the gateway's
+//! listener ports. This module loads the embedded program, attaches and pins
+//! it, keeps its maps in sync with [`L4Rules`] (by difference) and reads its
+//! counters. `docs/l4.md` describes the decisions, maps and pin layout.
 
-/// One deny entry: packets from `net` to `ports` (every listener port when
-/// `None`) are dropped.
-#[derive(Debug, Clone, PartialEq, Eq)]
+mod compile;
+mod error;
+mod follow;
+pub mod frames;
+mod maps;
+mod plane;
+mod program;
+mod status;
+mod sync;
+mod sys;
+mod text;
+
+use std::path::PathBuf;
+
+pub use error::L4Error;
+pub use follow::Follower;
+pub use plane::{Plane, PlaneOptions, detach};
+pub use program::XdpProgram;
+pub use status::{LinkStatus, PlaneStats, PrefixStatus, RuleStats, Status, status};
+pub use sync::SyncReport;
+pub use text::parse_rules;
+
+/// The XDP object built from `llmgw-ebpf` by `build.rs`.
+pub(crate) static XDP_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/llmgw"));
+
+/// Layout version of the pinned objects: bumped whenever a map's key, value
+/// or meaning changes, so that a new binary never adopts maps it misreads.
+pub const PIN_LAYOUT: &str = "v1";
+
+/// Default bpffs directory under which `PIN_LAYOUT` is created.
+pub const DEFAULT_BPF_ROOT: &str = "/sys/fs/bpf/llmgw";
+
+/// Directory of the pinned objects for `bpf_root` (`<root>/v1`).
+pub fn pin_dir(bpf_root: &std::path::Path) -> PathBuf {
+    bpf_root.join(PIN_LAYOUT)
+}
+
+/// One source network denied by one policy rule (the policy compiler's
+/// output). `ports: None` denies every listener port; `Some(ports)` only
+/// those (an empty list denies nothing).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DenyEntry {
     pub net: ipnet::IpNet,
-    /// Which policy rule asked for it, e.g. `istio-system/auth-policy[0]`.
+    /// The rule's name, e.g. `"istio-system/auth-policy[0]"`; counters are
+    /// kept per rule name.
     pub rule: String,
     pub ports: Option<Vec<u16>>,
 }
 
 /// Everything the XDP plane enforces.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct L4Rules {
     pub entries: Vec<DenyEntry>,
-    /// Local socket ports the gateway listens on; only these are ever dropped.
+    /// Local TCP/UDP ports the gateway listens on; XDP only drops packets
+    /// addressed to one of them.
     pub listener_ports: Vec<u16>,
+}
+
+/// How to attach the program to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Native (driver) mode, or generic mode with a warning when the driver
+    /// has no XDP support.
+    #[default]
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode.
+    Skb,
+}
+
+impl std::fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::Skb => "skb",
+        })
+    }
+}
+
+impl std::str::FromStr for XdpMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "native" | "driver" | "drv" => Ok(Self::Native),
+            "skb" | "generic" => Ok(Self::Skb),
+            other => Err(format!("unknown XDP mode {other:?} (auto, native, skb)")),
+        }
+    }
 }

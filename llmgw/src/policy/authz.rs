@@ -240,7 +240,7 @@ impl PathPattern {
 }
 
 /// A validated JWT's identity, as `RequestAuthentication` produces it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Identity {
     /// `iss/sub`.
     pub principal: String,

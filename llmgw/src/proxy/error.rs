@@ -10,13 +10,20 @@ use serde_json::json;
 use thiserror::Error;
 
 use super::{body::ProxyBody, rewrite::JsonError, router::NoRoute, upstream::UpstreamError};
-use crate::config::ResourceId;
+use crate::{config::ResourceId, policy::LocalReply};
 
 #[derive(Debug, Error)]
 pub enum ProxyError {
     /// An AuthorizationPolicy denied the request.
     #[error("RBAC: access denied")]
     Denied { policy: Option<ResourceId> },
+    /// Refused with an answer given elsewhere: a JWT rejection (Envoy's
+    /// texts, 401/403) or an external authorizer's denial.
+    #[error("{reason}")]
+    Refused {
+        reply: Box<LocalReply>,
+        reason: String,
+    },
     #[error("no route for host {host:?}")]
     NoRoute { host: String, why: NoRoute },
     #[error("the request body is larger than {limit} bytes")]
@@ -37,6 +44,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
+            ProxyError::Refused { reply, .. } => reply.status,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadJson(_) | ProxyError::ClientBody(_) | ProxyError::BadRequest(_) => {
@@ -51,7 +59,9 @@ impl ProxyError {
     /// OpenAI's `error.type` and `error.code` for this failure.
     fn kind(&self) -> (&'static str, &'static str) {
         match self {
-            ProxyError::Denied { .. } => ("permission_error", "access_denied"),
+            ProxyError::Denied { .. } | ProxyError::Refused { .. } => {
+                ("permission_error", "access_denied")
+            }
             ProxyError::NoRoute { .. } => ("invalid_request_error", "route_not_found"),
             ProxyError::TooLarge { .. } => ("invalid_request_error", "request_too_large"),
             ProxyError::BadJson(_) => ("invalid_request_error", "invalid_json"),
@@ -69,6 +79,12 @@ impl ProxyError {
 
     /// The response the client gets.
     pub fn to_response(&self) -> Response<ProxyBody> {
+        if let ProxyError::Refused { reply, .. } = self {
+            let mut resp = Response::new(ProxyBody::full(reply.body.clone()));
+            *resp.status_mut() = reply.status;
+            *resp.headers_mut() = reply.headers.clone();
+            return resp;
+        }
         let status = self.status();
         let (content_type, body) = match self {
             // Istio's exact answer.

@@ -28,9 +28,10 @@ use super::{
     security,
 };
 use crate::{
+    config::snapshot::Protocol,
     config::snapshot::Upstream,
     observe::usage::{JsonUsageTap, SseTap},
-    policy::{RequestContext, authz::normalize_path},
+    policy::{RequestContext, authz::normalize_path, extauthz::Allowed},
 };
 
 /// Client headers that carry API credentials; dropped when the provider sets its own key.
@@ -71,7 +72,9 @@ pub async fn handle(
         error: None,
         upstream_error: None,
     };
-    let resp = match pipeline(req, &conn, &worker, &mut rec).await {
+    // Headers an external authorizer asked to add to the answer.
+    let mut downstream: Option<Allowed> = None;
+    let mut resp = match pipeline(req, &conn, &worker, &mut rec, &mut downstream).await {
         Ok(Reply::Local(resp)) => {
             rec.status = resp.status().as_u16();
             resp
@@ -82,6 +85,9 @@ pub async fn handle(
             rec.ttfb = Some(rec.start.elapsed());
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            if let Some(a) = &downstream {
+                a.apply_to_response(&mut parts.headers);
+            }
             let body = UpstreamBody::new(body, rec, tap, proxy.opts.stream_idle_timeout);
             return Ok(Response::from_parts(
                 parts,
@@ -97,6 +103,9 @@ pub async fn handle(
             e.to_response()
         }
     };
+    if let Some(a) = &downstream {
+        a.apply_to_response(resp.headers_mut());
+    }
     rec.bytes_sent = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
     Ok(resp)
 }
@@ -111,11 +120,12 @@ async fn pipeline(
     conn: &ConnInfo,
     worker: &Worker,
     rec: &mut Record,
+    downstream: &mut Option<Allowed>,
 ) -> Result<Reply, ProxyError> {
     let proxy = &worker.proxy;
     let live = proxy.live.load_full();
     let snapshot = &live.snapshot;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let authority = parts
         .uri
         .authority()
@@ -126,8 +136,9 @@ async fn pipeline(
                 .get(header::HOST)
                 .and_then(|v| v.to_str().ok())
         })
-        .unwrap_or("");
-    let host = normalize_host(authority);
+        .unwrap_or("")
+        .to_string();
+    let host = normalize_host(&authority);
     rec.host.clone_from(&host);
     let Some(listener) = snapshot.listeners.iter().find(|l| l.local == conn.listen) else {
         // The listener was removed by a reload while this connection was open.
@@ -136,8 +147,6 @@ async fn pipeline(
             why: NoRoute::Host,
         });
     };
-    let raw_path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let path = normalize_path(raw_path);
     let remote = forwarded::remote_addr(
         &parts.headers,
         conn.peer.ip(),
@@ -145,19 +154,57 @@ async fn pipeline(
     );
     rec.client = remote;
 
-    // 1. Security: who may do what (before routing, as Envoy's RBAC filter).
-    let ctx = RequestContext {
-        peer: conn.peer.ip(),
-        remote,
-        local: conn.local,
-        sni: conn.sni.as_deref(),
-        host: &host,
-        method: parts.method.as_str(),
-        path: &path,
-        headers: &parts.headers,
-        identity: None,
+    // 1. Security, before routing, in Istio's order: JWT, CUSTOM, DENY/ALLOW.
+    let scheme = match listener.protocol {
+        Protocol::Https => "https",
+        Protocol::Http => "http",
     };
-    security::admit(snapshot, &ctx).await?;
+    let identity = security::authenticate(snapshot, &mut parts, scheme, &authority).await?;
+    // JWT may have removed a token from the query: read the path after it.
+    let raw_path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+    let path = normalize_path(&raw_path);
+    // What policies see; built again after an external authorizer changed headers.
+    macro_rules! ctx {
+        ($headers:expr) => {
+            RequestContext {
+                peer: conn.peer.ip(),
+                remote,
+                local: conn.local,
+                sni: conn.sni.as_deref(),
+                host: &host,
+                method: parts.method.as_str(),
+                path: &path,
+                headers: $headers,
+                identity: identity.as_ref(),
+            }
+        };
+    }
+    let custom = security::custom_provider(snapshot, &ctx!(&parts.headers));
+    // A provider that checks bodies needs the body now; later stages reuse it.
+    let mut early_body = None;
+    let mut body = Some(body);
+    if let Some(provider) = custom {
+        if snapshot.ext_authz.body_settings(&provider).is_some()
+            && let Some(b) = body.take()
+        {
+            early_body = Some(read_body(b, &parts.headers, proxy).await?);
+        }
+        let checked = security::check_custom(
+            snapshot,
+            &provider,
+            &parts.method,
+            &raw_path,
+            &mut parts.headers,
+            &authority,
+            early_body.as_ref(),
+        )
+        .await;
+        *downstream = Some(checked?);
+    }
+    security::authorize(snapshot, &ctx!(&parts.headers))?;
 
     // 2. Route.
     let no_route = |why| ProxyError::NoRoute {
@@ -166,7 +213,7 @@ async fn pipeline(
     };
     let server = router::server_for(listener, &host).ok_or_else(|| no_route(NoRoute::Host))?;
     if server.https_redirect {
-        return Ok(Reply::Local(redirect(&host, raw_path)));
+        return Ok(Reply::Local(redirect(&host, &raw_path)));
     }
     let routed = router::route(listener, &host, &parts.headers).map_err(no_route)?;
     let rule = routed.rule.clone();
@@ -182,7 +229,11 @@ async fn pipeline(
     rec.model.clone_from(&up.model);
 
     // 3. Body: bounded read, then the provider rewrite.
-    let body = read_body(body, &parts.headers, proxy).await?;
+    let body = match (early_body, body) {
+        (Some(b), _) => b,
+        (None, Some(b)) => read_body(b, &parts.headers, proxy).await?,
+        (None, None) => Bytes::new(),
+    };
     let body = if body.is_empty() && matches!(parts.method, Method::GET | Method::HEAD) {
         body
     } else {
@@ -200,7 +251,7 @@ async fn pipeline(
 
     // 4. Upstream request.
     let host_header = host_header(&up);
-    let uri = upstream_uri(&up, &host_header, raw_path, &path)?;
+    let uri = upstream_uri(&up, &host_header, &raw_path, &path)?;
     let body_len = body.len();
     let mut out = Request::new(Full::new(body));
     *out.method_mut() = parts.method.clone();

@@ -1,17 +1,90 @@
-//! The security stage of the request path, run before routing: today the
-//! AuthorizationPolicy DENY/ALLOW decision. JWT authentication
-//! (RequestAuthentication) and CUSTOM external authorization belong here too,
-//! so that every check stays in this one function.
+//! The security stage of the request path, before routing, in Istio's
+//! filter order: JWT authentication (RequestAuthentication), then CUSTOM
+//! external authorization, then AuthorizationPolicy DENY and ALLOW.
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, request::Parts};
 
 use super::error::ProxyError;
 use crate::{
     config::Snapshot,
-    policy::{Decision, RequestContext},
+    policy::{CheckRequest, CheckResult, Decision, Identity, RequestContext, extauthz::Allowed},
 };
 
-/// Admits or refuses a request. `ctx.identity` is `None` until JWT
-/// authentication fills it in this stage.
-pub async fn admit(snapshot: &Snapshot, ctx: &RequestContext<'_>) -> Result<(), ProxyError> {
+/// Verifies a JWT if the request carries one: `Ok(None)` without a token
+/// (a policy decides), the identity when it verifies, Envoy's 401/403 when
+/// it does not. Removes the token unless its rule forwards it and writes the
+/// rule's output headers.
+pub async fn authenticate(
+    snapshot: &Snapshot,
+    parts: &mut Parts,
+    scheme: &str,
+    authority: &str,
+) -> Result<Option<Identity>, ProxyError> {
+    if snapshot.authn.is_empty() {
+        return Ok(None);
+    }
+    let original = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+    snapshot
+        .authn
+        .authenticate(&parts.method, &mut parts.uri, &mut parts.headers)
+        .await
+        .map_err(|e| ProxyError::Refused {
+            reply: Box::new(e.local_reply(scheme, authority, &original)),
+            reason: e.to_string(),
+        })
+}
+
+/// Asks the extension provider of the CUSTOM policy that matched. On allow,
+/// applies its header changes to the request and returns what it wants
+/// added to the response.
+pub async fn check_custom(
+    snapshot: &Snapshot,
+    provider: &str,
+    method: &Method,
+    path_and_query: &str,
+    headers: &mut HeaderMap,
+    authority: &str,
+    body: Option<&Bytes>,
+) -> Result<Allowed, ProxyError> {
+    let req = CheckRequest {
+        method,
+        host: authority,
+        path_and_query,
+        headers,
+        body,
+    };
+    match snapshot.ext_authz.check(provider, &req).await {
+        CheckResult::Allow(allowed) => {
+            allowed.apply_to_request(headers);
+            Ok(allowed)
+        }
+        CheckResult::Deny(reply) => Err(ProxyError::Refused {
+            reason: format!(
+                "denied by external authorizer {provider} ({})",
+                reply.status
+            ),
+            reply: Box::new(reply),
+        }),
+    }
+}
+
+/// The provider of the first CUSTOM policy matching `ctx`, if any.
+pub fn custom_provider(snapshot: &Snapshot, ctx: &RequestContext<'_>) -> Option<String> {
+    snapshot
+        .policies
+        .custom_match(ctx)
+        .and_then(|p| p.provider.clone())
+}
+
+/// AuthorizationPolicy DENY, then ALLOW.
+pub fn authorize(snapshot: &Snapshot, ctx: &RequestContext<'_>) -> Result<(), ProxyError> {
+    for p in snapshot.policies.audited(ctx) {
+        tracing::info!(policy = %p.id, host = ctx.host, path = ctx.path, "AUDIT policy matched");
+    }
     match snapshot.policies.evaluate(ctx) {
         Decision::Allow => Ok(()),
         Decision::Deny { policy } => Err(ProxyError::Denied { policy }),

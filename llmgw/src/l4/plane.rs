@@ -1,0 +1,409 @@
+//! The attached, pinned L4 plane. `start` adopts whatever a previous process
+//! left pinned (maps with their contents, links) and swaps the program inside
+//! existing links atomically, so protection never lapses across restarts;
+//! `detach` removes links, maps and pins.
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    Ebpf,
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use llmgw_common as common;
+
+use super::{
+    L4Error, L4Rules, XdpMode,
+    compile::{State, compile},
+    maps::{Maps, check_pin},
+    pin_dir,
+    program::{load, xdp_mut},
+    status::{PlaneStats, Status, link_file_name, pinned_links, plane_stats},
+    sync::{self, SyncReport},
+    sys,
+};
+
+/// Where and how the plane runs.
+#[derive(Clone, Debug)]
+pub struct PlaneOptions {
+    /// bpffs directory holding the versioned pin directory
+    /// (default `/sys/fs/bpf/llmgw`).
+    pub bpf_root: PathBuf,
+    /// Whether the IPv4 /24 front filter is used (default on).
+    pub v4_filter: bool,
+}
+
+impl Default for PlaneOptions {
+    fn default() -> Self {
+        Self {
+            bpf_root: PathBuf::from(super::DEFAULT_BPF_ROOT),
+            v4_filter: true,
+        }
+    }
+}
+
+struct Attached {
+    iface: String,
+    mode: &'static str,
+    _link: FdLink,
+}
+
+/// The running L4 plane. Dropping it leaves everything pinned and enforcing
+/// (a restarted gateway adopts it); [`Plane::detach`] removes it.
+pub struct Plane {
+    dir: PathBuf,
+    _ebpf: Ebpf,
+    maps: Maps,
+    links: Vec<Attached>,
+    /// What the maps hold; `None` after a failed sync (re-read before the
+    /// next one).
+    state: Option<State>,
+    /// Exclusive flock on the pin directory: one owner at a time (released
+    /// by the kernel when the process dies).
+    _lock: std::fs::File,
+}
+
+fn check_iface(iface: &str) -> Result<(), L4Error> {
+    if iface.is_empty()
+        || iface.len() > 15
+        || iface.contains(['/', '\0', '@', ':'])
+        || iface.chars().any(char::is_whitespace)
+    {
+        return Err(L4Error::BadInterfaceName(iface.into()));
+    }
+    Ok(())
+}
+
+/// Makes sure the parent of the pin directory is on bpffs, mounting it at
+/// `/sys/fs/bpf` when that is where it should be and we may.
+fn ensure_bpffs(root: &Path) -> Result<(), L4Error> {
+    let mount_point = Path::new("/sys/fs/bpf");
+    let probe = if root.starts_with(mount_point) {
+        mount_point
+    } else {
+        root.parent().unwrap_or(root)
+    };
+    if sys::is_bpffs(probe) {
+        return Ok(());
+    }
+    if probe == mount_point && sys::may_mount() {
+        match sys::mount_bpffs(mount_point) {
+            Ok(()) => {
+                tracing::info!("mounted bpffs at {}", mount_point.display());
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(L4Error::NoBpffs {
+                    path: mount_point.into(),
+                    reason: format!("mount failed: {e}"),
+                });
+            }
+        }
+    }
+    Err(L4Error::NoBpffs {
+        path: probe.into(),
+        reason: "not a bpf filesystem".into(),
+    })
+}
+
+fn mkdir(path: &Path) -> Result<(), L4Error> {
+    std::fs::create_dir_all(path).map_err(|e| {
+        let unavailable = e.kind() == std::io::ErrorKind::PermissionDenied;
+        let err = L4Error::io(format!("creating {}", path.display()), e);
+        if unavailable {
+            L4Error::NotPermitted(err.to_string())
+        } else {
+            err
+        }
+    })
+}
+
+impl Plane {
+    /// Starts the plane on `ifaces` with the default pin root.
+    pub fn start(ifaces: &[String], mode: XdpMode, rules: &L4Rules) -> Result<Self, L4Error> {
+        Self::start_with(&PlaneOptions::default(), ifaces, mode, rules)
+    }
+
+    /// Loads the program, adopts pinned maps and links (or creates and pins
+    /// them), syncs the maps to `rules`, attaches to the interfaces not yet
+    /// attached and detaches pinned interfaces not in `ifaces`.
+    pub fn start_with(
+        opts: &PlaneOptions,
+        ifaces: &[String],
+        mode: XdpMode,
+        rules: &L4Rules,
+    ) -> Result<Self, L4Error> {
+        for i in ifaces {
+            check_iface(i)?;
+        }
+        if let Some(why) = sys::missing_privileges() {
+            return Err(L4Error::NotPermitted(why));
+        }
+        if let Err(e) = sys::raise_memlock() {
+            tracing::debug!("RLIMIT_MEMLOCK not raised ({e}); not needed on kernels >= 5.11");
+        }
+        ensure_bpffs(&opts.bpf_root)?;
+        let dir = pin_dir(&opts.bpf_root);
+        let maps_dir = dir.join("maps");
+        mkdir(&maps_dir)?;
+        mkdir(&dir.join("links"))?;
+        let lock = sys::lock_dir(&dir).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                L4Error::InUse(dir.clone())
+            } else {
+                L4Error::io(format!("locking {}", dir.display()), e)
+            }
+        })?;
+
+        // Refuse pinned maps of another layout before the loader reuses them.
+        let mut adopted = 0;
+        for name in common::ALL_MAPS {
+            if check_pin(&maps_dir.join(name), name)? {
+                adopted += 1;
+            }
+        }
+        let mut ebpf = load(Some(&maps_dir), opts.v4_filter)?;
+        let maps = Maps::from_ebpf(&mut ebpf)?;
+        let state = if adopted > 0 {
+            maps.read_state()?
+        } else {
+            State::default()
+        };
+
+        let mut plane = Self {
+            dir,
+            _ebpf: ebpf,
+            maps,
+            links: Vec::new(),
+            state: Some(state),
+            _lock: lock,
+        };
+
+        // Existing links first: replace their program atomically.
+        // A link whose interface went away is defunct (ifindex 0): unpin it,
+        // the interface gets a fresh link below.
+        let mut pinned = pinned_links(&plane.dir)?;
+        pinned.retain(|(iface, _, path)| {
+            let alive = sys::obj_get(path)
+                .and_then(|fd| sys::xdp_link_info(&fd))
+                .is_ok_and(|(_, _, ifindex)| ifindex != 0);
+            if !alive {
+                tracing::warn!("XDP: pinned link for {iface} is defunct; replacing it");
+                if let Err(e) = detach_link(path) {
+                    tracing::warn!("XDP: removing {}: {e}", path.display());
+                }
+            }
+            alive
+        });
+        for (iface, pinned_mode, path) in &pinned {
+            if !ifaces.contains(iface) {
+                continue;
+            }
+            plane.adopt_link(iface, pinned_mode, path, mode)?;
+        }
+        plane.sync(rules)?;
+        for iface in ifaces {
+            if plane.links.iter().any(|l| &l.iface == iface) {
+                continue;
+            }
+            plane.attach(iface, mode)?;
+        }
+        for (iface, _, path) in &pinned {
+            if !ifaces.contains(iface) {
+                tracing::info!("XDP: detaching from {iface} (no longer configured)");
+                detach_link(path)?;
+            }
+        }
+        Ok(plane)
+    }
+
+    fn adopt_link(
+        &mut self,
+        iface: &str,
+        pinned_mode: &str,
+        path: &Path,
+        wanted: XdpMode,
+    ) -> Result<(), L4Error> {
+        let mode: &'static str = if pinned_mode == "skb" {
+            "skb"
+        } else {
+            "native"
+        };
+        if (wanted == XdpMode::Native && mode == "skb")
+            || (wanted == XdpMode::Skb && mode == "native")
+        {
+            tracing::warn!(
+                "XDP: {iface} stays in {mode} mode (changing mode needs `llmgw xdp detach` first)"
+            );
+        }
+        let link_err = |what: &str, source| L4Error::Link {
+            what: format!("{what} {}", path.display()),
+            source,
+        };
+        let pinned = PinnedLink::from_pin(path).map_err(|e| link_err("opening", e))?;
+        let xdp_link =
+            XdpLink::try_from(FdLink::from(pinned)).map_err(|e| link_err("checking", e))?;
+        let prog = xdp_mut(&mut self._ebpf)?;
+        let id = prog
+            .attach_to_link(xdp_link)
+            .map_err(|e| L4Error::program(format!("replacing the program in {iface}'s link"), e))?;
+        let link = prog
+            .take_link(id)
+            .map_err(|e| L4Error::program("taking the link", e))?;
+        let fd_link = FdLink::try_from(link).map_err(|e| link_err("converting", e))?;
+        tracing::info!("XDP: adopted {iface} ({mode}), program replaced in place");
+        self.links.push(Attached {
+            iface: iface.into(),
+            mode,
+            _link: fd_link,
+        });
+        Ok(())
+    }
+
+    fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), L4Error> {
+        use aya::programs::XdpMode as Aya;
+        let prog = xdp_mut(&mut self._ebpf)?;
+        let attach = |prog: &mut aya::programs::Xdp, m: Aya, name: &'static str| {
+            prog.attach(iface, m).map_err(|source| match source {
+                aya::programs::ProgramError::UnknownInterface { .. } => {
+                    L4Error::UnknownInterface(iface.into())
+                }
+                source => L4Error::Attach {
+                    iface: iface.into(),
+                    mode: name,
+                    source,
+                },
+            })
+        };
+        let (id, name) = match mode {
+            XdpMode::Native => (attach(prog, Aya::Driver, "native")?, "native"),
+            XdpMode::Skb => (attach(prog, Aya::Skb, "skb")?, "skb"),
+            XdpMode::Auto => match attach(prog, Aya::Driver, "native") {
+                Ok(id) => (id, "native"),
+                Err(L4Error::UnknownInterface(i)) => return Err(L4Error::UnknownInterface(i)),
+                Err(e) => {
+                    tracing::warn!(
+                        "XDP: native mode failed on {iface} ({e}); using generic (skb) mode"
+                    );
+                    (attach(prog, Aya::Skb, "skb")?, "skb")
+                }
+            },
+        };
+        let link = prog
+            .take_link(id)
+            .map_err(|e| L4Error::program("taking the link", e))?;
+        let fd_link = FdLink::try_from(link).map_err(|source| L4Error::Link {
+            what: format!("on {iface} is not a bpf_link (kernel without XDP links?)"),
+            source,
+        })?;
+        let path = self.dir.join("links").join(link_file_name(iface, name));
+        let pinned = fd_link.pin(&path).map_err(|source| L4Error::Pin {
+            path: path.clone(),
+            source,
+        })?;
+        tracing::info!("XDP: attached to {iface} in {name} mode");
+        self.links.push(Attached {
+            iface: iface.into(),
+            mode: name,
+            _link: FdLink::from(pinned),
+        });
+        Ok(())
+    }
+
+    /// Syncs the maps to `rules` by difference (additions and changes first,
+    /// removals last), keeping rule ids stable.
+    pub fn sync(&mut self, rules: &L4Rules) -> Result<SyncReport, L4Error> {
+        let cur = match self.state.take() {
+            Some(s) => s,
+            None => self.maps.read_state()?,
+        };
+        let next = match compile(rules, &cur) {
+            Ok(n) => n,
+            Err(e) => {
+                self.state = Some(cur);
+                return Err(e);
+            }
+        };
+        let filter = self.maps.filter.read();
+        let report = sync::apply(&mut self.maps, &cur, &next, &filter)?;
+        self.state = Some(next);
+        tracing::debug!(?report, "XDP maps synced");
+        Ok(report)
+    }
+
+    /// Counters per rule, packets seen and passed.
+    pub fn stats(&self) -> Result<PlaneStats, L4Error> {
+        match &self.state {
+            Some(s) => plane_stats(&self.maps, &s.rules),
+            None => plane_stats(&self.maps, &self.maps.read_state()?.rules),
+        }
+    }
+
+    /// Interfaces this plane is attached to, with their mode.
+    pub fn interfaces(&self) -> Vec<(String, &'static str)> {
+        self.links
+            .iter()
+            .map(|l| (l.iface.clone(), l.mode))
+            .collect()
+    }
+
+    /// The full status, as `llmgw xdp status` shows it.
+    pub fn status(&self) -> Result<Status, L4Error> {
+        super::status::status(self.dir.parent().unwrap_or(&self.dir))
+    }
+
+    /// Detaches from every interface and removes maps and pins.
+    pub fn detach(self) -> Result<(), L4Error> {
+        let root = self.dir.parent().map(Path::to_path_buf);
+        drop(self);
+        match root {
+            Some(root) => detach(&root).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+}
+
+fn detach_link(path: &Path) -> Result<(), L4Error> {
+    match sys::obj_get(path) {
+        Ok(fd) => {
+            // Force the detach even if another process still holds the link.
+            if let Err(e) = sys::link_detach(&fd) {
+                tracing::debug!("BPF_LINK_DETACH {}: {e}", path.display());
+            }
+        }
+        Err(e) => tracing::debug!("opening {}: {e}", path.display()),
+    }
+    std::fs::remove_file(path).map_err(|e| L4Error::io(format!("removing {}", path.display()), e))
+}
+
+/// Removes the plane pinned under `bpf_root`: detaches every link (even one
+/// still held by a running process), unpins the maps, removes the
+/// directories. Returns whether anything was there.
+pub fn detach(bpf_root: &Path) -> Result<bool, L4Error> {
+    let dir = pin_dir(bpf_root);
+    if !dir.exists() {
+        return Ok(false);
+    }
+    for (_, _, path) in pinned_links(&dir)? {
+        detach_link(&path)?;
+    }
+    let maps_dir = dir.join("maps");
+    if let Ok(entries) = std::fs::read_dir(&maps_dir) {
+        for e in entries.flatten() {
+            std::fs::remove_file(e.path())
+                .map_err(|err| L4Error::io(format!("removing {}", e.path().display()), err))?;
+        }
+    }
+    for d in [dir.join("links"), maps_dir, dir.clone()] {
+        match std::fs::remove_dir(&d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(L4Error::io(format!("removing {}", d.display()), e)),
+        }
+    }
+    // The root itself goes too when nothing else (another layout) is left.
+    let _ = std::fs::remove_dir(bpf_root);
+    Ok(true)
+}

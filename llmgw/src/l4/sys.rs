@@ -1,0 +1,181 @@
+//! The few system calls aya does not wrap: BPF_OBJ_GET / BPF_LINK_DETACH /
+//! link info on pinned links, capability and bpffs checks, the bpffs mount
+//! and the (optional) RLIMIT_MEMLOCK raise.
+
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::Path,
+};
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_DETACH: libc::c_long = 34;
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// `union bpf_attr`, large enough for the commands used here.
+#[repr(C, align(8))]
+struct Attr([u8; 128]);
+
+fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<i64> {
+    // SAFETY: `attr` is a zeroed, properly sized bpf_attr for `cmd`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut Attr,
+            std::mem::size_of::<Attr>(),
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn cpath(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+}
+
+/// Opens a pinned object.
+pub(crate) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c = cpath(path)?;
+    let mut attr = Attr([0; 128]);
+    attr.0[..8].copy_from_slice(&(c.as_ptr() as u64).to_ne_bytes());
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel returned a new file descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Detaches a link even while other processes hold it open (kernel 5.9+).
+pub(crate) fn link_detach(link: &OwnedFd) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let mut attr = Attr([0; 128]);
+    attr.0[..4].copy_from_slice(&(link.as_raw_fd() as u32).to_ne_bytes());
+    bpf(BPF_LINK_DETACH, &mut attr).map(|_| ())
+}
+
+/// `(link id, program id, ifindex)` of an XDP link; ifindex 0 once the link
+/// is detached or its interface is gone.
+pub(crate) fn xdp_link_info(link: &OwnedFd) -> io::Result<(u32, u32, u32)> {
+    use std::os::fd::AsRawFd as _;
+    // struct bpf_link_info: type, id, prog_id, then an 8-aligned union whose
+    // xdp member starts with ifindex.
+    let mut info = [0u64; 16];
+    let mut attr = Attr([0; 128]);
+    attr.0[..4].copy_from_slice(&(link.as_raw_fd() as u32).to_ne_bytes());
+    attr.0[4..8].copy_from_slice(&((info.len() * 8) as u32).to_ne_bytes());
+    attr.0[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let word = |i: usize| info[i / 2].to_ne_bytes();
+    let u32_at = |i: usize| {
+        let w = word(i);
+        let h = if i.is_multiple_of(2) {
+            &w[..4]
+        } else {
+            &w[4..]
+        };
+        u32::from_ne_bytes([h[0], h[1], h[2], h[3]])
+    };
+    Ok((u32_at(1), u32_at(2), u32_at(4)))
+}
+
+/// Takes an exclusive, non-blocking flock on the directory `dir`; held until
+/// the returned file is closed (or the process dies).
+pub(crate) fn lock_dir(dir: &Path) -> io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd as _;
+    let f = std::fs::File::open(dir)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
+/// Whether `path` is on a BPF filesystem.
+pub(crate) fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = cpath(path) else { return false };
+    // SAFETY: statfs fills `buf`; we only read it when the call succeeds.
+    unsafe {
+        let mut buf: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut buf) == 0 && buf.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// Mounts bpffs at `path`.
+pub(crate) fn mount_bpffs(path: &Path) -> io::Result<()> {
+    let target = cpath(path)?;
+    let src = c"bpf";
+    // SAFETY: plain mount(2) with valid C strings.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+/// The effective capability set of this process.
+fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// `None` when the process may load and attach XDP programs, else what is
+/// missing.
+pub(crate) fn missing_privileges() -> Option<String> {
+    let Some(caps) = effective_caps() else {
+        return Some("cannot read the capabilities of this process".into());
+    };
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    let bpf = has(CAP_BPF) || has(CAP_SYS_ADMIN);
+    let net = has(CAP_NET_ADMIN) || has(CAP_SYS_ADMIN);
+    match (bpf, net) {
+        (true, true) => None,
+        (false, true) => Some("CAP_BPF missing (run as root or grant CAP_BPF)".into()),
+        (true, false) => Some("CAP_NET_ADMIN missing".into()),
+        (false, false) => Some("not root: CAP_BPF and CAP_NET_ADMIN missing".into()),
+    }
+}
+
+/// Whether the process may mount filesystems.
+pub(crate) fn may_mount() -> bool {
+    effective_caps().is_some_and(|c| c & (1u64 << CAP_SYS_ADMIN) != 0)
+}
+
+/// Raises RLIMIT_MEMLOCK for kernels that still charge BPF memory to it;
+/// kernels since 5.11 use memcg accounting, so failure is not an error.
+pub(crate) fn raise_memlock() -> io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -1,0 +1,700 @@
+//! Table-driven tests of AuthorizationPolicy semantics: one case per
+//! sentence of Istio's reference that changes an outcome.
+
+use std::{collections::HashMap, net::IpAddr, path::Path};
+
+use http::HeaderMap;
+use serde_json::json;
+
+use super::authz::{Decision, Identity, Policies, RequestContext, normalize_path};
+use crate::config::{ErrorList, RawConfig, Settings, load::load_text};
+
+/// A request as a test describes it.
+#[derive(Clone)]
+struct Req {
+    peer: &'static str,
+    remote: &'static str,
+    port: u16,
+    host: &'static str,
+    method: &'static str,
+    path: &'static str,
+    headers: Vec<(&'static str, &'static str)>,
+    identity: Option<Identity>,
+    sni: Option<&'static str>,
+}
+
+impl Default for Req {
+    fn default() -> Self {
+        Req {
+            peer: "10.0.0.1",
+            remote: "10.0.0.1",
+            port: 80,
+            host: "test.com",
+            method: "POST",
+            path: "/v1/chat/completions",
+            headers: vec![],
+            identity: None,
+            sni: None,
+        }
+    }
+}
+
+fn jwt(principal: &str, claims: serde_json::Value) -> Option<Identity> {
+    Some(Identity {
+        principal: principal.into(),
+        audiences: claims["aud"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        presenter: claims["azp"].as_str().map(String::from),
+        claims,
+    })
+}
+
+fn policies(yaml: &str) -> Policies {
+    policies_for(yaml, &Settings::default())
+}
+
+fn policies_for(yaml: &str, settings: &Settings) -> Policies {
+    let mut raw = RawConfig::default();
+    let mut errors = ErrorList::default();
+    load_text(
+        Path::new("p.yaml"),
+        yaml,
+        &HashMap::<String, String>::new(),
+        &mut raw,
+        &mut errors,
+    );
+    assert!(errors.is_empty(), "{errors}");
+    let p = super::authz::compile(&raw.authorization_policies, settings, &mut errors);
+    assert!(errors.is_empty(), "{errors}");
+    p
+}
+
+fn decide(p: &Policies, r: &Req) -> bool {
+    let mut headers = HeaderMap::new();
+    for (k, v) in &r.headers {
+        headers.append(*k, v.parse().unwrap());
+    }
+    let ctx = RequestContext {
+        peer: r.peer.parse::<IpAddr>().unwrap(),
+        remote: r.remote.parse::<IpAddr>().unwrap(),
+        local: format!("10.9.9.9:{}", r.port).parse().unwrap(),
+        sni: r.sni,
+        host: r.host,
+        method: r.method,
+        path: r.path,
+        headers: &headers,
+        identity: r.identity.as_ref(),
+    };
+    p.evaluate(&ctx) == Decision::Allow
+}
+
+/// `policy` is the spec body of one AuthorizationPolicy in istio-system.
+fn case(policy: &str, req: Req, allowed: bool, why: &str) {
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: istio-system}}\nspec:\n{}",
+        policy
+            .lines()
+            .map(|l| format!("  {l}\n"))
+            .collect::<String>()
+    );
+    let p = policies(&yaml);
+    assert_eq!(decide(&p, &req), allowed, "{why}\npolicy:\n{yaml}");
+}
+
+fn allow_if(cond: &str) -> String {
+    format!("action: ALLOW\nrules:\n- {cond}")
+}
+
+#[test]
+fn no_policy_allows() {
+    assert!(decide(&Policies::default(), &Req::default()));
+}
+
+#[test]
+fn allow_nothing_and_deny_all_and_allow_all() {
+    case(
+        "{}",
+        Req::default(),
+        false,
+        "spec: {} is ALLOW with no rules: allow-nothing",
+    );
+    case(
+        "action: ALLOW\nrules: []",
+        Req::default(),
+        false,
+        "empty rules match nothing",
+    );
+    case(
+        "action: ALLOW\nrules: [{}]",
+        Req::default(),
+        true,
+        "an empty rule always matches",
+    );
+    case(
+        "action: DENY\nrules: [{}]",
+        Req::default(),
+        false,
+        "deny-all",
+    );
+    case(
+        "action: DENY",
+        Req::default(),
+        true,
+        "DENY without rules denies nothing",
+    );
+    case(
+        "action: AUDIT\nrules: [{}]",
+        Req::default(),
+        true,
+        "AUDIT never decides",
+    );
+}
+
+#[test]
+fn deny_wins_over_allow_and_allow_requires_a_match() {
+    let yaml = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-all, namespace: istio-system}
+spec: {action: ALLOW, rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: istio-system}
+spec: {action: DENY, rules: [{to: [{operation: {paths: ["/admin*"]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-get, namespace: istio-system}
+spec: {action: ALLOW, rules: [{to: [{operation: {methods: [GET]}}]}]}
+"#;
+    let p = policies(yaml);
+    assert!(decide(&p, &Req::default()), "allow-all matches");
+    assert!(
+        !decide(
+            &p,
+            &Req {
+                path: "/admin/x",
+                ..Req::default()
+            }
+        ),
+        "DENY before ALLOW"
+    );
+    let p = policies(&yaml.replace(
+        "spec: {action: ALLOW, rules: [{}]}",
+        "spec: {action: ALLOW}",
+    ));
+    assert!(
+        !decide(&p, &Req::default()),
+        "ALLOW policies exist and none matches POST"
+    );
+    assert!(decide(
+        &p,
+        &Req {
+            method: "GET",
+            ..Req::default()
+        }
+    ));
+}
+
+#[test]
+fn rule_needs_one_from_one_to_and_every_when() {
+    let p = "action: ALLOW\nrules:\n- from: [{source: {ipBlocks: [10.0.0.0/8]}}, {source: {ipBlocks: [192.168.0.0/16]}}]\n  to: [{operation: {methods: [GET]}}, {operation: {paths: [/v1/*]}}]\n  when:\n  - {key: \"request.headers[x-a]\", values: [\"1\"]}\n  - {key: \"request.headers[x-b]\", values: [\"2\"]}";
+    let hdrs = vec![("x-a", "1"), ("x-b", "2")];
+    case(
+        p,
+        Req {
+            headers: hdrs.clone(),
+            ..Req::default()
+        },
+        true,
+        "from[0], to[1], all when",
+    );
+    case(
+        p,
+        Req {
+            peer: "192.168.1.1",
+            headers: hdrs.clone(),
+            ..Req::default()
+        },
+        true,
+        "from[1] ORs",
+    );
+    case(
+        p,
+        Req {
+            peer: "172.16.0.1",
+            headers: hdrs.clone(),
+            ..Req::default()
+        },
+        false,
+        "no from matches",
+    );
+    case(
+        p,
+        Req {
+            path: "/x",
+            headers: hdrs.clone(),
+            ..Req::default()
+        },
+        false,
+        "no to matches",
+    );
+    case(
+        p,
+        Req {
+            headers: vec![("x-a", "1")],
+            ..Req::default()
+        },
+        false,
+        "when conditions AND",
+    );
+}
+
+#[test]
+fn fields_inside_a_source_and_together() {
+    let p = allow_if(
+        "from: [{source: {ipBlocks: [10.0.0.0/8], notIpBlocks: [10.0.0.1], requestPrincipals: [\"*\"]}}]",
+    );
+    let id = jwt("iss/sub", json!({}));
+    case(
+        &p,
+        Req {
+            peer: "10.0.0.2",
+            identity: id.clone(),
+            ..Req::default()
+        },
+        true,
+        "all fields match",
+    );
+    case(
+        &p,
+        Req {
+            peer: "10.0.0.1",
+            identity: id.clone(),
+            ..Req::default()
+        },
+        false,
+        "notIpBlocks excludes",
+    );
+    case(
+        &p,
+        Req {
+            peer: "10.0.0.2",
+            ..Req::default()
+        },
+        false,
+        "requestPrincipals * needs a JWT",
+    );
+}
+
+#[test]
+fn ip_blocks_single_addresses_cidrs_and_v6() {
+    let p =
+        allow_if("from: [{source: {ipBlocks: [203.0.113.4, 198.51.100.0/24, \"2001:db8::/32\"]}}]");
+    case(
+        &p,
+        Req {
+            peer: "203.0.113.4",
+            ..Req::default()
+        },
+        true,
+        "single IP",
+    );
+    case(
+        &p,
+        Req {
+            peer: "203.0.113.5",
+            ..Req::default()
+        },
+        false,
+        "single IP is /32",
+    );
+    case(
+        &p,
+        Req {
+            peer: "198.51.100.77",
+            ..Req::default()
+        },
+        true,
+        "CIDR",
+    );
+    case(
+        &p,
+        Req {
+            peer: "2001:db8:1::9",
+            ..Req::default()
+        },
+        true,
+        "IPv6 CIDR",
+    );
+    case(
+        &p,
+        Req {
+            peer: "::ffff:198.51.100.1",
+            ..Req::default()
+        },
+        true,
+        "IPv4-mapped IPv6 peer",
+    );
+}
+
+#[test]
+fn remote_ip_blocks_use_the_forwarded_client() {
+    let p = allow_if("from: [{source: {remoteIpBlocks: [1.2.3.0/24]}}]");
+    case(
+        &p,
+        Req {
+            peer: "10.0.0.1",
+            remote: "1.2.3.4",
+            ..Req::default()
+        },
+        true,
+        "remote, not peer",
+    );
+    case(
+        &p,
+        Req {
+            peer: "1.2.3.4",
+            remote: "10.0.0.1",
+            ..Req::default()
+        },
+        false,
+        "peer does not count",
+    );
+    let p = allow_if("from: [{source: {notRemoteIpBlocks: [1.2.3.0/24]}}]");
+    case(
+        &p,
+        Req {
+            remote: "1.2.3.4",
+            ..Req::default()
+        },
+        false,
+        "notRemoteIpBlocks",
+    );
+}
+
+#[test]
+fn request_principals_patterns() {
+    let p = allow_if("from: [{source: {requestPrincipals: [\"https://issuer/*\"]}}]");
+    case(
+        &p,
+        Req {
+            identity: jwt("https://issuer/alice", json!({})),
+            ..Req::default()
+        },
+        true,
+        "prefix",
+    );
+    case(
+        &p,
+        Req {
+            identity: jwt("https://other/alice", json!({})),
+            ..Req::default()
+        },
+        false,
+        "prefix miss",
+    );
+    let p = "action: DENY\nrules:\n- from: [{source: {notRequestPrincipals: [\"*\"]}}]";
+    case(
+        p,
+        Req::default(),
+        false,
+        "DENY notRequestPrincipals * denies requests without a JWT",
+    );
+    case(
+        p,
+        Req {
+            identity: jwt("i/s", json!({})),
+            ..Req::default()
+        },
+        true,
+        "with a JWT it passes",
+    );
+}
+
+#[test]
+fn hosts_are_case_insensitive_with_prefix_and_suffix() {
+    let p = allow_if("to: [{operation: {hosts: [Test.COM, \"*.example.com\", \"api.*\"]}}]");
+    case(&p, Req::default(), true, "exact, case-insensitive");
+    case(
+        &p,
+        Req {
+            host: "a.example.com",
+            ..Req::default()
+        },
+        true,
+        "suffix",
+    );
+    case(
+        &p,
+        Req {
+            host: "api.foo",
+            ..Req::default()
+        },
+        true,
+        "prefix",
+    );
+    case(
+        &p,
+        Req {
+            host: "example.com",
+            ..Req::default()
+        },
+        false,
+        "suffix needs the dot",
+    );
+    let p = allow_if("to: [{operation: {notHosts: [test.com]}}]");
+    case(&p, Req::default(), false, "notHosts");
+}
+
+#[test]
+fn ports_methods_and_paths() {
+    let p = allow_if("to: [{operation: {ports: [\"8080\"], methods: [GET, HEAD]}}]");
+    case(
+        &p,
+        Req {
+            port: 8080,
+            method: "GET",
+            ..Req::default()
+        },
+        true,
+        "port and method",
+    );
+    case(
+        &p,
+        Req {
+            port: 80,
+            method: "GET",
+            ..Req::default()
+        },
+        false,
+        "port is the local port",
+    );
+    case(
+        &p,
+        Req {
+            port: 8080,
+            method: "get",
+            ..Req::default()
+        },
+        false,
+        "methods are exact",
+    );
+    let p = allow_if("to: [{operation: {notPorts: [\"80\"], notMethods: [DELETE]}}]");
+    case(
+        &p,
+        Req {
+            port: 80,
+            ..Req::default()
+        },
+        false,
+        "notPorts",
+    );
+    case(
+        &p,
+        Req {
+            port: 81,
+            method: "DELETE",
+            ..Req::default()
+        },
+        false,
+        "notMethods",
+    );
+    for (pat, path, want) in [
+        ("/v1/chat/completions", "/v1/chat/completions", true),
+        ("/v1/chat/completions", "/v1/chat/completions/", false),
+        ("/v1/*", "/v1/models", true),
+        ("*/completions", "/v1/chat/completions", true),
+        ("*", "/anything", true),
+        ("/v1/{*}/completions", "/v1/chat/completions", true),
+        ("/v1/{*}/completions", "/v1/a/b/completions", false),
+        ("/v1/{*}/completions", "/v1//completions", false),
+        ("/v1/{**}", "/v1/a/b/c", true),
+        ("/v1/{**}", "/v2/a", false),
+    ] {
+        let p = allow_if(&format!("to: [{{operation: {{paths: [\"{pat}\"]}}}}]"));
+        case(
+            &p,
+            Req {
+                path,
+                ..Req::default()
+            },
+            want,
+            &format!("path {pat} vs {path}"),
+        );
+    }
+    let p = allow_if("to: [{operation: {notPaths: [/admin*]}}]");
+    case(
+        &p,
+        Req {
+            path: "/admin/x",
+            ..Req::default()
+        },
+        false,
+        "notPaths",
+    );
+}
+
+#[test]
+fn when_keys() {
+    let id = jwt(
+        "iss/sub",
+        json!({"aud": ["a1", "a2"], "azp": "cli", "groups": ["dev", "ops"], "scope": "read write", "nested": {"team": "x"}}),
+    );
+    let base = Req {
+        identity: id,
+        sni: Some("api.test"),
+        ..Req::default()
+    };
+    for (cond, want) in [
+        ("{key: request.auth.principal, values: [iss/sub]}", true),
+        ("{key: request.auth.audiences, values: [a2]}", true),
+        ("{key: request.auth.audiences, values: [a3]}", false),
+        ("{key: request.auth.presenter, values: [cli]}", true),
+        (
+            "{key: \"request.auth.claims[groups]\", values: [ops]}",
+            true,
+        ),
+        (
+            "{key: \"request.auth.claims[groups]\", notValues: [ops]}",
+            false,
+        ),
+        (
+            "{key: \"request.auth.claims[scope]\", values: [write]}",
+            true,
+        ),
+        (
+            "{key: \"request.auth.claims[nested][team]\", values: [x]}",
+            true,
+        ),
+        (
+            "{key: \"request.auth.claims[missing]\", values: [\"*\"]}",
+            false,
+        ),
+        (
+            "{key: \"request.auth.claims[missing]\", notValues: [x]}",
+            true,
+        ),
+        ("{key: source.ip, values: [10.0.0.0/24]}", true),
+        ("{key: remote.ip, notValues: [10.0.0.1]}", false),
+        ("{key: destination.ip, values: [10.9.9.9]}", true),
+        ("{key: destination.port, values: [\"80\", \"443\"]}", true),
+        ("{key: destination.port, values: [81]}", false),
+        ("{key: connection.sni, values: [\"*.test\"]}", true),
+        ("{key: \"request.headers[x-user]\", values: [\"*\"]}", false),
+        ("{key: \"request.headers[x-user]\", notValues: [bob]}", true),
+    ] {
+        case(
+            &allow_if(&format!("when: [{cond}]")),
+            base.clone(),
+            want,
+            cond,
+        );
+    }
+    let with_header = Req {
+        headers: vec![("x-user", "bob")],
+        ..base.clone()
+    };
+    case(
+        &allow_if("when: [{key: \"request.headers[X-User]\", values: [bo*]}]"),
+        with_header.clone(),
+        true,
+        "header names are case-insensitive, prefix values",
+    );
+    case(
+        &allow_if("when: [{key: \"request.headers[x-user]\", notValues: [bob]}]"),
+        with_header,
+        false,
+        "notValues",
+    );
+}
+
+#[test]
+fn scope_root_namespace_own_namespace_and_selectors() {
+    let deny_all = |ns: &str, selector: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: d, namespace: {ns}}}\nspec: {{action: DENY, rules: [{{}}]{selector}}}\n"
+        )
+    };
+    let settings = Settings {
+        namespace: "gw-ns".into(),
+        ..Settings::default()
+    };
+    let applies = |yaml: String| !policies_for(&yaml, &settings).deny.is_empty();
+    assert!(
+        applies(deny_all("istio-system", "")),
+        "root namespace, no selector"
+    );
+    assert!(applies(deny_all("gw-ns", "")), "own namespace, no selector");
+    assert!(!applies(deny_all("other", "")), "another namespace");
+    assert!(
+        applies(deny_all(
+            "istio-system",
+            ", selector: {matchLabels: {istio: ingressgateway}}"
+        )),
+        "selector matches"
+    );
+    assert!(
+        !applies(deny_all(
+            "istio-system",
+            ", selector: {matchLabels: {app: x}}"
+        )),
+        "selector does not match"
+    );
+}
+
+#[test]
+fn seed_step5_policy_denies_only_that_ip_and_host() {
+    let p = "action: DENY\nrules:\n- from: [{source: {ipBlocks: [192.0.2.10]}}]\n  to: [{operation: {hosts: [test.com]}}]\nselector: {matchLabels: {istio: ingressgateway}}";
+    case(
+        p,
+        Req {
+            peer: "192.0.2.10",
+            ..Req::default()
+        },
+        false,
+        "listed IP to test.com",
+    );
+    case(
+        p,
+        Req {
+            peer: "192.0.2.10",
+            host: "dashscope.aliyuncs.com",
+            ..Req::default()
+        },
+        true,
+        "other host",
+    );
+    case(
+        p,
+        Req {
+            peer: "192.0.2.11",
+            ..Req::default()
+        },
+        true,
+        "other IP",
+    );
+}
+
+#[test]
+fn path_normalisation() {
+    for (raw, want) in [
+        ("/v1/chat/completions?x=1", "/v1/chat/completions"),
+        ("/v1/./chat/../models", "/v1/models"),
+        ("/%76%31/models", "/v1/models"),
+        ("/a%2fb", "/a%2Fb"),
+        ("/../..", "/"),
+        ("/a/b/", "/a/b/"),
+        ("/a/..", "/"),
+        ("", "/"),
+    ] {
+        assert_eq!(normalize_path(raw), want, "{raw}");
+    }
+}

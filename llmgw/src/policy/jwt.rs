@@ -1,0 +1,1067 @@
+//! Istio `RequestAuthentication`, compiled and enforced as Envoy's jwt_authn
+//! filter does for Istio: find the token, pick the rule by `iss`, check time,
+//! audience and signature, rewrite headers, and yield the request's identity.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use base64::Engine as _;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use serde_json::Value;
+use thiserror::Error;
+
+use super::{
+    LocalReply,
+    authz::Identity,
+    jwks::{Alg, B64URL, Jwks},
+    jwks_fetch::{FetchSettings, JwksSource, JwksStatus, RemoteJwks},
+};
+use crate::config::{
+    ErrorList, ResourceId, Settings,
+    authn::{JwtRule as RawRule, RequestAuthenticationSpec},
+    load::Document,
+    mesh::parse_duration,
+};
+
+/// Envoy's (and jwt_verify_lib's) allowance for clocks that disagree.
+pub const CLOCK_SKEW_SECS: u64 = 60;
+/// Istio's default for `JWTRule.timeout`.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Envoy truncates the path in the `WWW-Authenticate` realm to this length.
+const MAX_REALM_PATH: usize = 256;
+
+/// Why a token was rejected. `Display` is Envoy's text, which is also the
+/// body of the 401 the client gets.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum JwtError {
+    #[error("Jwt is missing")]
+    Missing,
+    #[error("Jwt not yet valid")]
+    NotYetValid,
+    #[error("Jwt is expired")]
+    Expired,
+    #[error("Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections")]
+    BadFormat,
+    #[error("Jwt header is an invalid Base64url encoded")]
+    HeaderBadBase64,
+    #[error("Jwt header is an invalid JSON")]
+    HeaderBadJson,
+    #[error("Jwt header [alg] field is required and must be a string")]
+    HeaderBadAlg,
+    #[error("Jwt header [alg] is not supported")]
+    HeaderNotImplementedAlg,
+    #[error("Jwt header [kid] field is not a string")]
+    HeaderBadKid,
+    #[error("Jwt payload is an invalid Base64url encoded")]
+    PayloadBadBase64,
+    #[error("Jwt payload is an invalid JSON")]
+    PayloadBadJson,
+    #[error("Jwt payload [iss] field is not a string")]
+    IssNotString,
+    #[error("Jwt payload [sub] field is not a string")]
+    SubNotString,
+    #[error("Jwt payload [iat] field is not an integer")]
+    IatNotInteger,
+    #[error("Jwt payload [iat] field is not a positive 64 bit integer")]
+    IatOutOfRange,
+    #[error("Jwt payload [nbf] field is not an integer")]
+    NbfNotInteger,
+    #[error("Jwt payload [nbf] field is not a positive 64 bit integer")]
+    NbfOutOfRange,
+    #[error("Jwt payload [exp] field is not an integer")]
+    ExpNotInteger,
+    #[error("Jwt payload [exp] field is not a positive 64 bit integer")]
+    ExpOutOfRange,
+    #[error("Jwt payload [jti] field is not a string")]
+    JtiNotString,
+    #[error("Jwt payload [aud] field is not a string or string list")]
+    AudNotString,
+    #[error("Jwt signature is an invalid Base64url encoded")]
+    SignatureBadBase64,
+    #[error("Jwt ED25519 signature is wrong length")]
+    Ed25519SignatureWrongLength,
+    #[error("Jwt issuer is not configured")]
+    UnknownIssuer,
+    #[error("Audiences in Jwt are not allowed")]
+    AudienceNotAllowed,
+    #[error("Jwt verification fails")]
+    VerificationFail,
+    #[error("Jwks doesn't have key to match kid or alg from Jwt")]
+    JwksKidAlgMismatch,
+    #[error("Jwks remote fetch is failed")]
+    JwksFetchFail,
+}
+
+impl JwtError {
+    /// Envoy answers 403 for a disallowed audience and 401 for everything else.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            JwtError::AudienceNotAllowed => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// The response Envoy sends for this error: status, `text/plain` body
+    /// with the error text, and `www-authenticate: Bearer realm="URI"` (plus
+    /// `, error="invalid_token"` unless the token was missing). `scheme` is
+    /// the downstream scheme (`http`/`https`), `host` the request's authority,
+    /// `path_and_query` as the client sent it (truncated to 256 bytes).
+    pub fn local_reply(&self, scheme: &str, host: &str, path_and_query: &str) -> LocalReply {
+        let mut path = path_and_query;
+        if path.len() > MAX_REALM_PATH {
+            let mut end = MAX_REALM_PATH;
+            while !path.is_char_boundary(end) {
+                end -= 1;
+            }
+            path = &path[..end];
+        }
+        let mut value = format!("Bearer realm=\"{scheme}://{host}{path}\"");
+        if *self != JwtError::Missing {
+            value.push_str(", error=\"invalid_token\"");
+        }
+        let mut reply = LocalReply::text(self.status(), self.to_string());
+        match HeaderValue::from_str(&value) {
+            Ok(v) => {
+                reply.headers.insert(header::WWW_AUTHENTICATE, v);
+            }
+            Err(_) => {
+                // The host or path held bytes a header cannot carry; keep the realm empty.
+                let v = if *self == JwtError::Missing {
+                    "Bearer realm=\"\""
+                } else {
+                    "Bearer realm=\"\", error=\"invalid_token\""
+                };
+                reply
+                    .headers
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(v));
+            }
+        }
+        reply
+    }
+}
+
+/// One compiled `jwtRules[]` entry.
+#[derive(Debug)]
+pub struct Rule {
+    /// The RequestAuthentication it came from and its index in `jwtRules`.
+    pub origin: ResourceId,
+    pub index: usize,
+    pub issuer: String,
+    /// As written; compared after removing `http(s)://` and a trailing `/`.
+    pub audiences: Vec<String>,
+    sanitized_audiences: Vec<String>,
+    pub keys: Keys,
+    pub forward_original_token: bool,
+    pub output_payload_to_header: Option<HeaderName>,
+    /// `(header, claim path)`; nested claims are `a.b.c`.
+    pub output_claim_to_headers: Vec<(HeaderName, Vec<String>)>,
+    /// Where this rule looks for tokens (for `validate` and logs).
+    pub locations: Vec<String>,
+}
+
+#[derive(Debug)]
+pub enum Keys {
+    Inline(Arc<Jwks>),
+    Remote(Arc<RemoteJwks>),
+}
+
+impl Keys {
+    fn describe(&self) -> String {
+        match self {
+            Keys::Inline(j) => format!("inline ({} keys)", j.keys.len()),
+            Keys::Remote(r) => format!("from {} (timeout {:?})", r.source(), r.timeout()),
+        }
+    }
+}
+
+/// Where a token may be, and which issuers may put one there.
+#[derive(Debug, Default)]
+struct Locations {
+    /// `(lower-case name, prefix)` → the header and rule indexes.
+    headers: BTreeMap<(String, String), (HeaderName, Vec<usize>)>,
+    params: BTreeMap<String, Vec<usize>>,
+    cookies: BTreeMap<String, Vec<usize>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Found {
+    Header(HeaderName),
+    Param(String),
+    Cookie(String),
+}
+
+struct Token {
+    value: String,
+    at: Found,
+    /// Rules (by index) whose issuer may use this location.
+    issuers: Vec<usize>,
+}
+
+/// Every `RequestAuthentication` rule that applies to this gateway.
+#[derive(Debug, Default)]
+pub struct Authenticator {
+    pub rules: Vec<Arc<Rule>>,
+    by_issuer: HashMap<String, usize>,
+    locations: Locations,
+    /// Output headers removed from every request so clients cannot forge them.
+    sanitize: Vec<HeaderName>,
+}
+
+impl Authenticator {
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Starts fetching every `jwksUri` (and OpenID discovery) in the
+    /// background and refreshing it; must be called inside a tokio runtime.
+    /// Keys already fetched by `previous` (the snapshot being replaced) for
+    /// the same source are reused until the first fetch completes. Until
+    /// this is called, tokens of remote-key rules fail with
+    /// `Jwks remote fetch is failed`.
+    pub fn start(&self, settings: &FetchSettings, previous: Option<&Authenticator>) {
+        for rule in &self.rules {
+            if let Keys::Remote(remote) = &rule.keys {
+                let inherited = previous.and_then(|p| p.remote_keys(remote.source()));
+                remote.start(settings.clone(), inherited);
+            }
+        }
+    }
+
+    fn remote_keys(&self, source: &JwksSource) -> Option<Arc<Jwks>> {
+        self.rules.iter().find_map(|r| match &r.keys {
+            Keys::Remote(remote) if remote.source() == source => remote.current(),
+            _ => None,
+        })
+    }
+
+    /// The rules as JSON, for `/config_dump`.
+    pub fn dump(&self) -> Value {
+        Value::Array(
+            self.rules
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "requestAuthentication": r.origin.to_string(),
+                        "rule": r.index,
+                        "issuer": r.issuer,
+                        "audiences": r.audiences,
+                        "keys": r.keys.describe(),
+                        "locations": r.locations,
+                        "forwardOriginalToken": r.forward_original_token,
+                        "outputPayloadToHeader": r.output_payload_to_header.as_ref().map(HeaderName::as_str),
+                        "outputClaimToHeaders": r.output_claim_to_headers.iter()
+                            .map(|(h, c)| (h.to_string(), Value::String(c.join("."))))
+                            .collect::<serde_json::Map<_, _>>(),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// One line per rule, for `llmgw validate`.
+    pub fn describe(&self) -> Vec<String> {
+        self.rules
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} (RequestAuthentication {} jwtRules[{}]): keys {}; tokens from {}{}",
+                    r.issuer,
+                    r.origin,
+                    r.index,
+                    r.keys.describe(),
+                    r.locations.join(", "),
+                    if r.audiences.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; audiences {:?}", r.audiences)
+                    }
+                )
+            })
+            .collect()
+    }
+
+    /// Fetch counters and state of every remote key set, for metrics.
+    pub fn jwks_status(&self) -> Vec<JwksStatus> {
+        self.rules
+            .iter()
+            .filter_map(|r| match &r.keys {
+                Keys::Remote(remote) => Some(remote.status(&r.issuer)),
+                Keys::Inline(_) => None,
+            })
+            .collect()
+    }
+
+    /// [`Authenticator::authenticate`] on a whole request.
+    pub async fn authenticate_request<B>(
+        &self,
+        req: &mut http::Request<B>,
+    ) -> Result<Option<Identity>, JwtError> {
+        let method = req.method().clone();
+        // `Request` cannot lend its URI and headers mutably at once: move the URI out.
+        let mut uri = std::mem::take(req.uri_mut());
+        let result = self
+            .authenticate(&method, &mut uri, req.headers_mut())
+            .await;
+        *req.uri_mut() = uri;
+        result
+    }
+
+    /// Authenticates a request as Envoy's jwt_authn filter configured by
+    /// Istio does (each rule a provider, any may match, tokens optional):
+    ///
+    /// - output headers named by any rule are removed first;
+    /// - no token anywhere: `Ok(None)` (an AuthorizationPolicy decides);
+    /// - CORS preflights (`OPTIONS` with `Origin` and
+    ///   `Access-Control-Request-Method`) are not checked: `Ok(None)`;
+    /// - every token found must verify, else the first failure is returned;
+    /// - on success each token is removed from where it was found (header,
+    ///   query parameter or cookie) unless its rule forwards it, and the
+    ///   rule's payload and claim headers are written. The identity is that
+    ///   of the first token found.
+    pub async fn authenticate(
+        &self,
+        method: &Method,
+        uri: &mut Uri,
+        headers: &mut HeaderMap,
+    ) -> Result<Option<Identity>, JwtError> {
+        if self.rules.is_empty() {
+            return Ok(None);
+        }
+        for h in &self.sanitize {
+            headers.remove(h);
+        }
+        if is_cors_preflight(method, headers) {
+            return Ok(None);
+        }
+        let tokens = self.extract(uri, headers);
+        if tokens.is_empty() {
+            return Ok(None);
+        }
+        let now = now_secs();
+        let mut verified = Vec::with_capacity(tokens.len());
+        for token in &tokens {
+            let v = self.verify(token, now).await.inspect_err(|e| {
+                tracing::debug!(error = %e, location = ?token.at, "JWT rejected");
+            })?;
+            verified.push(v);
+        }
+        let mut identity = None;
+        for (token, v) in tokens.iter().zip(verified) {
+            let rule = &self.rules[v.rule];
+            if let Some(h) = &rule.output_payload_to_header
+                && let Ok(value) = HeaderValue::from_str(&v.payload_b64)
+            {
+                headers.append(h.clone(), value);
+            }
+            for (h, path) in &rule.output_claim_to_headers {
+                if let Some(value) = claim_header_value(&v.claims, path) {
+                    headers.append(h.clone(), value);
+                }
+            }
+            if !rule.forward_original_token {
+                remove_token(&token.at, uri, headers);
+            }
+            if identity.is_none() {
+                identity = Some(v.identity(&rule.issuer));
+            }
+        }
+        Ok(identity)
+    }
+
+    fn extract(&self, uri: &Uri, headers: &HeaderMap) -> Vec<Token> {
+        let mut tokens = Vec::new();
+        for ((_, prefix), (name, issuers)) in &self.locations.headers {
+            for value in headers.get_all(name) {
+                let Ok(v) = value.to_str() else { continue };
+                let token = if prefix.is_empty() {
+                    v
+                } else {
+                    let Some(pos) = v.find(prefix.as_str()) else {
+                        continue;
+                    };
+                    after_prefix(v, pos + prefix.len())
+                };
+                tokens.push(Token {
+                    value: token.to_string(),
+                    at: Found::Header(name.clone()),
+                    issuers: issuers.clone(),
+                });
+            }
+        }
+        if !self.locations.params.is_empty()
+            && let Some(query) = uri.query()
+        {
+            for (param, issuers) in &self.locations.params {
+                if let Some(v) = query_param(query, param) {
+                    tokens.push(Token {
+                        value: v,
+                        at: Found::Param(param.clone()),
+                        issuers: issuers.clone(),
+                    });
+                }
+            }
+        }
+        if !self.locations.cookies.is_empty() {
+            for (cookie, issuers) in &self.locations.cookies {
+                if let Some(v) = cookie_value(headers, cookie) {
+                    tokens.push(Token {
+                        value: v.to_string(),
+                        at: Found::Cookie(cookie.clone()),
+                        issuers: issuers.clone(),
+                    });
+                }
+            }
+        }
+        tokens
+    }
+
+    async fn verify(&self, token: &Token, now: u64) -> Result<Verified, JwtError> {
+        let jwt = ParsedJwt::parse(&token.value)?;
+        let rule_index = self
+            .by_issuer
+            .get(&jwt.iss)
+            .copied()
+            .filter(|i| token.issuers.contains(i))
+            .ok_or(JwtError::UnknownIssuer)?;
+        let rule = &self.rules[rule_index];
+        jwt.check_time(now, CLOCK_SKEW_SECS)?;
+        if !rule.sanitized_audiences.is_empty()
+            && !jwt
+                .audiences
+                .iter()
+                .any(|a| rule.sanitized_audiences.contains(&sanitize_audience(a)))
+        {
+            return Err(JwtError::AudienceNotAllowed);
+        }
+        let jwks = match &rule.keys {
+            Keys::Inline(j) => j.clone(),
+            Keys::Remote(r) => r.keys().await.ok_or(JwtError::JwksFetchFail)?,
+        };
+        jwks.verify(
+            jwt.alg,
+            jwt.kid.as_deref(),
+            jwt.signed.as_bytes(),
+            &jwt.signature,
+        )?;
+        Ok(Verified {
+            rule: rule_index,
+            payload_b64: jwt.payload_b64.to_string(),
+            sub: jwt.sub,
+            audiences: jwt.audiences,
+            claims: jwt.payload,
+        })
+    }
+}
+
+struct Verified {
+    rule: usize,
+    payload_b64: String,
+    sub: String,
+    audiences: Vec<String>,
+    claims: Value,
+}
+
+impl Verified {
+    fn identity(&self, iss: &str) -> Identity {
+        Identity {
+            principal: format!("{iss}/{}", self.sub),
+            audiences: self.audiences.clone(),
+            presenter: self
+                .claims
+                .get("azp")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            claims: self.claims.clone(),
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn is_cors_preflight(method: &Method, headers: &HeaderMap) -> bool {
+    let non_empty = |h: HeaderName| headers.get(h).is_some_and(|v| !v.is_empty());
+    method == Method::OPTIONS
+        && non_empty(header::ORIGIN)
+        && non_empty(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+fn is_b64url_or_dot(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+/// The token after a header prefix: from the first base64url character on.
+fn after_prefix(v: &str, start: usize) -> &str {
+    let rest = &v[start..];
+    match rest.find(is_b64url_or_dot) {
+        Some(i) => &rest[i..],
+        None => v,
+    }
+}
+
+/// First value of `name` in a raw query, percent-decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+/// The value of cookie `name` from the request's `Cookie` headers
+/// (quotes around the value removed).
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k.trim() == name).then(|| {
+                let v = v.trim();
+                v.strip_prefix('"')
+                    .and_then(|x| x.strip_suffix('"'))
+                    .unwrap_or(v)
+            })
+        })
+}
+
+fn remove_token(at: &Found, uri: &mut Uri, headers: &mut HeaderMap) {
+    match at {
+        Found::Header(h) => {
+            headers.remove(h);
+        }
+        Found::Param(p) => {
+            if let Some(new) = without_param(uri, p) {
+                *uri = new;
+            }
+        }
+        Found::Cookie(c) => remove_cookie(headers, c),
+    }
+}
+
+fn without_param(uri: &Uri, param: &str) -> Option<Uri> {
+    let query = uri.query()?;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let k = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            percent_decode(k) != param
+        })
+        .collect();
+    let mut pq = uri.path().to_string();
+    if !kept.is_empty() {
+        pq.push('?');
+        pq.push_str(&kept.join("&"));
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq.parse().ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+fn remove_cookie(headers: &mut HeaderMap, name: &str) {
+    let values: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .map(str::trim)
+                .filter(|pair| pair.split_once('=').is_none_or(|(k, _)| k.trim() != name))
+                .filter(|pair| !pair.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .filter(|v| !v.is_empty())
+        .collect();
+    headers.remove(header::COOKIE);
+    for v in values {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            headers.append(header::COOKIE, v);
+        }
+    }
+}
+
+/// Envoy's claim-to-header conversion: strings as they are, numbers as an
+/// integer when they are one (else with six decimals), booleans as
+/// `true`/`false`; other types and missing claims give no header.
+fn claim_header_value(claims: &Value, path: &[String]) -> Option<HeaderValue> {
+    let mut v = claims;
+    for k in path {
+        v = v.as_object()?.get(k)?;
+    }
+    let s = match v {
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => {
+            let f = n.as_f64()?;
+            if f >= 0.0 && f < u64::MAX as f64 && f.fract() == 0.0 {
+                format!("{}", f as u64)
+            } else {
+                format!("{f:.6}")
+            }
+        }
+        _ => return None,
+    };
+    if s.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&s).ok()
+}
+
+/// jwt_verify_lib compares audiences without `http://`/`https://` and a trailing `/`.
+fn sanitize_audience(a: &str) -> String {
+    let s = a
+        .strip_prefix("http://")
+        .or_else(|| a.strip_prefix("https://"))
+        .unwrap_or(a);
+    s.strip_suffix('/').unwrap_or(s).to_string()
+}
+
+/// A token split and decoded, its registered claims type-checked in
+/// jwt_verify_lib's order.
+struct ParsedJwt<'a> {
+    signed: String,
+    payload_b64: &'a str,
+    alg: Alg,
+    kid: Option<String>,
+    iss: String,
+    sub: String,
+    nbf: u64,
+    exp: u64,
+    audiences: Vec<String>,
+    payload: Value,
+    signature: Vec<u8>,
+}
+
+enum Num {
+    Missing,
+    Ok(u64),
+    NotInteger,
+    OutOfRange,
+}
+
+fn num(obj: &serde_json::Map<String, Value>, name: &str) -> Num {
+    match obj.get(name) {
+        None => Num::Missing,
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(f) if f >= 0.0 && f < u64::MAX as f64 => Num::Ok(f as u64),
+            _ => Num::OutOfRange,
+        },
+        Some(_) => Num::NotInteger,
+    }
+}
+
+fn opt_string(
+    obj: &serde_json::Map<String, Value>,
+    name: &str,
+    err: JwtError,
+) -> Result<Option<String>, JwtError> {
+    match obj.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(err),
+    }
+}
+
+impl<'a> ParsedJwt<'a> {
+    fn parse(token: &'a str) -> Result<Self, JwtError> {
+        let parts: Vec<&str> = token.split('.').filter(|p| !p.is_empty()).collect();
+        let [h, p, s] = parts[..] else {
+            return Err(JwtError::BadFormat);
+        };
+        let header = B64URL.decode(h).map_err(|_| JwtError::HeaderBadBase64)?;
+        let header: Value = serde_json::from_slice(&header).map_err(|_| JwtError::HeaderBadJson)?;
+        let Value::Object(header) = header else {
+            return Err(JwtError::HeaderBadJson);
+        };
+        let alg = match header.get("alg") {
+            Some(Value::String(a)) => Alg::parse(a).ok_or(JwtError::HeaderNotImplementedAlg)?,
+            _ => return Err(JwtError::HeaderBadAlg),
+        };
+        let kid = opt_string(&header, "kid", JwtError::HeaderBadKid)?;
+        let payload = B64URL.decode(p).map_err(|_| JwtError::PayloadBadBase64)?;
+        let payload: Value =
+            serde_json::from_slice(&payload).map_err(|_| JwtError::PayloadBadJson)?;
+        let Value::Object(obj) = &payload else {
+            return Err(JwtError::PayloadBadJson);
+        };
+        let iss = opt_string(obj, "iss", JwtError::IssNotString)?.unwrap_or_default();
+        let sub = opt_string(obj, "sub", JwtError::SubNotString)?.unwrap_or_default();
+        let int = |name, not_int, range| match num(obj, name) {
+            Num::Missing => Ok(0),
+            Num::Ok(v) => Ok(v),
+            Num::NotInteger => Err(not_int),
+            Num::OutOfRange => Err(range),
+        };
+        int("iat", JwtError::IatNotInteger, JwtError::IatOutOfRange)?;
+        let nbf = int("nbf", JwtError::NbfNotInteger, JwtError::NbfOutOfRange)?;
+        let exp = int("exp", JwtError::ExpNotInteger, JwtError::ExpOutOfRange)?;
+        opt_string(obj, "jti", JwtError::JtiNotString)?;
+        let audiences = match obj.get("aud") {
+            None => Vec::new(),
+            Some(Value::String(a)) => vec![a.clone()],
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|x| x.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or(JwtError::AudNotString)?,
+            Some(_) => return Err(JwtError::AudNotString),
+        };
+        let signature = B64URL.decode(s).map_err(|_| JwtError::SignatureBadBase64)?;
+        // What was signed: `header.payload` as sent (empty sections were skipped above).
+        let signed = format!("{h}.{p}");
+        Ok(ParsedJwt {
+            signed,
+            payload_b64: p,
+            alg,
+            kid,
+            iss,
+            sub,
+            nbf,
+            exp,
+            audiences,
+            payload,
+            signature,
+        })
+    }
+
+    fn check_time(&self, now: u64, skew: u64) -> Result<(), JwtError> {
+        if now.saturating_add(skew) < self.nbf {
+            return Err(JwtError::NotYetValid);
+        }
+        if self.exp != 0 && now > self.exp.saturating_add(skew) {
+            return Err(JwtError::Expired);
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- compile
+
+/// `jwtRules[].outputClaimToHeaders[].header` as Istio's CRD allows it.
+fn valid_claim_header(h: &str) -> bool {
+    !h.is_empty()
+        && h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+pub(crate) fn compile(
+    docs: &[Document<RequestAuthenticationSpec>],
+    settings: &Settings,
+    errors: &mut ErrorList,
+    warnings: &mut Vec<String>,
+) -> Authenticator {
+    let mut out = Authenticator::default();
+    // issuer → (resource, index) of the rule that claimed it first.
+    let mut seen: HashMap<String, (ResourceId, usize)> = HashMap::new();
+    for doc in docs {
+        let spec = &doc.spec;
+        if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
+            errors.push(doc.error(
+                "spec.targetRefs",
+                "targetRef(s) attach policies to Kubernetes Gateway API resources, which llmgw does not serve; use selector",
+            ));
+            continue;
+        }
+        let selector = spec.selector.as_ref().map(|s| &s.match_labels);
+        if !super::applies(doc, selector, settings) {
+            continue;
+        }
+        for (i, raw) in spec.jwt_rules.iter().enumerate() {
+            let before = errors.0.len();
+            let field = format!("spec.jwtRules[{i}]");
+            if let Some((other, j)) = seen.get(&raw.issuer) {
+                errors.push(doc.error(
+                    format!("{field}.issuer"),
+                    format!(
+                        "issuer {:?} is already configured by RequestAuthentication {other} (jwtRules[{j}]); one rule per issuer",
+                        raw.issuer
+                    ),
+                ));
+                continue;
+            }
+            let Some(rule) = compile_rule(doc, i, raw, &field, errors, warnings) else {
+                continue;
+            };
+            if errors.0.len() != before {
+                continue;
+            }
+            seen.insert(raw.issuer.clone(), (doc.id.clone(), i));
+            out.add(rule, raw);
+        }
+    }
+    out
+}
+
+impl Authenticator {
+    fn add(&mut self, rule: Rule, raw: &RawRule) {
+        let idx = self.rules.len();
+        let mut headers: Vec<(HeaderName, String)> = Vec::new();
+        for h in &raw.from_headers {
+            if let Ok(name) = HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()) {
+                headers.push((name, h.prefix.clone().unwrap_or_default()));
+            }
+        }
+        let mut params = raw.from_params.clone();
+        if raw.from_headers.is_empty() && raw.from_params.is_empty() && raw.from_cookies.is_empty()
+        {
+            headers.push((header::AUTHORIZATION, "Bearer ".to_string()));
+            params.push("access_token".to_string());
+        }
+        for (name, prefix) in headers {
+            self.locations
+                .headers
+                .entry((name.as_str().to_string(), prefix))
+                .or_insert_with(|| (name, Vec::new()))
+                .1
+                .push(idx);
+        }
+        for p in params {
+            self.locations.params.entry(p).or_default().push(idx);
+        }
+        for c in &raw.from_cookies {
+            self.locations
+                .cookies
+                .entry(c.clone())
+                .or_default()
+                .push(idx);
+        }
+        if let Some(h) = &rule.output_payload_to_header {
+            self.sanitize.push(h.clone());
+        }
+        for (h, _) in &rule.output_claim_to_headers {
+            self.sanitize.push(h.clone());
+        }
+        self.by_issuer.insert(rule.issuer.clone(), idx);
+        self.rules.push(Arc::new(rule));
+    }
+}
+
+fn compile_rule(
+    doc: &Document<RequestAuthenticationSpec>,
+    index: usize,
+    raw: &RawRule,
+    field: &str,
+    errors: &mut ErrorList,
+    warnings: &mut Vec<String>,
+) -> Option<Rule> {
+    let mut err = |f: String, m: String| errors.push(doc.error(f, m));
+    if raw.issuer.is_empty() {
+        err(format!("{field}.issuer"), "is required".into());
+        return None;
+    }
+    for (j, a) in raw.audiences.iter().enumerate() {
+        if a.is_empty() {
+            err(format!("{field}.audiences[{j}]"), "empty audience".into());
+        }
+    }
+    let timeout = match &raw.timeout {
+        None => DEFAULT_FETCH_TIMEOUT,
+        Some(t) => match parse_duration(t) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                err(format!("{field}.timeout"), "must be greater than 0".into());
+                DEFAULT_FETCH_TIMEOUT
+            }
+            Err(m) => {
+                err(format!("{field}.timeout"), m);
+                DEFAULT_FETCH_TIMEOUT
+            }
+        },
+    };
+    let keys = match (&raw.jwks, &raw.jwks_uri) {
+        (Some(_), Some(_)) => {
+            err(
+                field.to_string(),
+                "only one of jwks or jwksUri can be set".into(),
+            );
+            None
+        }
+        (Some(jwks), None) => match Jwks::parse(jwks) {
+            Ok((set, skipped)) => {
+                for s in skipped {
+                    warnings.push(format!(
+                        "{}: {}: {field}.jwks: key skipped: {s}",
+                        doc.source,
+                        doc.describe()
+                    ));
+                }
+                Some(Keys::Inline(Arc::new(set)))
+            }
+            Err(e) => {
+                err(format!("{field}.jwks"), e.to_string());
+                None
+            }
+        },
+        (None, Some(uri)) => match parse_fetch_uri(uri) {
+            Ok(u) => Some(Keys::Remote(Arc::new(RemoteJwks::new(
+                JwksSource::Uri(u),
+                timeout,
+            )))),
+            Err(m) => {
+                err(format!("{field}.jwksUri"), m);
+                None
+            }
+        },
+        (None, None) => {
+            let discovery = format!(
+                "{}/.well-known/openid-configuration",
+                raw.issuer.trim_end_matches('/')
+            );
+            match parse_fetch_uri(&discovery) {
+                Ok(u) => Some(Keys::Remote(Arc::new(RemoteJwks::new(
+                    JwksSource::Discovery(u),
+                    timeout,
+                )))),
+                Err(_) => {
+                    err(
+                        field.to_string(),
+                        "needs jwks or jwksUri: the issuer is not an http(s) URL, so its keys cannot be found by OpenID discovery".into(),
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let mut locations = Vec::new();
+    for (j, h) in raw.from_headers.iter().enumerate() {
+        if h.name.is_empty()
+            || HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()).is_err()
+        {
+            err(
+                format!("{field}.fromHeaders[{j}].name"),
+                format!("{:?} is not a header name", h.name),
+            );
+        }
+        locations.push(match h.prefix.as_deref() {
+            Some(p) if !p.is_empty() => {
+                format!("header {} (prefix {p:?})", h.name.to_ascii_lowercase())
+            }
+            _ => format!("header {}", h.name.to_ascii_lowercase()),
+        });
+    }
+    for (j, p) in raw.from_params.iter().enumerate() {
+        if p.is_empty() {
+            err(
+                format!("{field}.fromParams[{j}]"),
+                "empty parameter name".into(),
+            );
+        }
+        locations.push(format!("query parameter {p}"));
+    }
+    for (j, c) in raw.from_cookies.iter().enumerate() {
+        if c.is_empty() {
+            err(
+                format!("{field}.fromCookies[{j}]"),
+                "empty cookie name".into(),
+            );
+        }
+        locations.push(format!("cookie {c}"));
+    }
+    if locations.is_empty() {
+        locations.push("header authorization (prefix \"Bearer \")".into());
+        locations.push("query parameter access_token".into());
+    }
+    let output_payload_to_header = match raw.output_payload_to_header.as_deref() {
+        None | Some("") => None,
+        Some(h) => match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                err(
+                    format!("{field}.outputPayloadToHeader"),
+                    format!("{h:?} is not a header name"),
+                );
+                None
+            }
+        },
+    };
+    let mut output_claim_to_headers: Vec<(HeaderName, Vec<String>)> = Vec::new();
+    for (j, c) in raw.output_claim_to_headers.iter().enumerate() {
+        let f = format!("{field}.outputClaimToHeaders[{j}]");
+        if !valid_claim_header(&c.header) {
+            err(
+                format!("{f}.header"),
+                format!(
+                    "{:?} is not a header name (letters, digits, - and _)",
+                    c.header
+                ),
+            );
+            continue;
+        }
+        if c.claim.is_empty() {
+            err(format!("{f}.claim"), "is required".into());
+            continue;
+        }
+        let Ok(name) = HeaderName::from_bytes(c.header.to_ascii_lowercase().as_bytes()) else {
+            continue;
+        };
+        if output_claim_to_headers.iter().any(|(n, _)| *n == name) {
+            err(
+                format!("{f}.header"),
+                format!("header {name} is already the target of another claim; each header once"),
+            );
+            continue;
+        }
+        output_claim_to_headers.push((name, c.claim.split('.').map(str::to_string).collect()));
+    }
+    Some(Rule {
+        origin: doc.id.clone(),
+        index,
+        issuer: raw.issuer.clone(),
+        sanitized_audiences: raw.audiences.iter().map(|a| sanitize_audience(a)).collect(),
+        audiences: raw.audiences.clone(),
+        keys: keys?,
+        forward_original_token: raw.forward_original_token,
+        output_payload_to_header,
+        output_claim_to_headers,
+        locations,
+    })
+}
+
+/// A `jwksUri` (or discovery URL): absolute, `http` or `https`, with a host.
+fn parse_fetch_uri(s: &str) -> Result<Uri, String> {
+    let uri: Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("{s:?}: url must have scheme http:// or https://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{s:?} has no host"));
+    }
+    Ok(uri)
+}
+
+/// Encodes `payload` as a JWT segment (tests and tools build tokens with it).
+pub fn b64url(payload: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload)
+}

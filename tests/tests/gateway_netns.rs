@@ -1,0 +1,317 @@
+//! The whole gateway in network namespaces: `llmgw run --xdp-iface ...` in
+//! a gateway namespace, the mock provider beside it, a denied and an allowed
+//! client in their own namespaces. A DENY `ipBlocks` policy is dropped in
+//! XDP (the drop counter moves, connections time out, other ports stay
+//! open) while a policy with a `hosts` condition answers 403 at L7; removing
+//! the rule from the configuration restores the client; a `kill -9` of the
+//! gateway and a restart never let the denied client through.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use llmgw_tests::{
+    client::SEED_REQUEST,
+    gateway::{admin_get, examples},
+    mock::MockProvider,
+    netns::{self, Netns, Topology},
+    pki::Pki,
+    privileged, workspace_bin,
+};
+
+const PORT: u16 = 8080;
+const ADMIN: u16 = 15000;
+const XDP_RULE: &str = "istio-system/deny-net[0]";
+
+const POLICIES: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-net, namespace: istio-system}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {ipBlocks: ["10.201.1.0/24", "fd00:201:1::/64"]}}]
+---
+"#;
+
+const L7_POLICY: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-host, namespace: istio-system}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {ipBlocks: ["10.201.2.2"]}}]
+    to: [{operation: {hosts: [blocked.test]}}]
+"#;
+
+/// One HTTP/1.1 POST from the calling thread's namespace: the status, or
+/// `None` when no connection could be made within `timeout`.
+fn post(addr: SocketAddr, host: &str, timeout: Duration) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{SEED_REQUEST}",
+        SEED_REQUEST.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Some((status, body))
+}
+
+fn sa(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("ip"), port)
+}
+
+struct Gw {
+    child: Child,
+}
+
+impl Gw {
+    /// Starts `llmgw run` inside `ns` and waits for its admin `/ready`.
+    fn start(ns: &Netns, args: &[String], bpf_root: &Path) -> Gw {
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path()))
+            .arg(workspace_bin("llmgw"))
+            .arg("run")
+            .args(args)
+            .env("API_KEY", "sk-netns-test")
+            .env("LLMGW_BPF_ROOT", bpf_root)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("llmgw starts");
+        // Owned before waiting, so a failed wait still kills it.
+        let gw = Gw { child };
+        let admin = sa("127.0.0.1", ADMIN);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = ns.run(move || matches!(admin_get(admin, "/ready"), Ok((200, _))));
+            if ready {
+                return gw;
+            }
+            assert!(Instant::now() < deadline, "llmgw did not get ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct Cleanup {
+    bpf_root: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = llmgw::l4::detach(&self.bpf_root);
+    }
+}
+
+fn drops(bpf_root: &Path) -> u64 {
+    llmgw::l4::status(bpf_root)
+        .ok()
+        .and_then(|s| s.stats.rule(XDP_RULE).map(|r| r.packets))
+        .unwrap_or(0)
+}
+
+/// Rewrites the policy file and waits until the gateway has reloaded it
+/// (its reload counter moves).
+fn reconfigure(ns: &Netns, path: &Path, text: &str) {
+    let reloads = || {
+        let admin = sa("127.0.0.1", ADMIN);
+        ns.run(move || admin_get(admin, "/metrics"))
+            .map(|(_, m)| {
+                m.lines()
+                    .find(|l| l.starts_with("llmgw_config_reloads_total{result=\"success\"}"))
+                    .and_then(|l| l.rsplit(' ').next())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    };
+    let before = reloads();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write policy");
+    std::fs::rename(&tmp, path).expect("replace policy");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reloads() == before {
+        assert!(Instant::now() < deadline, "the gateway did not reload");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn xdp_drops_denied_networks_while_l7_answers_host_policies() {
+    if !privileged("xdp_drops_denied_networks_while_l7_answers_host_policies") {
+        return;
+    }
+    let name = format!("llmgw-t-{}-gw", std::process::id());
+    let bpf_root = PathBuf::from("/sys/fs/bpf").join(&name);
+    let _cleanup = Cleanup {
+        bpf_root: bpf_root.clone(),
+    };
+    let topo = Topology::new(&name);
+    let dir = tempfile::tempdir().unwrap();
+
+    // The mock provider listens inside the gateway namespace.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let std_listener = topo.gw.run(|| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind mock");
+        l.set_nonblocking(true).expect("nonblocking");
+        l
+    });
+    let mock = rt.block_on(async {
+        let l = tokio::net::TcpListener::from_std(std_listener).unwrap();
+        MockProvider::serve(l, Arc::new(Pki::new()))
+    });
+    let ca = dir.path().join("ca.pem");
+    mock.pki.write_ca(&ca).unwrap();
+
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, format!("{POLICIES}{L7_POLICY}")).unwrap();
+    let args: Vec<String> = [
+        "--config",
+        &examples().join("quickstart").display().to_string(),
+        "--config",
+        &policy.display().to_string(),
+        "--bind-address",
+        "::",
+        "--port-map",
+        &format!("80={PORT}"),
+        "--admin-address",
+        &format!("0.0.0.0:{ADMIN}"),
+        "--upstream-ca",
+        &ca.display().to_string(),
+        "--resolve",
+        &format!("dashscope.aliyuncs.com:443:{}", mock.addr),
+        "--reload-interval",
+        "200ms",
+        "--xdp-iface",
+        netns::GW_DENY_IF,
+        "--xdp-iface",
+        netns::GW_ALLOW_IF,
+        "--xdp-mode",
+        "native",
+        "--access-log",
+        "off",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut gw = Gw::start(&topo.gw, &args, &bpf_root);
+
+    let deny4 = sa(netns::GW_V4_DENY_SIDE, PORT);
+    let deny6 = sa(netns::GW_V6_DENY_SIDE, PORT);
+    let allow4 = sa(netns::GW_V4_ALLOW_SIDE, PORT);
+    let allow6 = sa(netns::GW_V6_ALLOW_SIDE, PORT);
+    let quick = Duration::from_millis(500);
+    let patient = Duration::from_secs(3);
+
+    // The allowed client is served by llmgw through the provider, v4 and v6.
+    let ok = topo.allow.run(move || post(allow4, "test.com", patient));
+    assert_eq!(ok.map(|(s, _)| s), Some(200), "allowed client v4");
+    let ok = topo.allow.run(move || post(allow6, "test.com", patient));
+    assert_eq!(ok.map(|(s, _)| s), Some(200), "allowed client v6");
+    // A policy XDP cannot decide (it names a host) answers at L7.
+    let denied = topo
+        .allow
+        .run(move || post(allow4, "blocked.test", patient));
+    assert_eq!(
+        denied,
+        Some((403, "RBAC: access denied".to_string())),
+        "L7 host policy"
+    );
+
+    // The denied network never connects; XDP counts the dropped SYNs.
+    let before = drops(&bpf_root);
+    assert_eq!(
+        topo.deny.run(move || post(deny4, "test.com", quick)),
+        None,
+        "denied v4 got through"
+    );
+    assert_eq!(
+        topo.deny.run(move || post(deny6, "test.com", quick)),
+        None,
+        "denied v6 got through"
+    );
+    assert!(drops(&bpf_root) > before, "XDP drop counter did not move");
+    // ... but still reaches what is not a gateway listener (the admin port).
+    let admin = sa(netns::GW_V4_DENY_SIDE, ADMIN);
+    assert!(
+        topo.deny.run(move || admin_get(admin, "/ready")).is_ok(),
+        "denied client cut off from a non-listener port"
+    );
+    let status = Command::new(workspace_bin("llmgw"))
+        .args(["xdp", "status"])
+        .env("LLMGW_BPF_ROOT", &bpf_root)
+        .output()
+        .expect("llmgw xdp status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains(XDP_RULE) && text.contains("native"), "{text}");
+
+    // Removing the rule from the configuration restores the client.
+    reconfigure(&topo.gw, &policy, L7_POLICY);
+    let back = topo.deny.run(move || post(deny4, "test.com", patient));
+    assert_eq!(back.map(|(s, _)| s), Some(200), "client not restored");
+    reconfigure(&topo.gw, &policy, &format!("{POLICIES}{L7_POLICY}"));
+    assert_eq!(
+        topo.deny.run(move || post(deny4, "test.com", quick)),
+        None,
+        "rule not back"
+    );
+
+    // kill -9 and restart while the denied client keeps trying.
+    let stop = Arc::new(AtomicBool::new(false));
+    let through = Arc::new(AtomicU64::new(0));
+    let tries = Arc::new(AtomicU64::new(0));
+    let probe = {
+        let (stop, through, tries) = (stop.clone(), through.clone(), tries.clone());
+        topo.deny.spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                tries.fetch_add(1, Ordering::Relaxed);
+                if TcpStream::connect_timeout(&deny4, Duration::from_millis(100)).is_ok() {
+                    through.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    gw.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut gw = Gw::start(&topo.gw, &args, &bpf_root);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    probe.join().expect("probe");
+    assert!(tries.load(Ordering::Relaxed) >= 5, "the probe did not run");
+    assert_eq!(
+        through.load(Ordering::Relaxed),
+        0,
+        "a denied connection got through during the restart"
+    );
+    let ok = topo.allow.run(move || post(allow4, "test.com", patient));
+    assert_eq!(ok.map(|(s, _)| s), Some(200), "served after the restart");
+    gw.kill9();
+    drop(mock);
+}

@@ -1,0 +1,395 @@
+//! Security end to end over real sockets: RequestAuthentication with keys
+//! generated here (valid, expired, wrong issuer, wrong audience, bad
+//! signature, missing token under `requestPrincipals: ["*"]`), and CUSTOM
+//! authorization against a small authorizer this test runs.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use llmgw_tests::{
+    client::{SEED_REQUEST, post},
+    gateway::{Gateway, GatewayBuilder, examples},
+    mock::MockProvider,
+};
+use ring::{
+    rand::SystemRandom,
+    signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _},
+};
+use serde_json::json;
+
+const API_KEY: &str = "sk-test-0123456789";
+const ISSUER: &str = "https://issuer.test";
+
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+/// An ES256 signing key and its JWKS.
+struct Signer {
+    key: EcdsaKeyPair,
+    rng: SystemRandom,
+}
+
+impl Signer {
+    fn new() -> Self {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        Signer { key, rng }
+    }
+
+    fn jwks(&self) -> String {
+        let point = self.key.public_key().as_ref(); // 0x04 || x || y
+        json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
+            "x": b64(&point[1..33]), "y": b64(&point[33..65]),
+        }]})
+        .to_string()
+    }
+
+    fn token(&self, claims: serde_json::Value) -> String {
+        let header = b64(json!({"alg": "ES256", "kid": "k1", "typ": "JWT"})
+            .to_string()
+            .as_bytes());
+        let payload = b64(claims.to_string().as_bytes());
+        let input = format!("{header}.{payload}");
+        let sig = self.key.sign(&self.rng, input.as_bytes()).unwrap();
+        format!("{input}.{}", b64(sig.as_ref()))
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+struct Setup {
+    mock: MockProvider,
+    gw: Gateway,
+    _dir: tempfile::TempDir,
+}
+
+/// The quickstart plus `extra` YAML, with `args` for `llmgw run`.
+async fn setup(extra: &str, args: Vec<String>) -> Setup {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    mock.pki.write_ca(&ca).unwrap();
+    let extra_path = dir.path().join("security.yaml");
+    std::fs::write(&extra_path, extra).unwrap();
+    let mut b = GatewayBuilder::new()
+        .upstream(mock.addr, ca)
+        .config(examples().join("quickstart"))
+        .config(extra_path);
+    for a in args {
+        b = b.arg(a);
+    }
+    let gw = tokio::task::spawn_blocking(move || b.start())
+        .await
+        .unwrap();
+    Setup {
+        mock,
+        gw,
+        _dir: dir,
+    }
+}
+
+fn jwt_config(jwks: &str) -> String {
+    format!(
+        r#"
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  jwtRules:
+  - issuer: {ISSUER}
+    audiences: [llmgw]
+    jwks: '{jwks}'
+    outputClaimToHeaders: [{{header: x-jwt-sub, claim: sub}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: require-jwt, namespace: istio-system}}
+spec:
+  action: ALLOW
+  rules:
+  - from: [{{source: {{requestPrincipals: ["*"]}}}}]
+"#
+    )
+}
+
+#[tokio::test]
+async fn jwt_decides_who_reaches_the_provider() {
+    let signer = Signer::new();
+    let s = setup(&jwt_config(&signer.jwks()), vec![]).await;
+    let url = s.gw.url();
+    let claims = |iss: &str, aud: &str, exp: u64| json!({"iss": iss, "sub": "alice", "aud": [aud], "exp": exp, "iat": now() - 10});
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    // Valid: served; the provider gets its API key (not the token) and the claim header.
+    let good = signer.token(claims(ISSUER, "llmgw", now() + 600));
+    let a = post(
+        &url,
+        "test.com",
+        SEED_REQUEST,
+        &[("authorization", &bearer(&good))],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let r = s.mock.requests().pop().expect("the provider was called");
+    assert_eq!(
+        r.header("authorization"),
+        Some(format!("Bearer {API_KEY}").as_str())
+    );
+    assert_eq!(r.header("x-jwt-sub"), Some("alice"));
+    assert!(
+        !format!("{:?}", r.headers).contains(&good),
+        "the token is not forwarded"
+    );
+
+    // Each failure gets Envoy's status and text, and never reaches the provider.
+    let before = s.mock.requests().len();
+    let mut tampered = signer.token(claims(ISSUER, "llmgw", now() + 600));
+    tampered.pop();
+    tampered.push('A');
+    let cases: Vec<(String, StatusCode, &str)> = vec![
+        (
+            signer.token(claims(ISSUER, "llmgw", now() - 3600)),
+            StatusCode::UNAUTHORIZED,
+            "Jwt is expired",
+        ),
+        (
+            signer.token(claims("https://other.test", "llmgw", now() + 600)),
+            StatusCode::UNAUTHORIZED,
+            "Jwt issuer is not configured",
+        ),
+        (
+            signer.token(claims(ISSUER, "someone-else", now() + 600)),
+            StatusCode::FORBIDDEN,
+            "Audiences in Jwt are not allowed",
+        ),
+        (
+            Signer::new().token(claims(ISSUER, "llmgw", now() + 600)),
+            StatusCode::UNAUTHORIZED,
+            "Jwt verification fails",
+        ),
+        (
+            "not-a-jwt".to_string(),
+            StatusCode::UNAUTHORIZED,
+            "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections",
+        ),
+    ];
+    for (token, status, text) in cases {
+        let a = post(
+            &url,
+            "test.com",
+            SEED_REQUEST,
+            &[("authorization", &bearer(&token))],
+        )
+        .await;
+        assert_eq!((a.status, a.text().as_str()), (status, text));
+        if status == StatusCode::UNAUTHORIZED {
+            let www = a.headers["www-authenticate"].to_str().unwrap();
+            assert!(www.starts_with("Bearer realm=\"http://test.com/"), "{www}");
+            assert!(www.contains("error=\"invalid_token\""), "{www}");
+        }
+    }
+    // Missing: no identity, and the ALLOW policy wants one.
+    let a = post(&url, "test.com", SEED_REQUEST, &[]).await;
+    assert_eq!(
+        (a.status, a.text().as_str()),
+        (StatusCode::FORBIDDEN, "RBAC: access denied")
+    );
+    assert_eq!(
+        s.mock.requests().len(),
+        before,
+        "refused requests never reach the provider"
+    );
+}
+
+/// A small ext_authz HTTP server: allows requests with `x-allow: yes`
+/// (adding `x-authz-user` for upstream and `x-authz-decision` for the
+/// client), denies the rest with 403, a body and `x-reason`.
+struct Authorizer {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<(String, String, http::HeaderMap)>>>,
+}
+
+impl Authorizer {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let log = log.clone();
+                        async move {
+                            log.lock().unwrap().push((
+                                req.method().to_string(),
+                                req.uri().to_string(),
+                                req.headers().clone(),
+                            ));
+                            let allow = req.headers().get("x-allow").is_some_and(|v| v == "yes");
+                            let resp = if allow {
+                                Response::builder()
+                                    .header("x-authz-user", "alice")
+                                    .header("x-authz-decision", "allowed")
+                                    .body(Full::new(Bytes::new()))
+                            } else {
+                                Response::builder()
+                                    .status(403)
+                                    .header("x-reason", "not on the list")
+                                    .header("content-type", "text/plain")
+                                    .body(Full::new(Bytes::from_static(b"nope")))
+                            };
+                            Ok::<_, Infallible>(resp.unwrap())
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(sock), svc)
+                        .await;
+                });
+            }
+        });
+        Authorizer { addr, seen }
+    }
+}
+
+fn write_mesh(dir: &Path, authz: SocketAddr, dead_port: u16) -> PathBuf {
+    let path = dir.join("mesh.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+extensionProviders:
+- name: my-authz
+  envoyExtAuthzHttp:
+    service: 127.0.0.1
+    port: {}
+    pathPrefix: /check
+    includeRequestHeadersInCheck: [x-allow]
+    headersToUpstreamOnAllow: [x-authz-user]
+    headersToDownstreamOnAllow: [x-authz-decision]
+    headersToDownstreamOnDeny: [x-reason, content-type]
+- name: down
+  envoyExtAuthzHttp:
+    service: 127.0.0.1
+    port: {dead_port}
+    timeout: 2s
+    statusOnError: "503"
+"#,
+            authz.port()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+const CUSTOM_POLICIES: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: istio-system}
+spec:
+  action: CUSTOM
+  provider: {name: my-authz}
+  rules: [{to: [{operation: {hosts: [test.com]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext-down, namespace: istio-system}
+spec:
+  action: CUSTOM
+  provider: {name: down}
+  rules: [{to: [{operation: {hosts: [dashscope.aliyuncs.com]}}]}]
+"#;
+
+#[tokio::test]
+async fn custom_authorization_asks_the_external_authorizer() {
+    let authz = Authorizer::start().await;
+    let dead = llmgw_tests::free_port();
+    let mesh_dir = tempfile::tempdir().unwrap();
+    let mesh = write_mesh(mesh_dir.path(), authz.addr, dead);
+    let s = setup(
+        CUSTOM_POLICIES,
+        vec!["--mesh-config".into(), mesh.display().to_string()],
+    )
+    .await;
+    let url = s.gw.url();
+
+    // Allowed: the authorizer's headers reach the provider and the client.
+    let a = post(&url, "test.com", SEED_REQUEST, &[("x-allow", "yes")]).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(a.headers["x-authz-decision"], "allowed");
+    let r = s.mock.requests().pop().unwrap();
+    assert_eq!(r.header("x-authz-user"), Some("alice"));
+    let (method, uri, headers) = authz.seen.lock().unwrap()[0].clone();
+    assert_eq!(method, "POST");
+    assert_eq!(uri, "/check/");
+    assert_eq!(headers["x-allow"], "yes");
+    assert_eq!(headers["host"], "test.com");
+
+    // Denied: the authorizer's status, body and listed headers; no provider call.
+    let calls = s.mock.requests().len();
+    let a = post(&url, "test.com", SEED_REQUEST, &[("x-allow", "no")]).await;
+    assert_eq!(
+        (a.status, a.text().as_str()),
+        (StatusCode::FORBIDDEN, "nope")
+    );
+    assert_eq!(a.headers["x-reason"], "not on the list");
+    assert_eq!(s.mock.requests().len(), calls);
+
+    // Unreachable authorizer without failOpen: statusOnError.
+    let a = post(&url, "dashscope.aliyuncs.com", SEED_REQUEST, &[]).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.text());
+    assert_eq!(s.mock.requests().len(), calls);
+}
+
+#[tokio::test]
+async fn custom_policy_naming_an_unknown_provider_is_a_startup_error() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    mock.pki.write_ca(&ca).unwrap();
+    let p = dir.path().join("p.yaml");
+    std::fs::write(&p, CUSTOM_POLICIES).unwrap();
+    let b = GatewayBuilder::new()
+        .upstream(mock.addr, ca)
+        .config(examples().join("quickstart"))
+        .config(p)
+        .no_wait();
+    let mut gw = tokio::task::spawn_blocking(move || b.start())
+        .await
+        .unwrap();
+    let status = gw
+        .wait_exit(std::time::Duration::from_secs(20))
+        .expect("llmgw exits");
+    assert!(!status.success());
+    let err = gw.stderr();
+    assert!(
+        err.contains("AuthorizationPolicy istio-system/ext"),
+        "{err}"
+    );
+    assert!(err.contains("spec.provider.name"), "{err}");
+}

@@ -1,0 +1,444 @@
+//! End-to-end tests of the XDP plane in network namespaces: the built
+//! `llmgw xdp serve` attaches natively to the gateway side of two veth pairs
+//! and must block the denied client on listener ports only (TCP and UDP,
+//! IPv4 and IPv6), serve the allowed one, follow rule changes, keep blocking
+//! through a `kill -9` and restart, and go away with `llmgw xdp detach`.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use llmgw_tests::{
+    netns::{self, Netns, TcpServer, Topology, UdpServer, tcp_hello, udp_send},
+    privileged, workspace_bin,
+};
+
+const LISTEN: u16 = 8080;
+const OTHER: u16 = 9090;
+const RULE4: &str = "e2e/deny-policy[0]";
+const RULE6: &str = "e2e/deny-policy[1]";
+
+fn unique(tag: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "llmgw-t-{}-{tag}{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn sa(ip: &str, port: u16) -> SocketAddr {
+    let ip: std::net::IpAddr = ip.parse().expect("ip");
+    SocketAddr::new(ip, port)
+}
+
+/// A running `llmgw xdp serve`, with its stdout lines on a channel.
+struct Serve {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Serve {
+    fn start(gw: &Netns, bpf_root: &Path, rules: &Path) -> Self {
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", gw.path()))
+            .arg(workspace_bin("llmgw"))
+            .args(["xdp", "serve", "--mode", "native"])
+            .args(["--iface", netns::GW_DENY_IF, "--iface", netns::GW_ALLOW_IF])
+            .arg("--rules")
+            .arg(rules)
+            .env("LLMGW_BPF_ROOT", bpf_root)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start llmgw xdp serve");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut s = Self { child, lines };
+        s.expect_line("ready");
+        s
+    }
+
+    fn expect_line(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        let status = self.child.try_wait();
+        panic!("no {prefix:?} line from llmgw xdp serve (exit: {status:?})");
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Cleans up what a test pinned and wrote, even when it fails.
+struct Cleanup {
+    bpf_root: PathBuf,
+    dir: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = llmgw::l4::detach(&self.bpf_root);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn write_rules(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write rules");
+    std::fs::rename(&tmp, path).expect("rename rules");
+}
+
+fn deny_rules() -> String {
+    format!(
+        "listen {LISTEN}\ndeny {} {RULE4}\ndeny {} {RULE6}\n",
+        netns::DENY_V4_NET,
+        netns::DENY_V6_NET
+    )
+}
+
+fn from(ns: &Netns, addr: SocketAddr, timeout_ms: u64) -> bool {
+    ns.run(move || tcp_hello(addr, Duration::from_millis(timeout_ms)))
+}
+
+fn drops(bpf_root: &Path, rule: &str) -> u64 {
+    llmgw::l4::status(bpf_root)
+        .expect("status from pins")
+        .stats
+        .rule(rule)
+        .map_or(0, |r| r.packets)
+}
+
+#[test]
+fn xdp_blocks_denied_client_on_listener_ports_across_restart() {
+    if !privileged("xdp_blocks_denied_client_on_listener_ports_across_restart") {
+        return;
+    }
+    let name = unique("e");
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let bpf_root = PathBuf::from("/sys/fs/bpf").join(&name);
+    let _cleanup = Cleanup {
+        bpf_root: bpf_root.clone(),
+        dir: dir.clone(),
+    };
+    let topo = Topology::new(&name);
+    let _tcp = TcpServer::start(&topo.gw, LISTEN);
+    let _other = TcpServer::start(&topo.gw, OTHER);
+    let udp = UdpServer::start(&topo.gw, LISTEN);
+
+    let gw4 = sa(netns::GW_V4_DENY_SIDE, LISTEN);
+    let gw6 = sa(netns::GW_V6_DENY_SIDE, LISTEN);
+    let gw4_other = sa(netns::GW_V4_DENY_SIDE, OTHER);
+    let gw6_other = sa(netns::GW_V6_DENY_SIDE, OTHER);
+    let allow4 = sa(netns::GW_V4_ALLOW_SIDE, LISTEN);
+    let allow6 = sa(netns::GW_V6_ALLOW_SIDE, LISTEN);
+
+    // Baseline without XDP: everyone gets through (so the test can fail).
+    assert!(from(&topo.deny, gw4, 2000), "baseline v4");
+    assert!(from(&topo.deny, gw6, 2000), "baseline v6");
+    topo.deny.run(move || udp_send(gw4, 5));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(udp.received.load(Ordering::Relaxed), 5, "baseline udp");
+
+    let rules = dir.join("rules.txt");
+    write_rules(&rules, &deny_rules());
+    let mut serve = Serve::start(&topo.gw, &bpf_root, &rules);
+    let links = netns::ip_out(&["-n", &topo.gw.name, "link", "show", netns::GW_DENY_IF]);
+    assert!(
+        links.contains("xdp"),
+        "no native XDP on {}: {links}",
+        netns::GW_DENY_IF
+    );
+
+    // Denied client: listener port blocked, other port open.
+    assert!(!from(&topo.deny, gw4, 500), "denied v4 got through");
+    assert!(!from(&topo.deny, gw6, 500), "denied v6 got through");
+    assert!(
+        from(&topo.deny, gw4_other, 2000),
+        "denied v4 cut off from port {OTHER}"
+    );
+    assert!(
+        from(&topo.deny, gw6_other, 2000),
+        "denied v6 cut off from port {OTHER}"
+    );
+    // Allowed client served.
+    assert!(from(&topo.allow, allow4, 2000), "allowed v4");
+    assert!(from(&topo.allow, allow6, 2000), "allowed v6");
+    // UDP from the denied client is dropped and counted.
+    let before = drops(&bpf_root, RULE4);
+    let received = udp.received.load(Ordering::Relaxed);
+    topo.deny.run(move || udp_send(gw4, 20));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        udp.received.load(Ordering::Relaxed),
+        received,
+        "udp got through"
+    );
+    assert!(
+        drops(&bpf_root, RULE4) >= before + 20,
+        "udp drops not counted"
+    );
+    let before6 = drops(&bpf_root, RULE6);
+    topo.deny.run(move || udp_send(gw6, 10));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        udp.received.load(Ordering::Relaxed),
+        received,
+        "udp v6 got through"
+    );
+    assert!(
+        drops(&bpf_root, RULE6) >= before6 + 10,
+        "udp v6 drops not counted"
+    );
+    topo.allow.run(move || udp_send(allow4, 3));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        udp.received.load(Ordering::Relaxed),
+        received + 3,
+        "allowed udp"
+    );
+
+    // `llmgw xdp status` from outside the namespace and the owner.
+    let out = Command::new(workspace_bin("llmgw"))
+        .args(["xdp", "status"])
+        .env("LLMGW_BPF_ROOT", &bpf_root)
+        .output()
+        .expect("llmgw xdp status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "status failed: {text}");
+    for want in [
+        netns::GW_DENY_IF,
+        netns::GW_ALLOW_IF,
+        "native",
+        RULE4,
+        RULE6,
+        "listener ports: 8080",
+    ] {
+        assert!(text.contains(want), "status lacks {want:?}:\n{text}");
+    }
+
+    // kill -9 the owner and restart it while probing continuously.
+    let stop = Arc::new(AtomicBool::new(false));
+    let got_through = Arc::new(AtomicU64::new(0));
+    let attempts = Arc::new(AtomicU64::new(0));
+    let probe = {
+        let (stop, got, att) = (stop.clone(), got_through.clone(), attempts.clone());
+        topo.deny.spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                att.fetch_add(1, Ordering::Relaxed);
+                if tcp_hello(gw4, Duration::from_millis(100)) {
+                    got.fetch_add(1, Ordering::Relaxed);
+                }
+                let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+                let _ = s.send_to(b"probe", gw4);
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let udp_before = udp.received.load(Ordering::Relaxed);
+    serve.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    let counted_before = drops(&bpf_root, RULE4);
+    let mut serve = Serve::start(&topo.gw, &bpf_root, &rules);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    probe.join().expect("probe thread");
+    assert!(attempts.load(Ordering::Relaxed) >= 5, "too few probes");
+    assert_eq!(
+        got_through.load(Ordering::Relaxed),
+        0,
+        "denied client got through during restart"
+    );
+    assert_eq!(
+        udp.received.load(Ordering::Relaxed),
+        udp_before,
+        "udp got through during restart"
+    );
+    // Counters and names survived: the restarted plane kept the rule ids.
+    assert!(
+        drops(&bpf_root, RULE4) >= counted_before,
+        "counters reset by the restart"
+    );
+    assert!(from(&topo.allow, allow4, 2000), "allowed v4 after restart");
+    assert!(!from(&topo.deny, gw4, 500), "denied v4 after restart");
+
+    // Removing the rules restores the denied client.
+    write_rules(&rules, &format!("listen {LISTEN}\n"));
+    serve.expect_line("synced");
+    assert!(from(&topo.deny, gw4, 2000), "denied v4 not restored");
+    assert!(from(&topo.deny, gw6, 2000), "denied v6 not restored");
+    // ... and putting them back blocks it again.
+    write_rules(&rules, &deny_rules());
+    serve.expect_line("synced");
+    assert!(!from(&topo.deny, gw4, 500), "denied v4 not blocked again");
+
+    // `llmgw xdp detach` while the owner still runs: links, maps, pins go.
+    let out = Command::new(workspace_bin("llmgw"))
+        .args(["xdp", "detach"])
+        .env("LLMGW_BPF_ROOT", &bpf_root)
+        .output()
+        .expect("llmgw xdp detach");
+    assert!(
+        out.status.success(),
+        "detach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!llmgw::l4::pin_dir(&bpf_root).exists(), "pins left behind");
+    assert!(from(&topo.deny, gw4, 2000), "still blocked after detach");
+    let links = netns::ip_out(&["-n", &topo.gw.name, "link", "show", netns::GW_DENY_IF]);
+    assert!(!links.contains("prog/xdp"), "XDP still attached: {links}");
+    drop(serve);
+}
+
+#[test]
+fn without_privileges_the_plane_is_off() {
+    if !privileged("without_privileges_the_plane_is_off") {
+        return;
+    }
+    let name = unique("u");
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let bpf_root = PathBuf::from("/sys/fs/bpf").join(&name);
+    let _cleanup = Cleanup {
+        bpf_root: bpf_root.clone(),
+        dir: dir.clone(),
+    };
+    let rules = dir.join("rules.txt");
+    write_rules(&rules, &deny_rules());
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    std::fs::set_permissions(&rules, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(workspace_bin("llmgw"))
+        .args(["xdp", "serve", "--iface", "lo", "--rules"])
+        .arg(&rules)
+        .env("LLMGW_BPF_ROOT", &bpf_root)
+        .output()
+        .expect("setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "exit status; stderr: {err}");
+    assert!(err.contains("L4 plane off"), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.contains("L4 plane off")).count(),
+        1,
+        "{err}"
+    );
+    assert!(!bpf_root.exists());
+}
+
+/// `auto` falls back to generic mode on a device without native XDP (a
+/// dummy), `native` refuses it, and an interface name with a dot (as VLAN
+/// interfaces have) pins and adopts fine.
+#[test]
+fn auto_mode_falls_back_to_generic() {
+    if !privileged("auto_mode_falls_back_to_generic") {
+        return;
+    }
+    let name = unique("a");
+    let bpf_root = PathBuf::from("/sys/fs/bpf").join(&name);
+    let _cleanup = Cleanup {
+        bpf_root: bpf_root.clone(),
+        dir: std::env::temp_dir().join(&name),
+    };
+    let ns = Netns::new(&format!("{name}-gw"));
+    ns.ip(&["link", "add", "dm.5", "type", "bridge"]);
+    ns.ip(&["link", "set", "dm.5", "up"]);
+    let rules = llmgw::l4::parse_rules(&deny_rules()).expect("rules");
+    let root = bpf_root.clone();
+    let r = rules.clone();
+    let (modes, native_err) = ns.run(move || {
+        let opts = llmgw::l4::PlaneOptions {
+            bpf_root: root,
+            v4_filter: true,
+        };
+        let iface = vec!["dm.5".to_string()];
+        let native = llmgw::l4::Plane::start_with(&opts, &iface, llmgw::l4::XdpMode::Native, &r)
+            .err()
+            .map(|e| e.to_string());
+        let plane = llmgw::l4::Plane::start_with(&opts, &iface, llmgw::l4::XdpMode::Auto, &r)
+            .expect("auto mode");
+        let modes = plane.interfaces();
+        drop(plane);
+        // Adopting the pinned link works too.
+        let again = llmgw::l4::Plane::start_with(&opts, &iface, llmgw::l4::XdpMode::Auto, &r)
+            .expect("adopt");
+        assert_eq!(again.interfaces(), modes);
+        (modes, native)
+    });
+    assert_eq!(modes, vec![("dm.5".to_string(), "skb")]);
+    assert!(native_err.is_some(), "native mode on a bridge should fail");
+    let st = llmgw::l4::status(&bpf_root).expect("status");
+    assert_eq!(st.links.len(), 1);
+    assert_eq!(
+        (st.links[0].iface.as_str(), st.links[0].mode.as_str()),
+        ("dm.5", "skb")
+    );
+    assert_ne!(st.links[0].ifindex, 0);
+    let links = netns::ip_out(&["-n", &ns.name, "link", "show", "dm.5"]);
+    assert!(links.contains("xdpgeneric"), "{links}");
+
+    // The interface is deleted and re-created: the pinned link is defunct;
+    // the next start replaces it instead of failing.
+    let old_ifindex = st.links[0].ifindex;
+    ns.ip(&["link", "del", "dm.5"]);
+    ns.ip(&["link", "add", "dm.5", "type", "bridge"]);
+    let dead = llmgw::l4::status(&bpf_root).expect("status");
+    assert_eq!(dead.links[0].ifindex, 0, "link should be defunct");
+    let root = bpf_root.clone();
+    let modes = ns.run(move || {
+        let opts = llmgw::l4::PlaneOptions {
+            bpf_root: root,
+            v4_filter: true,
+        };
+        llmgw::l4::Plane::start_with(
+            &opts,
+            &["dm.5".to_string()],
+            llmgw::l4::XdpMode::Auto,
+            &rules,
+        )
+        .expect("start over a defunct link")
+        .interfaces()
+    });
+    assert_eq!(modes, vec![("dm.5".to_string(), "skb")]);
+    let st = llmgw::l4::status(&bpf_root).expect("status");
+    assert_eq!(st.links.len(), 1);
+    assert!(st.links[0].ifindex != 0 && st.links[0].ifindex != old_ifindex);
+}
