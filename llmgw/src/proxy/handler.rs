@@ -6,7 +6,7 @@
 use std::{
     convert::Infallible,
     sync::Arc,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use bytes::{Bytes, BytesMut};
@@ -311,6 +311,7 @@ async fn read_body(
         };
         let total = buf.len() + first.as_ref().map_or(0, Bytes::len) + data.len();
         if total as u64 > limit {
+            drain_body(&mut body, idle).await;
             return Err(ProxyError::TooLarge { limit });
         }
         // One frame is the common case: keep it without copying.
@@ -327,6 +328,25 @@ async fn read_body(
         Some(f) => f,
         None => buf.freeze(),
     })
+}
+
+/// Most a refused body is read past the limit, and for how long, so that a
+/// client still sending can read the 413 instead of a reset connection
+/// (nginx's "lingering close").
+const DRAIN_BYTES: usize = 1 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// Reads and discards what is left of a refused body, within the bounds above.
+async fn drain_body(body: &mut Incoming, idle: Duration) {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    let mut drained = 0;
+    while drained < DRAIN_BYTES {
+        let wait = idle.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        match tokio::time::timeout(wait, body.frame()).await {
+            Ok(Some(Ok(f))) => drained += f.data_ref().map_or(0, Bytes::len),
+            _ => return,
+        }
+    }
 }
 
 /// `Host` for the provider: its host, with the port unless it is 443.
