@@ -558,15 +558,8 @@ pub(crate) fn compile(
     let mut out = Policies::default();
     for doc in docs {
         let spec = &doc.spec;
-        if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
-            errors.push(doc.error(
-                "spec.targetRefs",
-                "targetRef(s) attach policies to Kubernetes Gateway API resources, which llmgw does not serve; use selector",
-            ));
-            continue;
-        }
-        let selector = spec.selector.as_ref().map(|s| &s.match_labels);
-        if !super::applies(doc, selector, settings) {
+        let targeted = spec.target_ref.is_some() || !spec.target_refs.is_empty();
+        if !super::applies(doc, spec.selector.as_ref(), targeted, settings, errors) {
             continue;
         }
         if let Some(p) = compile_policy(doc, errors) {

@@ -786,15 +786,8 @@ pub(crate) fn compile(
     let mut seen: HashMap<String, (ResourceId, usize)> = HashMap::new();
     for doc in docs {
         let spec = &doc.spec;
-        if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
-            errors.push(doc.error(
-                "spec.targetRefs",
-                "targetRef(s) attach policies to Kubernetes Gateway API resources, which llmgw does not serve; use selector",
-            ));
-            continue;
-        }
-        let selector = spec.selector.as_ref().map(|s| &s.match_labels);
-        if !super::applies(doc, selector, settings) {
+        let targeted = spec.target_ref.is_some() || !spec.target_refs.is_empty();
+        if !super::applies(doc, spec.selector.as_ref(), targeted, settings, errors) {
             continue;
         }
         for (i, raw) in spec.jwt_rules.iter().enumerate() {

@@ -73,15 +73,26 @@ pub struct Compiled {
 
 /// Whether a namespaced, selector-scoped Istio policy applies to this gateway:
 /// it lives in the root namespace or in the gateway's own, and its selector
-/// (if any) matches the gateway's labels.
+/// (if any) matches the gateway's labels. A policy attached with
+/// `targetRef(s)` is an error (they name Kubernetes Gateway API objects).
 pub(crate) fn applies<S>(
     doc: &Document<S>,
-    selector: Option<&crate::config::Labels>,
+    selector: Option<&crate::config::authz::Selector>,
+    has_target_refs: bool,
     settings: &Settings,
+    errors: &mut ErrorList,
 ) -> bool {
+    if has_target_refs {
+        errors.push(doc.error(
+            "spec.targetRefs",
+            "targetRef(s) attach policies to Kubernetes Gateway API resources, which llmgw does not serve; use selector",
+        ));
+        return false;
+    }
     let ns = &doc.id.namespace;
     let in_scope = *ns == settings.root_namespace || *ns == settings.namespace;
-    in_scope && selector.is_none_or(|s| selector_matches(s, &settings.workload_labels))
+    in_scope
+        && selector.is_none_or(|s| selector_matches(&s.match_labels, &settings.workload_labels))
 }
 
 /// Compiles every policy that applies to this gateway (see [`applies`]),

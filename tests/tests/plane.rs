@@ -5,22 +5,7 @@
 use std::path::PathBuf;
 
 use llmgw::l4::{self, DenyEntry, L4Error, L4Rules, Plane, PlaneOptions, XdpMode};
-
-fn privileged(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("LLMGW_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        // Straight to stderr: the test harness captures `eprintln!`.
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!("SKIPPED {test}: needs root (LLMGW_SKIP_PRIVILEGED=1)\n").as_bytes(),
-        );
-        return false;
-    }
-    panic!("{test} needs root (bpffs pins); run as root or set LLMGW_SKIP_PRIVILEGED=1");
-}
+use llmgw_tests::privileged;
 
 /// A private pin root, detached on drop.
 struct Root(PathBuf);

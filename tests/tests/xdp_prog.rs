@@ -9,29 +9,10 @@ use llmgw::l4::{
     DenyEntry, L4Rules, XdpProgram,
     frames::{self, V4Opts},
 };
+use llmgw_tests::privileged;
 
 const DROP: u32 = 1;
 const PASS: u32 = 2;
-
-/// Whether privileged tests may run; fails loudly unless skipping is asked.
-fn privileged(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("LLMGW_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        // Straight to stderr: the test harness captures `eprintln!`.
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!("SKIPPED {test}: needs root (LLMGW_SKIP_PRIVILEGED=1)\n").as_bytes(),
-        );
-        return false;
-    }
-    panic!(
-        "{test} needs root to load XDP programs and run BPF_PROG_TEST_RUN; \
-         run as root, or set LLMGW_SKIP_PRIVILEGED=1 to skip privileged tests"
-    );
-}
 
 fn entry(net: &str, rule: &str, ports: Option<&[u16]>) -> DenyEntry {
     DenyEntry {
