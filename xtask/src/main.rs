@@ -92,6 +92,22 @@ pub(crate) fn status(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs a long-lived `cmd` (the gateway) until it ends; being stopped by
+/// Ctrl-C or SIGTERM is the normal way for it to end.
+fn serve(cmd: &mut Command) -> Result<()> {
+    use std::os::unix::process::ExitStatusExt as _;
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
+    // SIGINT = 2, SIGTERM = 15; a shell reports them as 130 and 143.
+    let stopped =
+        matches!(status.signal(), Some(2 | 15)) || matches!(status.code(), Some(130 | 143));
+    if !status.success() && !stopped {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
 pub(crate) fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root());
@@ -138,7 +154,7 @@ fn run(release: bool, args: Vec<String>) -> Result<()> {
             .arg("--examples")
             .arg(root().join("examples/quickstart"))
             .args(&args[1..]);
-        return status(&mut cmd);
+        return serve(&mut cmd);
     }
     build(release)?;
     let bin = bin_path(release, "llmgw");
@@ -151,7 +167,7 @@ fn run(release: bool, args: Vec<String>) -> Result<()> {
         Command::new(&bin)
     };
     cmd.args(&args);
-    status(&mut cmd)
+    serve(&mut cmd)
 }
 
 fn test(no_setup: bool, args: Vec<String>) -> Result<()> {
