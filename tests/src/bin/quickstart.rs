@@ -123,11 +123,45 @@ fn run() -> Result<ExitCode> {
         }
     } else {
         eprintln!("(Ctrl-C to stop)");
-        let _ = child.wait();
+        rt.block_on(until_stopped(&mut child))?;
         ExitCode::SUCCESS
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    stop(&mut child);
     drop(mock);
     Ok(code)
+}
+
+/// Waits for Ctrl-C or SIGTERM (or the gateway ending by itself).
+async fn until_stopped(child: &mut std::process::Child) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if let Some(status) = child.try_wait()? {
+                    bail!("llmgw exited with {status}");
+                }
+            }
+        }
+    }
+}
+
+/// Stops the gateway as an operator would (SIGTERM: it drains), then for sure.
+fn stop(child: &mut std::process::Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
