@@ -249,6 +249,14 @@ fn run_gateway(config: ConfigArgs, run: RunArgs) -> Result<ExitCode> {
         .context("starting the async runtime")?;
     let mut hooks = Hooks::default();
     if let Some(follower) = start_l4(&opts, &run)? {
+        let stats = follower.stats();
+        hooks.metrics.push(Arc::new(move |out: &mut String| {
+            if let Ok(slot) = stats.lock()
+                && let Some(s) = slot.as_ref()
+            {
+                llmgw::observe::metrics::render_xdp(out, s);
+            }
+        }));
         hooks.on_apply.push(Box::new(move |s| {
             follower.update(llmgw::policy::l4::rules(s))
         }));

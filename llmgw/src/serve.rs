@@ -108,9 +108,13 @@ pub enum ServeError {
 /// successful reload), after the swap. The L4 plane syncs its maps here.
 pub type SnapshotHook = Box<dyn FnMut(&Snapshot) + Send>;
 
+/// Appends more Prometheus text to `/metrics` (other planes' counters).
+pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
+
 #[derive(Default)]
 pub struct Hooks {
     pub on_apply: Vec<SnapshotHook>,
+    pub metrics: Vec<MetricsSource>,
 }
 
 impl Hooks {
@@ -360,6 +364,7 @@ pub async fn serve(
             proxy.clone(),
             ready.clone(),
             admin_rx,
+            hooks.metrics.clone().into(),
         ));
     }
     ready.store(true, Ordering::Release);

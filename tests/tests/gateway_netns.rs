@@ -264,6 +264,27 @@ fn xdp_drops_denied_networks_while_l7_answers_host_policies() {
         topo.deny.run(move || admin_get(admin, "/ready")).is_ok(),
         "denied client cut off from a non-listener port"
     );
+    // The gateway's /metrics carries the XDP counters (refreshed every 5 s).
+    let metric = format!("llmgw_xdp_dropped_packets_total{{rule=\"{XDP_RULE}\"}} ");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let admin = sa("127.0.0.1", ADMIN);
+        let m = topo
+            .gw
+            .run(move || admin_get(admin, "/metrics"))
+            .map(|(_, m)| m)
+            .unwrap_or_default();
+        let n: u64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix(&metric))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if n > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no XDP drops in /metrics:\n{m}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let status = Command::new(workspace_bin("llmgw"))
         .args(["xdp", "status"])
         .env("LLMGW_BPF_ROOT", &bpf_root)

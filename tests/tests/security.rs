@@ -364,6 +364,19 @@ async fn custom_authorization_asks_the_external_authorizer() {
     let a = post(&url, "dashscope.aliyuncs.com", SEED_REQUEST, &[]).await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.text());
     assert_eq!(s.mock.requests().len(), calls);
+
+    // Every check is counted by provider and result.
+    let metrics = s.gw.metrics();
+    for line in [
+        "llmgw_ext_authz_checks_total{provider=\"my-authz\",result=\"allowed\"} 1",
+        "llmgw_ext_authz_checks_total{provider=\"my-authz\",result=\"denied\"} 1",
+        "llmgw_ext_authz_checks_total{provider=\"down\",result=\"error\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in:\n{metrics}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -1,31 +1,42 @@
 //! Keeps the XDP maps following the configuration: one thread owns the
 //! plane and syncs it with the deny rules of each snapshot put in service,
 //! so a long sync (a million prefixes) never holds up reloads or signals,
-//! and a burst of reloads collapses into one sync of the latest rules.
+//! and a burst of reloads collapses into one sync of the latest rules. The
+//! same thread reads the program's counters every few seconds for metrics.
 
 use std::{
-    sync::mpsc::{self, Receiver, Sender},
+    sync::{
+        Arc, Mutex,
+        mpsc::{self, Receiver, RecvTimeoutError, Sender},
+    },
     thread,
+    time::Duration,
 };
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use super::{L4Rules, Plane};
+use super::{L4Rules, Plane, PlaneStats};
+
+/// How stale the published counters may be.
+const STATS_EVERY: Duration = Duration::from_secs(5);
 
 /// The sending side; dropping it ends the thread (the pins stay, so
 /// protection outlives the process until `llmgw xdp detach`).
 pub struct Follower {
     tx: Sender<L4Rules>,
+    stats: Arc<Mutex<Option<PlaneStats>>>,
 }
 
 impl Follower {
     /// Moves `plane` to its own thread.
     pub fn start(plane: Plane) -> std::io::Result<Follower> {
         let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(Mutex::new(None));
+        let published = stats.clone();
         thread::Builder::new()
             .name("llmgw-l4".into())
-            .spawn(move || run(plane, rx))?;
-        Ok(Follower { tx })
+            .spawn(move || run(plane, rx, published))?;
+        Ok(Follower { tx, stats })
     }
 
     /// Queues `rules` to be put in force.
@@ -33,11 +44,22 @@ impl Follower {
         // A closed channel means the thread died, which it logged.
         let _ = self.tx.send(rules);
     }
+
+    /// A handle on the latest counters (refreshed every few seconds).
+    pub fn stats(&self) -> Arc<Mutex<Option<PlaneStats>>> {
+        self.stats.clone()
+    }
 }
 
-fn run(mut plane: Plane, rx: Receiver<L4Rules>) {
+fn run(mut plane: Plane, rx: Receiver<L4Rules>, stats: Arc<Mutex<Option<PlaneStats>>>) {
     let mut in_force: Option<L4Rules> = None;
-    while let Ok(mut rules) = rx.recv() {
+    loop {
+        publish(&plane, &stats);
+        let mut rules = match rx.recv_timeout(STATS_EVERY) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         // Only the newest rules matter.
         while let Ok(newer) = rx.try_recv() {
             rules = newer;
@@ -59,5 +81,16 @@ fn run(mut plane: Plane, rx: Receiver<L4Rules>) {
             }
             Err(e) => error!("XDP sync failed, the previous deny set stays in force: {e}"),
         }
+    }
+}
+
+fn publish(plane: &Plane, stats: &Mutex<Option<PlaneStats>>) {
+    match plane.stats() {
+        Ok(s) => {
+            if let Ok(mut slot) = stats.lock() {
+                *slot = Some(s);
+            }
+        }
+        Err(e) => warn!("reading XDP counters: {e}"),
     }
 }

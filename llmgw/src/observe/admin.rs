@@ -18,9 +18,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch};
 use tracing::{debug, warn};
 
+use super::metrics::render_policy;
 use crate::{
     config::dump,
     proxy::{Drain, Proxy},
+    serve::MetricsSource,
 };
 
 /// Serves the admin endpoints on `listener` until `stop` turns true.
@@ -29,6 +31,7 @@ pub async fn serve(
     proxy: Arc<Proxy>,
     ready: Arc<AtomicBool>,
     mut stop: watch::Receiver<bool>,
+    extra: Arc<[MetricsSource]>,
 ) {
     loop {
         let (stream, _) = tokio::select! {
@@ -44,9 +47,10 @@ pub async fn serve(
         };
         let proxy = proxy.clone();
         let ready = ready.clone();
+        let extra = extra.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let r = answer(&req, &proxy, &ready);
+                let r = answer(&req, &proxy, &ready, &extra);
                 async move { Ok::<_, Infallible>(r) }
             });
             let conn = http1::Builder::new()
@@ -60,7 +64,12 @@ pub async fn serve(
     }
 }
 
-fn answer(req: &Request<Incoming>, proxy: &Proxy, ready: &AtomicBool) -> Response<Full<Bytes>> {
+fn answer(
+    req: &Request<Incoming>,
+    proxy: &Proxy,
+    ready: &AtomicBool,
+    extra: &[MetricsSource],
+) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, ct: &'static str, body: Bytes| {
         let mut r = Response::new(Full::new(body));
         *r.status_mut() = status;
@@ -84,11 +93,18 @@ fn answer(req: &Request<Incoming>, proxy: &Proxy, ready: &AtomicBool) -> Respons
             "text/plain",
             Bytes::from_static(b"not ready\n"),
         ),
-        "/metrics" => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            Bytes::from(proxy.observer.metrics.render()),
-        ),
+        "/metrics" => {
+            let mut body = proxy.observer.metrics.render();
+            render_policy(&mut body, &proxy.live.load().snapshot);
+            for source in extra {
+                source(&mut body);
+            }
+            text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                Bytes::from(body),
+            )
+        }
         "/config_dump" => {
             let live = proxy.live.load();
             let v = dump::dump(&live.snapshot);

@@ -364,6 +364,111 @@ impl Metrics {
     }
 }
 
+/// Counters of the security stage's outside calls: JWKS fetches per issuer
+/// and external authorization checks per provider.
+pub fn render_policy(out: &mut String, snapshot: &crate::config::Snapshot) {
+    let jwks = snapshot.authn.jwks_status();
+    if !jwks.is_empty() {
+        out.push_str(
+            "# HELP llmgw_jwks_fetches_total Fetches of remote JWT key sets, by issuer and result.\n\
+             # TYPE llmgw_jwks_fetches_total counter\n",
+        );
+        for j in &jwks {
+            let i = esc(&j.issuer);
+            let _ = writeln!(
+                out,
+                "llmgw_jwks_fetches_total{{issuer=\"{i}\",result=\"success\"}} {}",
+                j.fetch_ok
+            );
+            let _ = writeln!(
+                out,
+                "llmgw_jwks_fetches_total{{issuer=\"{i}\",result=\"failure\"}} {}",
+                j.fetch_failed
+            );
+        }
+        out.push_str(
+            "# HELP llmgw_jwks_keys Keys in use per issuer (0 until a fetch succeeds).\n\
+             # TYPE llmgw_jwks_keys gauge\n",
+        );
+        for j in &jwks {
+            let _ = writeln!(
+                out,
+                "llmgw_jwks_keys{{issuer=\"{}\"}} {}",
+                esc(&j.issuer),
+                j.keys
+            );
+        }
+    }
+    let checks = snapshot.ext_authz.stats();
+    if !checks.is_empty() {
+        out.push_str(
+            "# HELP llmgw_ext_authz_checks_total External authorization checks, by provider and result.\n\
+             # TYPE llmgw_ext_authz_checks_total counter\n",
+        );
+        for c in &checks {
+            let p = esc(&c.provider);
+            for (result, n) in [
+                ("allowed", c.allowed),
+                ("denied", c.denied),
+                ("error", c.errors),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "llmgw_ext_authz_checks_total{{provider=\"{p}\",result=\"{result}\"}} {n}"
+                );
+            }
+        }
+    }
+}
+
+/// The XDP program's counters (summed over CPUs).
+pub fn render_xdp(out: &mut String, stats: &crate::l4::PlaneStats) {
+    let _ = write!(
+        out,
+        "# HELP llmgw_xdp_packets_total Packets the XDP program saw, by verdict.\n\
+         # TYPE llmgw_xdp_packets_total counter\n\
+         llmgw_xdp_packets_total{{verdict=\"pass\"}} {}\n\
+         llmgw_xdp_packets_total{{verdict=\"drop\"}} {}\n",
+        stats.passed, stats.dropped
+    );
+    out.push_str(
+        "# HELP llmgw_xdp_pass_reasons_total Packets passed, by the reason they were not dropped.\n\
+         # TYPE llmgw_xdp_pass_reasons_total counter\n",
+    );
+    for (name, n) in &stats.counters {
+        if let Some(reason) = name.strip_prefix("pass_") {
+            let _ = writeln!(
+                out,
+                "llmgw_xdp_pass_reasons_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+    }
+    out.push_str(
+        "# HELP llmgw_xdp_dropped_packets_total Packets dropped in XDP, by policy rule.\n\
+         # TYPE llmgw_xdp_dropped_packets_total counter\n",
+    );
+    for r in &stats.rules {
+        let _ = writeln!(
+            out,
+            "llmgw_xdp_dropped_packets_total{{rule=\"{}\"}} {}",
+            esc(&r.name),
+            r.packets
+        );
+    }
+    out.push_str(
+        "# HELP llmgw_xdp_dropped_bytes_total Bytes dropped in XDP, by policy rule.\n\
+         # TYPE llmgw_xdp_dropped_bytes_total counter\n",
+    );
+    for r in &stats.rules {
+        let _ = writeln!(
+            out,
+            "llmgw_xdp_dropped_bytes_total{{rule=\"{}\"}} {}",
+            esc(&r.name),
+            r.bytes
+        );
+    }
+}
+
 /// Escapes a label value (backslash, quote, newline).
 fn esc(s: &str) -> std::borrow::Cow<'_, str> {
     if !s.contains(['\\', '"', '\n']) {
