@@ -221,7 +221,7 @@ fn run_gateway(config: ConfigArgs, run: RunArgs) -> Result<ExitCode> {
     init_logging(run.log_format);
     let opts = ServeOptions {
         config: config.config.clone(),
-        settings: config.settings()?,
+        settings: config.settings(),
         admin_address: parse_admin(&run.admin_address)?,
         max_request_body: run.max_request_body,
         upstream_ca: run.upstream_ca.clone(),
@@ -302,20 +302,18 @@ struct ConfigArgs {
 }
 
 impl ConfigArgs {
-    fn settings(&self) -> Result<Settings> {
-        let mesh = match &self.mesh_config {
-            Some(path) => config::mesh::load_mesh_config(path)?,
-            None => Default::default(),
-        };
-        Ok(Settings {
+    fn settings(&self) -> Settings {
+        Settings {
             workload_labels: self.workload_labels.clone(),
             namespace: self.namespace.clone(),
             root_namespace: self.root_namespace.clone(),
             credentials_dir: self.credentials_dir.clone(),
             bind_address: self.bind_address,
             port_map: self.port_map.iter().copied().collect(),
-            mesh,
-        })
+            // Read with the configuration, at start and at every reload.
+            mesh: Default::default(),
+            mesh_path: self.mesh_config.clone(),
+        }
     }
 }
 
@@ -363,8 +361,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run { config, run } => run_gateway(config, *run),
         Command::Validate { config, json } => {
-            let snapshot =
-                config::raw_to_snapshot(&config.config, &config.settings()?, &ProcessEnv);
+            let snapshot = config::raw_to_snapshot(&config.config, &config.settings(), &ProcessEnv);
             match snapshot {
                 Ok(s) => {
                     if json {

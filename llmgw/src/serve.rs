@@ -374,7 +374,10 @@ pub async fn serve(
         "llmgw is serving"
     );
 
-    let mut fingerprint = config_fingerprint(&opts.config);
+    // The configuration files, and the files the snapshot in use read
+    // (certificates, keys, MeshConfig): a change to any is a reason to reload.
+    let current = || config_fingerprint(&opts.config, &proxy.live.load().snapshot.watched);
+    let mut fingerprint = current();
     let poll = if opts.reload_interval.is_zero() {
         Duration::from_secs(3600)
     } else {
@@ -387,8 +390,7 @@ pub async fn serve(
         let why = tokio::select! {
             _ = sighup.recv() => "SIGHUP",
             _ = tick.tick(), if !opts.reload_interval.is_zero() => {
-                let now = config_fingerprint(&opts.config);
-                if now == fingerprint {
+                if current() == fingerprint {
                     continue;
                 }
                 "configuration files changed"
@@ -396,7 +398,6 @@ pub async fn serve(
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         };
-        fingerprint = config_fingerprint(&opts.config);
         reload(
             why,
             &opts,
@@ -407,6 +408,7 @@ pub async fn serve(
             &jwks_fetch,
         )
         .await;
+        fingerprint = current();
     }
 
     info!(
@@ -483,10 +485,17 @@ async fn reload(
 
 /// A hash of the configuration files' contents, following symlinks (a
 /// ConfigMap mount swaps its `..data` link): changes when any file does.
-pub fn config_fingerprint(paths: &[PathBuf]) -> u64 {
+pub fn config_fingerprint(paths: &[PathBuf], files: &[PathBuf]) -> u64 {
     let mut h = DefaultHasher::new();
     for p in paths {
         hash_path(p, &mut h);
+    }
+    for f in files {
+        f.hash(&mut h);
+        match std::fs::read(f) {
+            Ok(bytes) => bytes.hash(&mut h),
+            Err(e) => e.kind().hash(&mut h),
+        }
     }
     h.finish()
 }
@@ -592,10 +601,10 @@ mod tests {
         std::fs::write(d.join("v2/a.yaml"), "two").unwrap();
         std::os::unix::fs::symlink("v1", d.join("..data")).unwrap();
         std::os::unix::fs::symlink("..data/a.yaml", d.join("a.yaml")).unwrap();
-        let before = config_fingerprint(&[d.to_path_buf()]);
-        assert_eq!(before, config_fingerprint(&[d.to_path_buf()]));
+        let before = config_fingerprint(&[d.to_path_buf()], &[]);
+        assert_eq!(before, config_fingerprint(&[d.to_path_buf()], &[]));
         std::fs::remove_file(d.join("..data")).unwrap();
         std::os::unix::fs::symlink("v2", d.join("..data")).unwrap();
-        assert_ne!(before, config_fingerprint(&[d.to_path_buf()]));
+        assert_ne!(before, config_fingerprint(&[d.to_path_buf()], &[]));
     }
 }

@@ -444,3 +444,77 @@ async fn sigterm_drains_in_flight_streams_then_exits() {
     let stderr = gw.lock().unwrap().stderr();
     assert!(stderr.contains("draining"), "{stderr}");
 }
+
+#[tokio::test]
+async fn rotated_credentials_are_served_without_a_restart() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let creds = d.join("credentials");
+    let (old_ca, new_ca) = (Pki::new(), Pki::new());
+    let write_cred = |pki: &Pki| {
+        let cred = creds.join("gw-cert");
+        std::fs::create_dir_all(&cred).unwrap();
+        let leaf = pki.leaf(&["secure.test"]);
+        // Keys first, as a Secret update swaps both at once.
+        std::fs::write(cred.join("tls.key.new"), &leaf.key_pem).unwrap();
+        std::fs::write(cred.join("tls.crt.new"), &leaf.cert_pem).unwrap();
+        std::fs::rename(cred.join("tls.key.new"), cred.join("tls.key")).unwrap();
+        std::fs::rename(cred.join("tls.crt.new"), cred.join("tls.crt")).unwrap();
+    };
+    write_cred(&old_ca);
+    let gateway = r#"
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+    - hosts: ["*"]
+      port: {name: https, number: 443, protocol: HTTPS}
+      tls: {mode: SIMPLE, credentialName: gw-cert}
+"#;
+    std::fs::write(
+        d.join("gw.yaml"),
+        format!("{gateway}---{PROVIDER_AND_ROUTE}"),
+    )
+    .unwrap();
+    let gw = start(
+        gateway_with(&mock, d)
+            .config(d.join("gw.yaml"))
+            .ports(&[443])
+            .arg("--credentials-dir")
+            .arg(creds.display().to_string())
+            .arg("--reload-interval")
+            .arg("100ms"),
+    )
+    .await;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], gw.port(443)).into();
+    let req = || {
+        Request::post("https://secure.test/v1/chat/completions")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(SEED_REQUEST.as_bytes())))
+            .unwrap()
+    };
+    let h1: &[&[u8]] = &[b"http/1.1"];
+    let (_, a) = client::https(addr, "secure.test", old_ca.ca_der(), h1, req())
+        .await
+        .expect("the first certificate is served");
+    assert_eq!(a.status, 200);
+
+    write_cred(&new_ca);
+    let rotated = eventually(Duration::from_secs(10), || async {
+        client::https(addr, "secure.test", new_ca.ca_der(), h1, req())
+            .await
+            .ok()
+    })
+    .await
+    .expect("the rotated certificate is served");
+    assert_eq!(rotated.1.status, 200);
+    assert!(
+        client::https(addr, "secure.test", old_ca.ca_der(), h1, req())
+            .await
+            .is_err(),
+        "the old certificate is no longer served"
+    );
+}

@@ -174,12 +174,22 @@ impl<'de> Deserialize<'de> for Secret {
 #[cfg(test)]
 mod tests;
 
-/// Loads `paths` and compiles them for the gateway `settings` describes.
+/// Loads `paths` (and the MeshConfig file, if any) and compiles them for
+/// the gateway `settings` describes.
 pub fn raw_to_snapshot(
     paths: &[PathBuf],
     settings: &Settings,
     env: &dyn load::Env,
 ) -> Result<Snapshot, ErrorList> {
     let raw = load_paths(paths, env)?;
-    snapshot::compile(&raw, settings)
+    let Some(mesh_path) = &settings.mesh_path else {
+        return snapshot::compile(&raw, settings);
+    };
+    let with_mesh = Settings {
+        mesh: mesh::load_mesh_config(mesh_path)?,
+        ..settings.clone()
+    };
+    let mut snapshot = snapshot::compile(&raw, &with_mesh)?;
+    snapshot.watched.push(mesh_path.clone());
+    Ok(snapshot)
 }

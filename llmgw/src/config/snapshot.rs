@@ -42,8 +42,10 @@ pub struct Settings {
     pub bind_address: IpAddr,
     /// Gateway port → local port, for running unprivileged (`80=8080`).
     pub port_map: BTreeMap<u16, u16>,
-    /// Istio MeshConfig (`--mesh-config`): the extension providers CUSTOM policies name.
+    /// Istio MeshConfig: the extension providers CUSTOM policies name.
     pub mesh: MeshConfig,
+    /// Where `mesh` is read from (`--mesh-config`), again at every reload.
+    pub mesh_path: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -56,6 +58,7 @@ impl Default for Settings {
             bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             port_map: BTreeMap::new(),
             mesh: MeshConfig::default(),
+            mesh_path: None,
         }
     }
 }
@@ -72,6 +75,9 @@ pub struct Snapshot {
     pub ext_authz: Arc<ExtAuthz>,
     /// Things that are not errors but that a user should hear about.
     pub warnings: Vec<String>,
+    /// Files read besides the configuration (certificates, keys, CAs):
+    /// a change to any of them is a reason to reload.
+    pub watched: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -304,6 +310,7 @@ pub fn compile(raw: &RawConfig, settings: &Settings) -> Result<Snapshot, ErrorLi
         settings,
         errors: ErrorList::default(),
         warnings: Vec::new(),
+        watched: Vec::new(),
     };
     for (source, what) in &raw.skipped {
         c.warnings
@@ -325,7 +332,10 @@ pub fn compile(raw: &RawConfig, settings: &Settings) -> Result<Snapshot, ErrorLi
     );
     let security = policy::compile(raw, settings, &mut c.errors, &mut c.warnings);
     let Compiler {
-        errors, warnings, ..
+        errors,
+        warnings,
+        watched,
+        ..
     } = c;
     errors.into_result(Snapshot {
         listeners,
@@ -334,6 +344,7 @@ pub fn compile(raw: &RawConfig, settings: &Settings) -> Result<Snapshot, ErrorLi
         authn: security.authn,
         ext_authz: security.ext_authz,
         warnings,
+        watched,
     })
 }
 
@@ -341,6 +352,7 @@ struct Compiler<'a> {
     settings: &'a Settings,
     errors: ErrorList,
     warnings: Vec<String>,
+    watched: Vec<PathBuf>,
 }
 
 struct SelectedProvider<'a> {
@@ -612,6 +624,9 @@ impl Compiler<'_> {
                 return None;
             }
         };
+        self.watched.push(cert_path.clone());
+        self.watched.push(key_path.clone());
+        self.watched.extend(ca_path.iter().cloned());
         let certs = |path: &PathBuf, what: &str| -> Result<Vec<CertificateDer<'static>>, String> {
             let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
                 .map_err(|e| format!("{what} {}: {e}", path.display()))?
