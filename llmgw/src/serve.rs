@@ -26,7 +26,11 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::{self, ErrorList, Settings, Snapshot, load::Env},
-    observe::{Observer, access_log, metrics::Metrics},
+    observe::{
+        Observer,
+        access_log::{self, LocalLog},
+        metrics::Metrics,
+    },
     policy::jwks_fetch::FetchSettings,
     proxy::{
         Live, Proxy, ProxyOptions, Worker, listener,
@@ -159,12 +163,13 @@ impl Workers {
             let worker = Arc::new(Worker {
                 proxy: proxy.clone(),
                 upstreams: upstream::Upstreams::new(tls.clone(), opts.clone()),
+                log: proxy.observer.log.local(),
             });
             std::thread::Builder::new()
                 .name(format!("llmgw-worker-{i}"))
                 .spawn(move || {
                     runtime.block_on(async move {
-                        tokio::spawn(heartbeat());
+                        tokio::spawn(heartbeat(worker.log.clone()));
                         while let Some(cmd) = rx.recv().await {
                             match cmd {
                                 Cmd::Listen {
@@ -215,17 +220,24 @@ impl Workers {
     }
 }
 
-/// Keeps the worker's timer driver waking at least once a second. Tokio's
-/// timer wakes its own driver through an eventfd (a syscall) whenever a new
-/// timer is due before the driver's next planned wake; with nothing planned,
-/// that is every per-request timeout (response, header read, idle stream).
-/// All of those are a second or more away, so with this tick planned they
-/// register without a syscall. Costs one wake per second per worker.
-async fn heartbeat() {
+/// Keeps the worker's timer driver waking at least once a second, and
+/// writes the worker's access log lines. Tokio's timer wakes its own driver
+/// through an eventfd (a syscall) whenever a new timer is due before the
+/// driver's next planned wake; with nothing planned, that is every
+/// per-request timeout (response, header read, idle stream). All of those
+/// are a second or more away, so with this tick planned they register
+/// without a syscall. Costs one wake per second per worker. Access log lines
+/// are written when a request found a write due (run after that request has
+/// yielded, so never before its response), and at each tick.
+async fn heartbeat(log: Arc<LocalLog>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = log.due() => {}
+        }
+        log.flush();
     }
 }
 

@@ -214,6 +214,8 @@ pub struct VirtualHost {
 #[derive(Debug)]
 pub struct RouteRule {
     pub route: ResourceId,
+    /// `route` as `namespace/name`, for metrics and the access log.
+    pub route_label: String,
     /// The rule's `name`, or `rule-N` (0-based index) when unnamed.
     pub name: String,
     /// Any match selects the rule; empty means always.
@@ -299,6 +301,8 @@ pub struct Upstream {
 #[derive(Debug)]
 pub struct Provider {
     pub id: ResourceId,
+    /// `id` as `namespace/name`, for metrics and the access log.
+    pub label: String,
     /// Lower-case host as written (`host` or `host:port`).
     pub host: String,
 }
@@ -400,6 +404,7 @@ impl Compiler<'_> {
                 SelectedProvider {
                     provider: Arc::new(Provider {
                         id: doc.id.clone(),
+                        label: doc.id.to_string(),
                         host,
                     }),
                     doc,
@@ -982,6 +987,7 @@ impl PendingRule {
         }
         Some(Arc::new(RouteRule {
             route: route.id.clone(),
+            route_label: route.id.to_string(),
             name: self.name.clone(),
             matches,
             backends: self

@@ -45,7 +45,7 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let proxy = &worker.proxy;
     let mut rec = Record {
-        observer: proxy.observer.clone(),
+        worker: worker.clone(),
         start: Instant::now(),
         time: SystemTime::now(),
         client: conn.peer.ip(),

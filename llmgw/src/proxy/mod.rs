@@ -173,6 +173,8 @@ impl Proxy {
 pub struct Worker {
     pub proxy: Arc<Proxy>,
     pub upstreams: upstream::Upstreams,
+    /// This thread's access log lines, written out by its heartbeat.
+    pub log: Arc<crate::observe::access_log::LocalLog>,
 }
 
 /// Facts about the connection a request came on.

@@ -10,18 +10,19 @@ use std::{
 
 use http::Method;
 
+use super::Worker;
 use crate::{
     config::snapshot::RouteRule,
     observe::{
-        Observer,
-        access_log::{Entry, Rfc3339, millis},
+        access_log::{Entry, Rfc3339},
         metrics::{Labels, Observation, UpstreamErrorKind},
         usage::Usage,
     },
 };
 
 pub struct Record {
-    pub observer: Arc<Observer>,
+    /// Where it is reported: the shared metrics, the worker's access log.
+    pub worker: Arc<Worker>,
     pub start: Instant,
     pub time: SystemTime,
     pub client: IpAddr,
@@ -56,24 +57,24 @@ impl Record {
             self.error
                 .get_or_insert_with(|| "client disconnected before the response".into());
         }
-        let duration = self.start.elapsed();
+        let now = Instant::now();
+        let duration = now.saturating_duration_since(self.start);
         let (route, rule, provider) = match &self.rule {
             Some(r) => (
-                r.route.to_string(),
+                r.route_label.as_str(),
                 r.name.as_str(),
                 r.backends
                     .get(self.backend)
-                    .map(|b| b.provider.id.to_string())
-                    .unwrap_or_default(),
+                    .map_or("", |b| b.provider.label.as_str()),
             ),
-            None => (String::new(), "", String::new()),
+            None => ("", "", ""),
         };
         let model = self.model.as_deref().unwrap_or("");
-        self.observer.metrics.record(
+        self.worker.proxy.observer.metrics.record(
             &Labels {
-                route: &route,
+                route,
                 rule,
-                provider: &provider,
+                provider,
                 model,
             },
             &Observation {
@@ -85,7 +86,8 @@ impl Record {
                 upstream_error: self.upstream_error,
             },
         );
-        if self.observer.log.enabled() {
+        let log = &self.worker.log;
+        if log.enabled() {
             fn some(s: &str) -> Option<&str> {
                 (!s.is_empty()).then_some(s)
             }
@@ -97,16 +99,16 @@ impl Record {
                 method: self.method.as_str(),
                 path: &self.path,
                 protocol: self.protocol,
-                route: some(&route),
+                route: some(route),
                 rule: some(rule),
-                provider: some(&provider),
+                provider: some(provider),
                 model: some(model),
                 stream: self.stream,
                 status: self.status,
                 upstream_status: self.upstream_status,
-                duration_ms: millis(duration),
-                ttfb_ms: self.ttfb.map(millis),
-                ttft_ms: self.ttft.map(millis),
+                duration_ms: duration,
+                ttfb_ms: self.ttfb,
+                ttft_ms: self.ttft,
                 prompt_tokens: None,
                 completion_tokens: None,
                 total_tokens: None,
@@ -114,7 +116,7 @@ impl Record {
                 error: self.error.as_deref(),
             };
             e.set_usage(self.usage);
-            self.observer.log.write(&e);
+            log.write(&e, now);
         }
     }
 }
