@@ -26,11 +26,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::{self, ErrorList, Settings, Snapshot, load::Env},
-    observe::{
-        Observer,
-        access_log::{self, LocalLog},
-        metrics::Metrics,
-    },
+    observe::{Observer, access_log, metrics::Metrics},
     policy::jwks_fetch::FetchSettings,
     proxy::{
         Live, Proxy, ProxyOptions, Worker, listener,
@@ -169,7 +165,7 @@ impl Workers {
                 .name(format!("llmgw-worker-{i}"))
                 .spawn(move || {
                     runtime.block_on(async move {
-                        tokio::spawn(heartbeat(worker.log.clone()));
+                        tokio::spawn(heartbeat(worker.clone()));
                         while let Some(cmd) = rx.recv().await {
                             match cmd {
                                 Cmd::Listen {
@@ -228,16 +224,17 @@ impl Workers {
 /// are a second or more away, so with this tick planned they register
 /// without a syscall. Costs one wake per second per worker. Access log lines
 /// are written when a request found a write due (run after that request has
-/// yielded, so never before its response), and at each tick.
-async fn heartbeat(log: Arc<LocalLog>) {
+/// yielded, so never before its response), and at each tick. Each tick also
+/// closes the worker's idle provider connections.
+async fn heartbeat(worker: Arc<Worker>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
-            _ = log.due() => {}
+            _ = tick.tick() => worker.upstreams.close_idle(std::time::Instant::now()),
+            _ = worker.log.due() => {}
         }
-        log.flush();
+        worker.log.flush();
     }
 }
 

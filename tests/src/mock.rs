@@ -131,6 +131,10 @@ struct State {
     script: Mutex<Arc<Script>>,
     streams: Mutex<Vec<StreamLog>>,
     changed: Notify,
+    /// Connections accepted (after TLS).
+    connections: std::sync::atomic::AtomicUsize,
+    /// Bumped to make every open connection shut down gracefully.
+    shutdown: tokio::sync::watch::Sender<u64>,
 }
 
 pub struct MockProvider {
@@ -162,6 +166,8 @@ impl MockProvider {
             script: Mutex::new(Arc::new(default_script)),
             streams: Mutex::new(Vec::new()),
             changed: Notify::new(),
+            connections: std::sync::atomic::AtomicUsize::new(0),
+            shutdown: tokio::sync::watch::channel(0).0,
         });
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut cfg = ServerConfig::builder_with_provider(provider)
@@ -198,6 +204,19 @@ impl MockProvider {
         if let Ok(mut s) = self.state.script.lock() {
             *s = Arc::new(f);
         }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Shuts every open connection down gracefully, as a provider that
+    /// restarts does: h2 sends GOAWAY, HTTP/1.1 closes once idle.
+    pub fn close_connections(&self) {
+        self.state.shutdown.send_modify(|n| *n += 1);
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -284,14 +303,24 @@ async fn serve_conn<I>(io: I, sni: Option<String>, st: Arc<State>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    st.connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut shutdown = st.shutdown.subscribe();
+    shutdown.mark_unchanged();
     let svc = service_fn(move |req| {
         let st = st.clone();
         let sni = sni.clone();
         async move { Ok::<_, Infallible>(answer(req, sni, st).await) }
     });
-    let _ = auto::Builder::new(TokioExecutor::new())
-        .serve_connection(io, svc)
-        .await;
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = shutdown.changed() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }
 
 fn default_script(r: &Recorded) -> Reply {

@@ -652,3 +652,56 @@ async fn upstream_http1_only_keeps_to_http_1_1() {
         assert_eq!(r.host.as_deref(), Some("dashscope.aliyuncs.com"));
     }
 }
+
+#[tokio::test]
+async fn provider_connections_are_kept_and_replaced_when_the_provider_closes_them() {
+    for (extra, version) in [
+        (None, http::Version::HTTP_2),
+        (Some("--upstream-http1-only"), http::Version::HTTP_11),
+    ] {
+        let mut args = vec!["--workers", "1"];
+        args.extend(extra);
+        let s = quickstart(&args).await;
+        let round = || async {
+            for _ in 0..3 {
+                let a = post(&s.gw.url(), "test.com", SEED_REQUEST, &[]).await;
+                assert_eq!(a.status, 200, "{extra:?}: {}", a.text());
+                assert_eq!(a.body, SEED_COMPLETION.as_bytes());
+            }
+        };
+        round().await;
+        assert_eq!(s.mock.connections(), 1, "{extra:?}: one connection is kept");
+        // The provider restarts its connections: GOAWAY on h2, a close on
+        // HTTP/1.1. The next requests go on a new one, none fails.
+        s.mock.close_connections();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        round().await;
+        assert_eq!(s.mock.connections(), 2, "{extra:?}: then a new one");
+        let reqs = s.mock.requests();
+        assert_eq!(reqs.len(), 6);
+        assert!(reqs.iter().all(|r| r.version == version), "{extra:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_larger_than_the_providers_flow_control_window_arrives_whole() {
+    // hyper's server (the mock) opens 1 MiB stream windows: 3 MiB needs
+    // WINDOW_UPDATEs while the body is being sent.
+    let s = quickstart(&["--max-request-body", "8MiB"]).await;
+    let content = "x".repeat(3 << 20);
+    let body = format!(r#"{{"messages":[{{"role":"user","content":"{content}"}}]}}"#);
+    for _ in 0..2 {
+        let a = post(&s.gw.url(), "test.com", &body, &[]).await;
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
+    let reqs = s.mock.requests();
+    assert_eq!(reqs.len(), 2);
+    for r in reqs {
+        assert_eq!(r.version, http::Version::HTTP_2);
+        assert_eq!(
+            r.json()["messages"][0]["content"].as_str().map(str::len),
+            Some(content.len())
+        );
+        assert_eq!(r.json()["model"], "qwen1.5-72b-chat");
+    }
+}

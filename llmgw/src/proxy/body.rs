@@ -12,10 +12,9 @@ use std::{
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::Sleep;
 
-use super::record::Record;
+use super::{record::Record, upstream::UpstreamIncoming};
 use crate::observe::usage::{JsonUsageTap, SseTap};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -48,7 +47,7 @@ pub enum Tap {
 pub struct IdleTimeout(pub Duration);
 
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: UpstreamIncoming,
     /// Fires at the latest possible idle deadline; re-armed lazily from
     /// `last_frame` so a frame costs a clock read, not a timer update.
     idle: Pin<Box<Sleep>>,
@@ -60,7 +59,7 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, record: Record, tap: Tap, idle_timeout: Duration) -> Self {
+    pub fn new(inner: UpstreamIncoming, record: Record, tap: Tap, idle_timeout: Duration) -> Self {
         Self {
             inner,
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
@@ -150,7 +149,7 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Err(e))) => {
                 this.on_end();
                 this.record.error = Some(format!("provider response body: {e}"));
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
                 this.on_end();

@@ -14,7 +14,7 @@ use http::{
     HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
     uri::PathAndQuery,
 };
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::{
@@ -26,6 +26,7 @@ use super::{
     rewrite::{self, BodyRewrite},
     router::{self, NoRoute, normalize_host},
     security,
+    upstream::UpstreamIncoming,
 };
 use crate::{
     config::snapshot::Protocol,
@@ -112,7 +113,7 @@ pub async fn handle(
 
 enum Reply {
     Local(Response<ProxyBody>),
-    Upstream(Response<Incoming>, Tap),
+    Upstream(Response<UpstreamIncoming>, Tap),
 }
 
 async fn pipeline(
@@ -253,7 +254,7 @@ async fn pipeline(
     let host_header = host_header(&up);
     let uri = upstream_uri(&up, &host_header, &raw_path, &path)?;
     let body_len = body.len();
-    let mut out = Request::new(Full::new(body));
+    let mut out = Request::new(body);
     *out.method_mut() = parts.method.clone();
     *out.uri_mut() = uri;
     *out.version_mut() = Version::HTTP_11;

@@ -1,7 +1,10 @@
 //! The client side: HTTPS to providers with rustls (webpki and native roots
-//! plus `--upstream-ca`), `--resolve` overrides, HTTP/2 when ALPN offers it,
-//! one keep-alive pool per (connect authority, TLS name), and the connect and
-//! response-header timeouts. Failures are classified for the 502/504 mapping.
+//! plus `--upstream-ca`), `--resolve` overrides, HTTP/2 when ALPN offers it
+//! (driven with the `h2` crate directly: a request's headers and its whole,
+//! already read body go out in one write, with no task per request), else
+//! HTTP/1.1 (hyper's connection), one keep-alive pool per (connect
+//! authority, TLS name) per worker, and the connect and response-header
+//! timeouts. Failures are classified for the 502/504 mapping.
 
 use std::{
     collections::HashMap,
@@ -10,28 +13,28 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::Path,
     pin::Pin,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
+use http_body::{Frame, SizeHint};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::{
-    client::legacy::{
-        Client,
-        connect::{Connected, Connection},
-    },
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-};
+use hyper::{body::Incoming, client::conn::http1};
+use hyper_util::rt::TokioIo;
 use rustls::{ClientConfig, RootCertStore, pki_types::ServerName};
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 use thiserror::Error;
-use tokio::net::TcpStream;
+use tokio::{
+    net::TcpStream,
+    sync::{Notify, oneshot},
+};
 use tokio_rustls::{TlsConnector, client::TlsStream};
+use tracing::debug;
 
+use super::body::BoxError;
 use crate::observe::metrics::UpstreamErrorKind;
 
 /// How long an idle pooled connection is kept.
@@ -185,58 +188,7 @@ struct Target {
     connect_timeout: Duration,
 }
 
-#[derive(Clone)]
-pub struct Connector(Arc<Target>);
-
-pub struct TlsConn {
-    io: TokioIo<TlsStream<TcpStream>>,
-    h2: bool,
-}
-
-impl Connection for TlsConn {
-    fn connected(&self) -> Connected {
-        let c = Connected::new();
-        if self.h2 { c.negotiated_h2() } else { c }
-    }
-}
-
-impl hyper::rt::Read for TlsConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for TlsConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-}
-
-/// The connector's failures; the pool wraps them, `classify` digs them out.
+/// Why a connection could not be made.
 #[derive(Debug, Error)]
 enum ConnectError {
     #[error("resolve: {0}")]
@@ -247,10 +199,12 @@ enum ConnectError {
     Tls(#[source] io::Error),
     #[error("timed out")]
     Timeout,
+    #[error("HTTP/2 handshake: {0}")]
+    Handshake(String),
 }
 
 impl Target {
-    async fn connect(self: Arc<Self>) -> Result<TlsConn, ConnectError> {
+    async fn connect(&self) -> Result<TlsStream<TcpStream>, ConnectError> {
         let addrs: Vec<SocketAddr> = if self.pinned.is_empty() {
             tokio::net::lookup_host((self.host.as_str(), self.port))
                 .await
@@ -272,38 +226,10 @@ impl Target {
         }
         let tcp = tcp.ok_or(ConnectError::Connect(last))?;
         let _ = tcp.set_nodelay(true);
-        let tls = self
-            .tls
+        self.tls
             .connect(self.server_name.clone(), tcp)
             .await
-            .map_err(ConnectError::Tls)?;
-        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        Ok(TlsConn {
-            io: TokioIo::new(tls),
-            h2,
-        })
-    }
-}
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = TlsConn;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-    type Future = Pin<Box<dyn Future<Output = Result<TlsConn, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        // The target is fixed per pool: the URI carries the Host, not where to dial.
-        let t = self.0.clone();
-        Box::pin(async move {
-            let after = t.connect_timeout;
-            match tokio::time::timeout(after, t.connect()).await {
-                Ok(r) => r.map_err(Into::into),
-                Err(_) => Err(ConnectError::Timeout.into()),
-            }
-        })
+            .map_err(ConnectError::Tls)
     }
 }
 
@@ -315,22 +241,23 @@ pub struct UpstreamOptions {
     pub resolve: Vec<ResolveOverride>,
 }
 
-type HttpsClient = Client<Connector, Full<Bytes>>;
-
-/// One pooled client per (authority, TLS name), kept across reloads.
+/// One worker's connections to providers: a pool per (authority, TLS name),
+/// kept across reloads.
 pub struct Upstreams {
     tls: TlsConnector,
     opts: UpstreamOptions,
-    /// authority → [(TLS name, client)]: looked up with `&str`, no allocation.
-    clients: RwLock<HashMap<String, Vec<(String, HttpsClient)>>>,
+    /// authority → [(TLS name, pool)]: looked up with `&str`, no allocation.
+    pools: RwLock<PoolMap>,
 }
+
+type PoolMap = HashMap<String, Vec<(String, Arc<Pool>)>>;
 
 impl Upstreams {
     pub fn new(tls: Arc<ClientConfig>, opts: UpstreamOptions) -> Self {
         Self {
             tls: TlsConnector::from(tls),
             opts,
-            clients: RwLock::new(HashMap::new()),
+            pools: RwLock::new(HashMap::new()),
         }
     }
 
@@ -338,13 +265,13 @@ impl Upstreams {
         self.opts.response_timeout
     }
 
-    fn client(&self, authority: &str, sni: &str) -> Result<HttpsClient, UpstreamError> {
-        if let Ok(map) = self.clients.read()
-            && let Some((_, c)) = map
+    fn pool(&self, authority: &str, sni: &str) -> Result<Arc<Pool>, UpstreamError> {
+        if let Ok(map) = self.pools.read()
+            && let Some((_, p)) = map
                 .get(authority)
                 .and_then(|v| v.iter().find(|(s, _)| s == sni))
         {
-            return Ok(c.clone());
+            return Ok(p.clone());
         }
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) => (h, p.parse::<u16>().unwrap_or(443)),
@@ -362,93 +289,585 @@ impl Upstreams {
             .filter(|r| r.port == port && r.host.eq_ignore_ascii_case(host))
             .map(|r| r.addr)
             .collect();
-        let connector = Connector(Arc::new(Target {
-            host: host.to_string(),
-            port,
-            pinned,
-            server_name,
-            tls: self.tls.clone(),
-            connect_timeout: self.opts.connect_timeout,
-        }));
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_max_idle_per_host(POOL_MAX_IDLE)
-            .set_host(false)
-            .build(connector);
-        let mut map = match self.clients.write() {
+        let pool = Arc::new(Pool {
+            authority: authority.to_string(),
+            target: Target {
+                host: host.to_string(),
+                port,
+                pinned,
+                server_name,
+                tls: self.tls.clone(),
+                connect_timeout: self.opts.connect_timeout,
+            },
+            state: Mutex::default(),
+            h2_made: Notify::new(),
+        });
+        let mut map = match self.pools.write() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
         let v = map.entry(authority.to_string()).or_default();
-        if let Some((_, c)) = v.iter().find(|(s, _)| s == sni) {
-            return Ok(c.clone());
+        if let Some((_, p)) = v.iter().find(|(s, _)| s == sni) {
+            return Ok(p.clone());
         }
-        v.push((sni.to_string(), client.clone()));
-        Ok(client)
+        v.push((sni.to_string(), pool.clone()));
+        Ok(pool)
     }
 
     /// Sends `req` (absolute `https://` URI, Host set) to `authority`, TLS
-    /// name `sni`; waits for the response headers up to the response timeout.
+    /// name `sni`; waits for the response headers up to the response timeout
+    /// (connecting included, within its own connect timeout).
     pub async fn send(
         &self,
         authority: &str,
         sni: &str,
-        req: Request<Full<Bytes>>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let client = self.client(authority, sni)?;
+        req: Request<Bytes>,
+    ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
+        let pool = self.pool(authority, sni)?;
         let after = self.opts.response_timeout;
-        match tokio::time::timeout(after, client.request(req)).await {
+        match tokio::time::timeout(after, pool.send(req)).await {
             Err(_) => Err(UpstreamError::ResponseTimeout {
                 authority: authority.to_string(),
                 after,
             }),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(authority, self.opts.connect_timeout, &e)),
+            Ok(r) => r,
+        }
+    }
+
+    /// Closes connections idle for longer than `POOL_IDLE` (called every
+    /// second by the worker's heartbeat).
+    pub fn close_idle(&self, now: Instant) {
+        let Ok(map) = self.pools.read() else { return };
+        for (_, pool) in map.values().flatten() {
+            pool.close_idle(now);
         }
     }
 }
 
-fn classify(
-    authority: &str,
-    connect_timeout: Duration,
-    e: &hyper_util::client::legacy::Error,
-) -> UpstreamError {
-    let authority = authority.to_string();
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = src {
-        if let Some(ce) = s.downcast_ref::<ConnectError>() {
-            let copy = |e: &io::Error| io::Error::new(e.kind(), e.to_string());
-            return match ce {
-                ConnectError::Resolve(io) => UpstreamError::Resolve {
-                    authority,
-                    source: copy(io),
-                },
-                ConnectError::Connect(io) => UpstreamError::Connect {
-                    authority,
-                    source: copy(io),
-                },
-                ConnectError::Tls(io) => UpstreamError::Tls {
-                    authority,
-                    source: copy(io),
-                },
-                ConnectError::Timeout => UpstreamError::ConnectTimeout {
-                    authority,
-                    after: connect_timeout,
-                },
+/// The connections to one provider endpoint: at most one HTTP/2 connection
+/// (shared by all requests, as many streams as the provider allows), or
+/// idle HTTP/1.1 connections, whichever the provider chose by ALPN.
+pub struct Pool {
+    authority: String,
+    target: Target,
+    state: Mutex<PoolState>,
+    /// Woken when an HTTP/2 connection is made (or its making failed).
+    h2_made: Notify,
+}
+
+#[derive(Default)]
+struct PoolState {
+    h2: Option<H2Conn>,
+    /// The provider chose h2 last time: while that connection is being
+    /// made, requests wait for it instead of each opening their own.
+    speaks_h2: bool,
+    h2_connecting: bool,
+    /// Idle HTTP/1.1 connections, most recently used last.
+    idle: Vec<IdleH1>,
+    /// Numbers connections, to tell which one a failure was on.
+    made: u64,
+}
+
+struct H2Conn {
+    id: u64,
+    send: h2::client::SendRequest<Bytes>,
+    last_used: Instant,
+    /// Dropped with this handle: wakes the connection's task, which then
+    /// closes the connection once its last stream is done (h2 does not
+    /// notice on its own that the last `SendRequest` is gone).
+    _closer: oneshot::Sender<()>,
+}
+
+struct IdleH1 {
+    send: http1::SendRequest<Full<Bytes>>,
+    since: Instant,
+}
+
+/// A connection checked out for one request.
+enum Conn {
+    H2 {
+        id: u64,
+        send: h2::client::SendRequest<Bytes>,
+        reused: bool,
+    },
+    H1 {
+        send: http1::SendRequest<Full<Bytes>>,
+        reused: bool,
+    },
+}
+
+fn lock(m: &Mutex<PoolState>) -> std::sync::MutexGuard<'_, PoolState> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// hyper's client defaults for HTTP/2 (windows, frame and header sizes).
+fn h2_builder() -> h2::client::Builder {
+    let mut b = h2::client::Builder::new();
+    b.initial_max_send_streams(100)
+        .initial_window_size(2 * 1024 * 1024)
+        .initial_connection_window_size(5 * 1024 * 1024)
+        .max_header_list_size(16 * 1024)
+        .max_send_buffer_size(1024 * 1024)
+        .max_local_error_reset_streams(Some(1024))
+        .max_frame_size(16 * 1024)
+        .enable_push(false);
+    b
+}
+
+/// How many times a request is sent again after finding its (reused)
+/// connection closed before anything of it was sent.
+const RETRIES: usize = 2;
+
+impl Pool {
+    async fn send(
+        self: &Arc<Self>,
+        req: Request<Bytes>,
+    ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
+        let mut req = req;
+        let mut retries = 0;
+        loop {
+            let conn = self.checkout().await?;
+            let (reused, sent) = match conn {
+                Conn::H2 { id, send, reused } => (reused, self.send_h2(id, send, req).await),
+                Conn::H1 { send, reused } => (reused, self.send_h1(send, req).await),
             };
+            match sent {
+                Ok(resp) => return Ok(resp),
+                Err(Failed::Unsent(r, _)) if reused && retries < RETRIES => {
+                    retries += 1;
+                    req = *r;
+                }
+                Err(Failed::Unsent(_, e) | Failed::Sent(e)) => return Err(e),
+            }
         }
-        src = s.source();
     }
-    // Walk the chain for the most specific text.
-    let mut message = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        message = format!("{message}: {s}");
-        src = s.source();
+
+    /// A connection for one request: the shared HTTP/2 one, an idle
+    /// HTTP/1.1 one, or a new one.
+    async fn checkout(self: &Arc<Self>) -> Result<Conn, UpstreamError> {
+        loop {
+            let wait = self.h2_made.notified();
+            {
+                let mut st = lock(&self.state);
+                if let Some(c) = &mut st.h2 {
+                    c.last_used = Instant::now();
+                    return Ok(Conn::H2 {
+                        id: c.id,
+                        send: c.send.clone(),
+                        reused: true,
+                    });
+                }
+                while let Some(idle) = st.idle.pop() {
+                    if !idle.send.is_closed() {
+                        return Ok(Conn::H1 {
+                            send: idle.send,
+                            reused: true,
+                        });
+                    }
+                }
+                if !(st.speaks_h2 && st.h2_connecting) {
+                    if st.speaks_h2 {
+                        st.h2_connecting = true;
+                    }
+                    break;
+                }
+            }
+            // An HTTP/2 connection is being made: share it.
+            wait.await;
+        }
+        let made = self.connect().await;
+        let mut st = lock(&self.state);
+        st.h2_connecting = false;
+        self.h2_made.notify_waiters();
+        if made.is_err() {
+            // Those waiting connect on their own, as everyone does until a
+            // connection is made again: no request waits out another's timeout.
+            st.speaks_h2 = false;
+        }
+        let conn = made?;
+        st.made += 1;
+        let id = st.made;
+        Ok(match conn {
+            Made::H2(send, closer) => {
+                st.speaks_h2 = true;
+                st.h2 = Some(H2Conn {
+                    id,
+                    send: send.clone(),
+                    last_used: Instant::now(),
+                    _closer: closer,
+                });
+                Conn::H2 {
+                    id,
+                    send,
+                    reused: false,
+                }
+            }
+            Made::H1(send) => {
+                st.speaks_h2 = false;
+                Conn::H1 {
+                    send,
+                    reused: false,
+                }
+            }
+        })
     }
-    UpstreamError::Protocol { authority, message }
+
+    /// Connects, and starts HTTP/2 or HTTP/1.1 as ALPN says.
+    async fn connect(&self) -> Result<Made, UpstreamError> {
+        let t = &self.target;
+        let io = match tokio::time::timeout(t.connect_timeout, t.connect()).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => return Err(self.connect_error(e)),
+            Err(_) => return Err(self.connect_error(ConnectError::Timeout)),
+        };
+        if io.get_ref().1.alpn_protocol() == Some(b"h2") {
+            let (send, conn) = h2_builder()
+                .handshake::<_, Bytes>(io)
+                .await
+                .map_err(|e| self.connect_error(ConnectError::Handshake(e.to_string())))?;
+            let (closer, closed) = oneshot::channel();
+            tokio::spawn(H2Task {
+                conn,
+                closed: Some(closed),
+            });
+            Ok(Made::H2(send, closer))
+        } else {
+            let (send, conn) = http1::handshake(TokioIo::new(io))
+                .await
+                .map_err(|e| self.protocol_error(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    debug!(error = %e, "provider connection (HTTP/1.1) ended");
+                }
+            });
+            Ok(Made::H1(send))
+        }
+    }
+
+    /// One request on the shared HTTP/2 connection: headers and the whole
+    /// body are queued together, so they leave in one write (the body waits
+    /// in h2's buffer, not in a task, for flow-control window if it must).
+    async fn send_h2(
+        self: &Arc<Self>,
+        id: u64,
+        mut send: h2::client::SendRequest<Bytes>,
+        req: Request<Bytes>,
+    ) -> Result<Response<UpstreamIncoming>, Failed> {
+        if let Err(e) = std::future::poll_fn(|cx| send.poll_ready(cx)).await {
+            // The connection is gone (GOAWAY, closed): nothing was sent.
+            self.forget_h2(id);
+            return Err(Failed::Unsent(Box::new(req), self.h2_error(&e)));
+        }
+        let (head, body) = req.into_parts();
+        let eos = body.is_empty();
+        let (resp, mut stream) = send
+            .send_request(Request::from_parts(head, ()), eos)
+            .map_err(|e| {
+                self.forget_h2(id);
+                Failed::Sent(self.h2_error(&e))
+            })?;
+        // This request's handle on the connection goes now: the pool's is
+        // the last, so dropping it closes the connection when idle.
+        drop(send);
+        if !eos {
+            stream
+                .send_data(body, true)
+                .map_err(|e| Failed::Sent(self.h2_error(&e)))?;
+        }
+        drop(stream);
+        let resp = resp.await.map_err(|e| Failed::Sent(self.h2_error(&e)))?;
+        let (parts, recv) = resp.into_parts();
+        let remaining = if parts.status == http::StatusCode::NO_CONTENT
+            || parts.status == http::StatusCode::NOT_MODIFIED
+        {
+            None
+        } else {
+            parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        Ok(Response::from_parts(
+            parts,
+            UpstreamIncoming::H2 {
+                recv,
+                remaining,
+                data_done: false,
+            },
+        ))
+    }
+
+    /// One request on an HTTP/1.1 connection of its own; the connection
+    /// returns to the pool when the response body has been read to its end.
+    async fn send_h1(
+        self: &Arc<Self>,
+        mut send: http1::SendRequest<Full<Bytes>>,
+        req: Request<Bytes>,
+    ) -> Result<Response<UpstreamIncoming>, Failed> {
+        let (mut head, body) = req.into_parts();
+        // Origin form on the wire: `/path?query`.
+        let origin = head.uri.path_and_query().cloned();
+        head.uri = origin.map_or_else(|| Uri::from_static("/"), Uri::from);
+        let req = Request::from_parts(head, Full::new(body));
+        if send.ready().await.is_err() {
+            let req = req.map(|b| b.into_inner().unwrap_or_default());
+            return Err(Failed::Unsent(
+                Box::new(req),
+                self.protocol_error_text("connection closed before the request was sent"),
+            ));
+        }
+        match send.try_send_request(req).await {
+            Ok(resp) => Ok(resp.map(|body| UpstreamIncoming::H1 {
+                body,
+                conn: Some((send, self.clone())),
+            })),
+            Err(mut e) => {
+                let err = self.protocol_error(e.error());
+                match e.take_message() {
+                    Some(req) => Err(Failed::Unsent(
+                        Box::new(req.map(|b| b.into_inner().unwrap_or_default())),
+                        err,
+                    )),
+                    None => Err(Failed::Sent(err)),
+                }
+            }
+        }
+    }
+
+    /// Keeps an HTTP/1.1 connection whose last answer was read to the end.
+    fn put_idle(&self, send: http1::SendRequest<Full<Bytes>>) {
+        if send.is_closed() {
+            return;
+        }
+        let mut st = lock(&self.state);
+        if st.idle.len() < POOL_MAX_IDLE {
+            st.idle.push(IdleH1 {
+                send,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    fn forget_h2(&self, id: u64) {
+        let mut st = lock(&self.state);
+        if st.h2.as_ref().is_some_and(|c| c.id == id) {
+            st.h2 = None;
+        }
+    }
+
+    fn close_idle(&self, now: Instant) {
+        let mut st = lock(&self.state);
+        if st
+            .h2
+            .as_ref()
+            .is_some_and(|c| now.saturating_duration_since(c.last_used) > POOL_IDLE)
+        {
+            st.h2 = None;
+        }
+        st.idle
+            .retain(|c| now.saturating_duration_since(c.since) <= POOL_IDLE && !c.send.is_closed());
+    }
+
+    fn connect_error(&self, e: ConnectError) -> UpstreamError {
+        let authority = self.authority.clone();
+        match e {
+            ConnectError::Resolve(source) => UpstreamError::Resolve { authority, source },
+            ConnectError::Connect(source) => UpstreamError::Connect { authority, source },
+            ConnectError::Tls(source) => UpstreamError::Tls { authority, source },
+            ConnectError::Timeout => UpstreamError::ConnectTimeout {
+                authority,
+                after: self.target.connect_timeout,
+            },
+            ConnectError::Handshake(message) => UpstreamError::Protocol { authority, message },
+        }
+    }
+
+    fn h2_error(&self, e: &h2::Error) -> UpstreamError {
+        self.protocol_error(e)
+    }
+
+    /// The error and its sources, for the most specific text.
+    fn protocol_error(&self, e: &(dyn std::error::Error + 'static)) -> UpstreamError {
+        let mut message = e.to_string();
+        let mut src = e.source();
+        while let Some(s) = src {
+            message = format!("{message}: {s}");
+            src = s.source();
+        }
+        self.protocol_error_text(&message)
+    }
+
+    fn protocol_error_text(&self, message: &str) -> UpstreamError {
+        UpstreamError::Protocol {
+            authority: self.authority.clone(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// A new connection, by protocol.
+enum Made {
+    H2(h2::client::SendRequest<Bytes>, oneshot::Sender<()>),
+    H1(http1::SendRequest<Full<Bytes>>),
+}
+
+/// Why a request got no response; `Unsent` gives the request back.
+enum Failed {
+    Unsent(Box<Request<Bytes>>, UpstreamError),
+    Sent(UpstreamError),
+}
+
+/// Drives an HTTP/2 connection until it ends.
+struct H2Task {
+    conn: h2::client::Connection<TlsStream<TcpStream>, Bytes>,
+    closed: Option<oneshot::Receiver<()>>,
+}
+
+impl Future for H2Task {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        // The pool let go: polling the connection again makes it notice,
+        // and close once no stream is left.
+        if let Some(c) = &mut this.closed
+            && Pin::new(c).poll(cx).is_ready()
+        {
+            this.closed = None;
+        }
+        match Pin::new(&mut this.conn).poll(cx) {
+            Poll::Ready(Err(e)) => {
+                debug!(error = %e, "provider connection (HTTP/2) ended");
+                Poll::Ready(())
+            }
+            Poll::Ready(Ok(())) => Poll::Ready(()),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A provider's response body, by protocol.
+pub enum UpstreamIncoming {
+    H1 {
+        body: Incoming,
+        /// Back to the pool when the body has been read to its end.
+        conn: Option<(http1::SendRequest<Full<Bytes>>, Arc<Pool>)>,
+    },
+    H2 {
+        recv: h2::RecvStream,
+        /// Bytes still to come per Content-Length, when given.
+        remaining: Option<u64>,
+        data_done: bool,
+    },
+}
+
+impl UpstreamIncoming {
+    /// The HTTP/1.1 connection is free again.
+    fn release(&mut self) {
+        if let UpstreamIncoming::H1 { conn, .. } = self
+            && let Some((mut send, pool)) = conn.take()
+        {
+            if send.is_ready() {
+                pool.put_idle(send);
+            } else {
+                // Not yet seen idle by its task: wait for that, off this request.
+                tokio::spawn(async move {
+                    if send.ready().await.is_ok() {
+                        pool.put_idle(send);
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl Drop for UpstreamIncoming {
+    fn drop(&mut self) {
+        // An empty body may never be polled: its connection is free all the same.
+        if let UpstreamIncoming::H1 { body, .. } = self
+            && http_body::Body::is_end_stream(body)
+        {
+            self.release();
+        }
+    }
+}
+
+impl http_body::Body for UpstreamIncoming {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match this {
+            UpstreamIncoming::H1 { body, .. } => {
+                let r = Pin::new(&mut *body).poll_frame(cx);
+                let end = match &r {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+                    _ => false,
+                };
+                if end {
+                    this.release();
+                }
+                r.map_err(Into::into)
+            }
+            UpstreamIncoming::H2 {
+                recv,
+                remaining,
+                data_done,
+            } => {
+                if !*data_done {
+                    match recv.poll_data(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Some(Ok(data))) => {
+                            let _ = recv.flow_control().release_capacity(data.len());
+                            if let Some(r) = remaining {
+                                *r = r.saturating_sub(data.len() as u64);
+                            }
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        Poll::Ready(Some(Err(e))) => {
+                            // As hyper: a reset with NO_ERROR or CANCEL ends the body.
+                            return match e.reason() {
+                                Some(h2::Reason::NO_ERROR | h2::Reason::CANCEL) => {
+                                    Poll::Ready(None)
+                                }
+                                _ => Poll::Ready(Some(Err(e.into()))),
+                            };
+                        }
+                        Poll::Ready(None) => *data_done = true,
+                    }
+                }
+                match recv.poll_trailers(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Ok(Some(t))) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+                    Poll::Ready(Ok(None)) => Poll::Ready(None),
+                    Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamIncoming::H1 { body, .. } => body.is_end_stream(),
+            UpstreamIncoming::H2 { recv, .. } => recv.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamIncoming::H1 { body, .. } => body.size_hint(),
+            UpstreamIncoming::H2 {
+                remaining: Some(n), ..
+            } => SizeHint::with_exact(*n),
+            UpstreamIncoming::H2 { .. } => SizeHint::default(),
+        }
+    }
 }
 
 #[cfg(test)]
