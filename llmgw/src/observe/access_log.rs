@@ -221,7 +221,8 @@ fn json_opt_u64(out: &mut Vec<u8>, n: Option<u64>) {
     }
 }
 
-fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+/// An address as `Display` prints it.
+pub fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             for (i, o) in v4.octets().into_iter().enumerate() {
@@ -243,6 +244,11 @@ fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
 fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
+    if !needs_escape(bytes) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let esc: &[u8] = match b {
@@ -270,6 +276,27 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// Whether any byte is a control character, `"` or `\\`; eight at a time.
+fn needs_escape(b: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Nonzero iff some byte of `w` is below `n` (n <= 128).
+    let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGH;
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let w = u64::from_le_bytes(w);
+        if below(w, 0x20) | below(w ^ (ONES * 0x22), 1) | below(w ^ (ONES * 0x5c), 1) != 0 {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&c| c < 0x20 || c == b'"' || c == b'\\')
 }
 
 fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
@@ -730,6 +757,20 @@ mod tests {
             write_millis(&mut ours, Duration::from_micros(us));
             let theirs = serde_json::to_vec(&millis(Duration::from_micros(us))).unwrap();
             assert_eq!(ours, theirs, "{us} µs");
+        }
+    }
+
+    #[test]
+    fn escape_check_finds_every_byte_that_needs_it() {
+        for len in 0..20 {
+            for pos in 0..len {
+                for b in 0..=255u8 {
+                    let mut v = vec![b'a'; len];
+                    v[pos] = b;
+                    let expect = b < 0x20 || b == b'"' || b == b'\\';
+                    assert_eq!(needs_escape(&v), expect, "len {len} pos {pos} byte {b}");
+                }
+            }
         }
     }
 

@@ -36,6 +36,9 @@ const MAX_USAGE_BYTES: usize = 64 * 1024;
 const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
 /// Finds `"usage": {...}` at the top level of a JSON object fed in pieces.
+/// Bytes that cannot change its state are skipped in bulk: string contents
+/// up to the next quote or backslash, and outside strings everything but
+/// `"{}[],:`; the usage value is copied by slices.
 #[derive(Debug, Default)]
 pub struct JsonUsageTap {
     depth: u32,
@@ -43,67 +46,90 @@ pub struct JsonUsageTap {
     escape: bool,
     /// At depth 1, the next string is a key.
     expect_key: bool,
-    /// Bytes of the key being read (at depth 1), `None` when not reading one
-    /// or when it is too long to be `usage`.
-    key: Option<Vec<u8>>,
+    /// Reading a key (at depth 1); `key` holds its first bytes, `key_len`
+    /// counts them all (a key longer than `usage` is not it).
+    in_key: bool,
+    key: [u8; 8],
+    key_len: usize,
     key_is_usage: bool,
     /// Capturing the value of the `usage` member.
     capture: Option<Vec<u8>>,
     usage: Option<Usage>,
 }
 
+/// The bytes that matter outside strings.
+const STRUCTURAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    let s = b"\"{}[],:";
+    while i < s.len() {
+        t[s[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
 impl JsonUsageTap {
     pub fn feed(&mut self, chunk: &[u8]) {
         let mut i = 0;
+        // Where the captured bytes of this chunk start.
+        let mut cap_from = self.capture.is_some().then_some(0);
         while i < chunk.len() {
-            // Inside a string that is neither a key nor captured, only a quote
-            // or a backslash matters: skip to the next one.
-            if self.in_string && !self.escape && self.capture.is_none() && self.key.is_none() {
-                match memchr::memchr2(b'"', b'\\', &chunk[i..]) {
-                    Some(n) => i += n,
-                    None => return,
-                }
-            }
-            let c = chunk[i];
-            i += 1;
-            if let Some(buf) = &mut self.capture {
-                let ends = !self.in_string && self.depth == 1 && (c == b',' || c == b'}');
-                if ends {
-                    self.usage = Usage::from_value(buf).or(self.usage);
-                    self.capture = None;
-                } else if buf.len() < MAX_USAGE_BYTES {
-                    buf.push(c);
-                } else {
-                    self.capture = None;
-                }
-            }
             if self.in_string {
                 if self.escape {
                     self.escape = false;
-                } else if c == b'\\' {
-                    self.escape = true;
-                } else if c == b'"' {
-                    self.in_string = false;
-                    if let Some(k) = self.key.take() {
-                        self.key_is_usage = k == b"usage";
-                    }
+                    self.key_byte(chunk[i]);
+                    i += 1;
                     continue;
                 }
-                if let Some(k) = &mut self.key {
-                    if k.len() < 8 {
-                        k.push(c);
-                    } else {
-                        self.key = None;
+                if !self.in_key {
+                    // Only a quote or a backslash matters in here.
+                    match memchr::memchr2(b'"', b'\\', &chunk[i..]) {
+                        Some(n) => i += n,
+                        None => break,
                     }
+                }
+                let c = chunk[i];
+                i += 1;
+                match c {
+                    b'\\' => {
+                        self.escape = true;
+                        self.key_byte(c);
+                    }
+                    b'"' => {
+                        self.in_string = false;
+                        if self.in_key {
+                            self.in_key = false;
+                            self.key_is_usage = self.key_len == 5 && &self.key[..5] == b"usage";
+                        }
+                    }
+                    _ => self.key_byte(c),
                 }
                 continue;
             }
+            while i < chunk.len() && !STRUCTURAL[chunk[i] as usize] {
+                i += 1;
+            }
+            let Some(&c) = chunk.get(i) else { break };
+            if let Some(from) = cap_from
+                && self.depth == 1
+                && (c == b',' || c == b'}')
+            {
+                cap_from = None;
+                if self.append_capture(&chunk[from..i])
+                    && let Some(buf) = self.capture.take()
+                {
+                    self.usage = Usage::from_value(&buf).or(self.usage);
+                }
+            }
+            i += 1;
             match c {
                 b'"' => {
                     self.in_string = true;
                     if self.depth == 1 && self.expect_key {
                         self.expect_key = false;
-                        self.key = Some(Vec::new());
+                        self.in_key = true;
+                        self.key_len = 0;
                         self.key_is_usage = false;
                     }
                 }
@@ -117,11 +143,38 @@ impl JsonUsageTap {
                 b',' if self.depth == 1 => self.expect_key = true,
                 b':' if self.depth == 1 && self.key_is_usage => {
                     self.key_is_usage = false;
-                    self.capture = Some(Vec::new());
+                    self.capture = Some(Vec::with_capacity(128));
+                    cap_from = Some(i);
                 }
                 _ => {}
             }
         }
+        if let Some(from) = cap_from {
+            self.append_capture(&chunk[from..]);
+        }
+    }
+
+    fn key_byte(&mut self, c: u8) {
+        if self.in_key {
+            if let Some(k) = self.key.get_mut(self.key_len) {
+                *k = c;
+            }
+            self.key_len += 1;
+        }
+    }
+
+    /// Adds to the captured value; false (and the capture dropped) past
+    /// `MAX_USAGE_BYTES`.
+    fn append_capture(&mut self, b: &[u8]) -> bool {
+        let Some(buf) = &mut self.capture else {
+            return false;
+        };
+        if buf.len() + b.len() > MAX_USAGE_BYTES {
+            self.capture = None;
+            return false;
+        }
+        buf.extend_from_slice(b);
+        true
     }
 
     pub fn usage(&self) -> Option<Usage> {
@@ -280,6 +333,167 @@ struct UsageEvent<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The byte-at-a-time tap this one replaced: the reference for its behaviour.
+    #[derive(Debug, Default)]
+    pub struct ReferenceTap {
+        depth: u32,
+        in_string: bool,
+        escape: bool,
+        /// At depth 1, the next string is a key.
+        expect_key: bool,
+        /// Bytes of the key being read (at depth 1), `None` when not reading one
+        /// or when it is too long to be `usage`.
+        key: Option<Vec<u8>>,
+        key_is_usage: bool,
+        /// Capturing the value of the `usage` member.
+        capture: Option<Vec<u8>>,
+        usage: Option<Usage>,
+    }
+
+    impl ReferenceTap {
+        pub fn feed(&mut self, chunk: &[u8]) {
+            let mut i = 0;
+            while i < chunk.len() {
+                // Inside a string that is neither a key nor captured, only a quote
+                // or a backslash matters: skip to the next one.
+                if self.in_string && !self.escape && self.capture.is_none() && self.key.is_none() {
+                    match memchr::memchr2(b'"', b'\\', &chunk[i..]) {
+                        Some(n) => i += n,
+                        None => return,
+                    }
+                }
+                let c = chunk[i];
+                i += 1;
+                if let Some(buf) = &mut self.capture {
+                    let ends = !self.in_string && self.depth == 1 && (c == b',' || c == b'}');
+                    if ends {
+                        self.usage = Usage::from_value(buf).or(self.usage);
+                        self.capture = None;
+                    } else if buf.len() < MAX_USAGE_BYTES {
+                        buf.push(c);
+                    } else {
+                        self.capture = None;
+                    }
+                }
+                if self.in_string {
+                    if self.escape {
+                        self.escape = false;
+                    } else if c == b'\\' {
+                        self.escape = true;
+                    } else if c == b'"' {
+                        self.in_string = false;
+                        if let Some(k) = self.key.take() {
+                            self.key_is_usage = k == b"usage";
+                        }
+                        continue;
+                    }
+                    if let Some(k) = &mut self.key {
+                        if k.len() < 8 {
+                            k.push(c);
+                        } else {
+                            self.key = None;
+                        }
+                    }
+                    continue;
+                }
+                match c {
+                    b'"' => {
+                        self.in_string = true;
+                        if self.depth == 1 && self.expect_key {
+                            self.expect_key = false;
+                            self.key = Some(Vec::new());
+                            self.key_is_usage = false;
+                        }
+                    }
+                    b'{' | b'[' => {
+                        self.depth += 1;
+                        if self.depth == 1 {
+                            self.expect_key = c == b'{';
+                        }
+                    }
+                    b'}' | b']' => self.depth = self.depth.saturating_sub(1),
+                    b',' if self.depth == 1 => self.expect_key = true,
+                    b':' if self.depth == 1 && self.key_is_usage => {
+                        self.key_is_usage = false;
+                        self.capture = Some(Vec::new());
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        pub fn usage(&self) -> Option<Usage> {
+            self.usage
+        }
+    }
+
+    /// Random JSON-ish bodies (valid or not), random splits: both taps agree.
+    #[test]
+    fn json_tap_matches_the_byte_at_a_time_reference() {
+        // Mostly well-formed members, some junk between them.
+        let pieces: &[&str] = &[
+            "\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}",
+            "\"usage\" : {\"total_tokens\":9} ",
+            "\"usage\":null",
+            "\"usage\":[1,{\"x\":\"}\"}]",
+            "\"a\":{\"usage\":{\"prompt_tokens\":1}}",
+            "\"s\":\"\\\"usage\\\":{\\\"prompt_tokens\\\":2}\"",
+            "\"usag\":1",
+            "\"usages\":{\"prompt_tokens\":5}",
+            "\"us\\\"age\":{\"prompt_tokens\":6}",
+            "\"x\":[{\"usage\":{\"total_tokens\":7}}]",
+            "\"c\":\"a,}b\\\\\"",
+            ",",
+            ",",
+            ",",
+            ":",
+            " ",
+            "{",
+            "}",
+            "[",
+            "]",
+            "\"",
+            "\\",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut found = 0;
+        for _ in 0..20_000 {
+            let n = (next() % 24) as usize;
+            let mut body = String::from("{");
+            for _ in 0..n {
+                body.push_str(pieces[(next() % pieces.len() as u64) as usize]);
+                if next() % 3 > 0 {
+                    body.push(',');
+                }
+            }
+            if next() % 2 == 0 {
+                body.push('}');
+            }
+            let bytes = body.as_bytes();
+            let a = (next() % (bytes.len() as u64 + 1)) as usize;
+            let b = a + (next() % (bytes.len() as u64 - a as u64 + 1)) as usize;
+            let mut ours = JsonUsageTap::default();
+            let mut reference = ReferenceTap::default();
+            for part in [&bytes[..a], &bytes[a..b], &bytes[b..]] {
+                ours.feed(part);
+                reference.feed(part);
+            }
+            assert_eq!(ours.usage(), reference.usage(), "{body:?} split {a}/{b}");
+            found += usize::from(ours.usage().is_some());
+        }
+        assert!(found > 200, "only {found} bodies with usage");
+        // And on the seed answer, fed whole and byte by byte.
+        let mut ours = JsonUsageTap::default();
+        ours.feed(SEED.as_bytes());
+        assert_eq!(ours.usage(), usage(12, 130, 142));
+    }
 
     const SEED: &str = r#"{"choices":[{"message":{"role":"assistant","content":"Hello! I am Qwen, ..."},"finish_reason":"stop","index":0,"logprobs":null}],"object":"chat.completion","usage":{"prompt_tokens":12,"completion_tokens":130,"total_tokens":142},"created":1720682745,"system_fingerprint":null,"model":"qwen1.5-72b-chat","id":"chatcmpl-3608dcd5-e3ad-9ade-bc70-xxxxxxxxxxxxxx"}"#;
 

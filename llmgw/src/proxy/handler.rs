@@ -31,7 +31,10 @@ use super::{
 use crate::{
     config::snapshot::Protocol,
     config::snapshot::Upstream,
-    observe::usage::{JsonUsageTap, SseTap},
+    observe::{
+        access_log::write_ip,
+        usage::{JsonUsageTap, SseTap},
+    },
     policy::{RequestContext, authz::normalize_path, extauthz::Allowed},
 };
 
@@ -414,18 +417,15 @@ fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap, up: &Upstream) {
 /// X-Forwarded-For gets the peer appended; X-Forwarded-Proto is ours unless a
 /// trusted proxy in front set it (Envoy's `use_remote_address` behaviour).
 fn append_forwarded(from: &HeaderMap, to: &mut HeaderMap, conn: &ConnInfo, trusted: usize) {
-    let peer = conn.peer.ip().to_string();
-    let prior: Vec<&str> = from
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let xff = if prior.is_empty() {
-        peer
-    } else {
-        format!("{}, {peer}", prior.join(", "))
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    let mut xff = Vec::with_capacity(48);
+    for v in from.get_all(X_FORWARDED_FOR) {
+        if let Ok(s) = v.to_str() {
+            xff.extend_from_slice(s.as_bytes());
+            xff.extend_from_slice(b", ");
+        }
+    }
+    write_ip(&mut xff, conn.peer.ip());
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
         to.insert(X_FORWARDED_FOR, v);
     }
     let scheme = if conn.tls { "https" } else { "http" };
@@ -531,6 +531,36 @@ mod tests {
         let mut to = HeaderMap::new();
         copy_request_headers(&from, &mut to, &upstream(None, 443, false));
         assert_eq!(to["authorization"], "Bearer sk-client");
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_peer_to_every_prior_line() {
+        let conn = |ip: &str, tls| ConnInfo {
+            peer: std::net::SocketAddr::new(ip.parse().unwrap(), 1234),
+            local: "127.0.0.1:80".parse().unwrap(),
+            listen: "127.0.0.1:80".parse().unwrap(),
+            tls,
+            sni: None,
+        };
+        let mut from = HeaderMap::new();
+        let mut to = HeaderMap::new();
+        append_forwarded(&from, &mut to, &conn("10.1.2.3", false), 0);
+        assert_eq!(to[X_FORWARDED_FOR], "10.1.2.3");
+        assert_eq!(to[X_FORWARDED_PROTO], "http");
+        from.append(X_FORWARDED_FOR, "1.1.1.1, 2.2.2.2".parse().unwrap());
+        from.append(X_FORWARDED_FOR, "3.3.3.3".parse().unwrap());
+        from.append(X_FORWARDED_PROTO, "http".parse().unwrap());
+        let mut to = HeaderMap::new();
+        append_forwarded(&from, &mut to, &conn("2001:db8::7", true), 0);
+        assert_eq!(
+            to[X_FORWARDED_FOR],
+            "1.1.1.1, 2.2.2.2, 3.3.3.3, 2001:db8::7"
+        );
+        assert_eq!(to.get_all(X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(to[X_FORWARDED_PROTO], "https");
+        let mut to = HeaderMap::new();
+        append_forwarded(&from, &mut to, &conn("2001:db8::7", true), 1);
+        assert_eq!(to[X_FORWARDED_PROTO], "http");
     }
 
     #[test]
