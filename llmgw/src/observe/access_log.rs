@@ -596,12 +596,20 @@ impl LocalLog {
 #[derive(Debug, Clone, Copy)]
 pub struct Rfc3339(pub SystemTime);
 
+/// A UTC civil time: year, month, day, seconds of the day, milliseconds.
+struct Civil {
+    year: i64,
+    month: i64,
+    day: i64,
+    secs_of_day: u64,
+    ms: u32,
+}
+
 impl Rfc3339 {
-    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-    fn write_to(&self, out: &mut Vec<u8>) {
+    fn civil(&self) -> Civil {
         let d = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
         let secs = d.as_secs();
-        let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+        let (days, secs_of_day) = ((secs / 86_400) as i64, secs % 86_400);
         // Howard Hinnant's civil_from_days.
         let z = days + 719_468;
         let era = z.div_euclid(146_097);
@@ -611,8 +619,19 @@ impl Rfc3339 {
         let mp = (5 * doy + 2) / 153;
         let day = doy - (153 * mp + 2) / 5 + 1;
         let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        if !(0..=9999).contains(&year) {
+        Civil {
+            year: yoe + era * 400 + i64::from(month <= 2),
+            month,
+            day,
+            secs_of_day,
+            ms: d.subsec_millis(),
+        }
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+    fn write_to(&self, out: &mut Vec<u8>) {
+        let c = self.civil();
+        if !(0..=9999).contains(&c.year) {
             let _ = write!(out, "{self}");
             return;
         }
@@ -620,13 +639,13 @@ impl Rfc3339 {
             out.push(b'0' + (n / 10) as u8);
             out.push(b'0' + (n % 10) as u8);
         };
-        let year = year as u64;
+        let (year, rem) = (c.year as u64, c.secs_of_day);
         two(out, year / 100);
         two(out, year % 100);
         out.push(b'-');
-        two(out, month as u64);
+        two(out, c.month as u64);
         out.push(b'-');
-        two(out, day as u64);
+        two(out, c.day as u64);
         out.push(b'T');
         two(out, rem / 3600);
         out.push(b':');
@@ -634,7 +653,7 @@ impl Rfc3339 {
         out.push(b':');
         two(out, rem % 60);
         out.push(b'.');
-        let ms = u64::from(d.subsec_millis());
+        let ms = u64::from(c.ms);
         out.push(b'0' + (ms / 100) as u8);
         two(out, ms % 100);
         out.push(b'Z');
@@ -643,25 +662,19 @@ impl Rfc3339 {
 
 impl std::fmt::Display for Rfc3339 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let d = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let secs = d.as_secs();
-        let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
+        let Civil {
+            year,
+            month,
+            day,
+            secs_of_day: rem,
+            ms,
+        } = self.civil();
         write!(
             f,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
             rem / 3600,
             rem / 60 % 60,
             rem % 60,
-            d.subsec_millis()
         )
     }
 }
