@@ -40,6 +40,10 @@ pub struct JwtRule {
     pub forward_original_token: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub output_claim_to_headers: Vec<ClaimToHeader>,
+    /// Top-level claims split on spaces into lists for authorization, in
+    /// addition to `scope` and `permission` (Istio 1.28).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub space_delimited_claims: Vec<String>,
     /// Timeout for fetching `jwksUri`, a duration such as `5s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,

@@ -454,12 +454,8 @@ impl Condition {
                         None => return false,
                     }
                 }
-                let scope_like = path.last().is_some_and(|k| k == "scope" || k == "scp");
                 let mut vals: Vec<String> = Vec::new();
                 match v {
-                    serde_json::Value::String(s) if scope_like => {
-                        vals.extend(s.split(' ').filter(|x| !x.is_empty()).map(str::to_string))
-                    }
                     serde_json::Value::String(s) => vals.push(s.clone()),
                     serde_json::Value::Array(items) => vals.extend(items.iter().map(|x| match x {
                         serde_json::Value::String(s) => s.clone(),

@@ -546,7 +546,7 @@ fn ports_methods_and_paths() {
 fn when_keys() {
     let id = jwt(
         "iss/sub",
-        json!({"aud": ["a1", "a2"], "azp": "cli", "groups": ["dev", "ops"], "scope": "read write", "nested": {"team": "x"}}),
+        json!({"aud": ["a1", "a2"], "azp": "cli", "groups": ["dev", "ops"], "scope": ["read", "write"], "team": "ml infra", "nested": {"team": "x"}}),
     );
     let base = Req {
         identity: id,
@@ -568,6 +568,16 @@ fn when_keys() {
         ),
         (
             "{key: \"request.auth.claims[scope]\", values: [write]}",
+            true,
+        ),
+        // A string claim is one value, spaces and all (the authenticator
+        // splits `scope`, `permission` and `spaceDelimitedClaims` into lists).
+        (
+            "{key: \"request.auth.claims[team]\", values: [infra]}",
+            false,
+        ),
+        (
+            "{key: \"request.auth.claims[team]\", values: [ml infra]}",
             true,
         ),
         (

@@ -160,7 +160,14 @@ pub struct Rule {
     pub output_claim_to_headers: Vec<(HeaderName, Vec<String>)>,
     /// Where this rule looks for tokens (for `validate` and logs).
     pub locations: Vec<String>,
+    /// Top-level claims whose string value authorization sees as the list
+    /// of its space-separated words: `scope`, `permission` and the rule's
+    /// `spaceDelimitedClaims` (Envoy's `normalize_payload_in_metadata`).
+    pub space_delimited_claims: Vec<String>,
 }
+
+/// Claims every rule splits on spaces (as Istio configures Envoy).
+const DEFAULT_SPACE_DELIMITED: [&str; 2] = ["scope", "permission"];
 
 #[derive(Debug)]
 pub enum Keys {
@@ -250,6 +257,7 @@ impl Authenticator {
                         "audiences": r.audiences,
                         "keys": r.keys.describe(),
                         "locations": r.locations,
+                        "spaceDelimitedClaims": r.space_delimited_claims,
                         "forwardOriginalToken": r.forward_original_token,
                         "outputPayloadToHeader": r.output_payload_to_header.as_ref().map(HeaderName::as_str),
                         "outputClaimToHeaders": r.output_claim_to_headers.iter()
@@ -365,7 +373,7 @@ impl Authenticator {
                 remove_token(&token.at, uri, headers);
             }
             if identity.is_none() {
-                identity = Some(v.identity(&rule.issuer));
+                identity = Some(v.identity(rule));
             }
         }
         Ok(identity)
@@ -465,16 +473,33 @@ struct Verified {
 }
 
 impl Verified {
-    fn identity(&self, iss: &str) -> Identity {
+    /// The identity authorization sees: the payload with the rule's
+    /// space-delimited claims split (headers get the claims as sent).
+    fn identity(&self, rule: &Rule) -> Identity {
+        let mut claims = self.claims.clone();
+        if let Value::Object(map) = &mut claims {
+            for name in &rule.space_delimited_claims {
+                if let Some(v) = map.get_mut(name)
+                    && let Value::String(s) = v
+                {
+                    let words = s
+                        .split(' ')
+                        .filter(|w| !w.is_empty())
+                        .map(|w| Value::String(w.to_string()))
+                        .collect();
+                    *v = Value::Array(words);
+                }
+            }
+        }
         Identity {
-            principal: format!("{iss}/{}", self.sub),
+            principal: format!("{}/{}", rule.issuer, self.sub),
             audiences: self.audiences.clone(),
             presenter: self
                 .claims
                 .get("azp")
                 .and_then(Value::as_str)
                 .map(str::to_string),
-            claims: self.claims.clone(),
+            claims,
         }
     }
 }
@@ -1038,7 +1063,28 @@ fn compile_rule(
         output_payload_to_header,
         output_claim_to_headers,
         locations,
+        space_delimited_claims: space_delimited(raw, &field, &mut err),
     })
+}
+
+/// `scope`, `permission` and the rule's own `spaceDelimitedClaims`, once each.
+fn space_delimited(
+    raw: &RawRule,
+    field: &str,
+    err: &mut impl FnMut(String, String),
+) -> Vec<String> {
+    let mut out: Vec<String> = DEFAULT_SPACE_DELIMITED.map(str::to_string).to_vec();
+    for (j, c) in raw.space_delimited_claims.iter().enumerate() {
+        if c.is_empty() {
+            err(
+                format!("{field}.spaceDelimitedClaims[{j}]"),
+                "is empty".into(),
+            );
+        } else if !out.contains(c) {
+            out.push(c.clone());
+        }
+    }
+    out
 }
 
 /// A `jwksUri` (or discovery URL): absolute, `http` or `https`, with a host.

@@ -599,6 +599,48 @@ fn local_replies_are_envoys() {
     );
 }
 
+#[tokio::test]
+async fn space_delimited_claims_become_lists_for_authorization_only() {
+    let key = ed();
+    let a = one_rule(
+        &jwks(&[key.jwk("k", None)]),
+        "    spaceDelimitedClaims: [roles, scope]\n    outputClaimToHeaders:\n    - header: x-scope\n      claim: scope\n",
+    );
+    let mut c = claims(ISS, "erin");
+    c["scope"] = json!("read  write");
+    c["permission"] = json!("p1 p2");
+    c["roles"] = json!("admin ops");
+    c["team"] = json!("ml infra");
+    c["org"] = json!({"scope": "a b"});
+    c["scp"] = json!(["x", "y"]);
+    let t = token(&key, "EdDSA", "k", &c);
+    let mut r = Req::get("/x").bearer(&t);
+    let id = r.run(&a).await.expect("ok").expect("identity");
+    assert_eq!(id.claims["scope"], json!(["read", "write"]));
+    assert_eq!(id.claims["permission"], json!(["p1", "p2"]));
+    assert_eq!(
+        id.claims["roles"],
+        json!(["admin", "ops"]),
+        "listed by the rule"
+    );
+    assert_eq!(id.claims["team"], "ml infra", "not listed: one string");
+    assert_eq!(id.claims["org"]["scope"], "a b", "only top-level claims");
+    assert_eq!(id.claims["scp"], json!(["x", "y"]));
+    // Headers carry the claim as the token has it.
+    assert_eq!(r.headers["x-scope"], "read  write");
+
+    // Without the field, scope and permission are still split.
+    let a = one_rule(&jwks(&[key.jwk("k", None)]), "");
+    let id = Req::get("/x")
+        .bearer(&t)
+        .run(&a)
+        .await
+        .expect("ok")
+        .expect("identity");
+    assert_eq!(id.claims["scope"], json!(["read", "write"]));
+    assert_eq!(id.claims["roles"], "admin ops");
+}
+
 #[test]
 fn config_errors_name_the_field() {
     let key = ec("P-256");
