@@ -1063,7 +1063,7 @@ fn compile_rule(
         output_payload_to_header,
         output_claim_to_headers,
         locations,
-        space_delimited_claims: space_delimited(raw, &field, &mut err),
+        space_delimited_claims: space_delimited(raw, field, &mut err),
     })
 }
 
