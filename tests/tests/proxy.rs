@@ -705,3 +705,91 @@ async fn a_body_larger_than_the_providers_flow_control_window_arrives_whole() {
         assert_eq!(r.json()["model"], "qwen1.5-72b-chat");
     }
 }
+
+/// An HTTP/2-only TLS provider that resets its first `refuse` streams with
+/// `REFUSED_STREAM` (not processed, RFC 9113 8.7) and answers the others
+/// with the seed's completion; counts the streams it sees.
+async fn refusing_provider(
+    refuse: usize,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tempfile::TempDir,
+) {
+    use std::sync::{Arc, atomic::AtomicUsize, atomic::Ordering::SeqCst};
+    let pki = llmgw_tests::pki::Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    pki.write_ca(&dir.path().join("ca.pem")).unwrap();
+    let leaf = pki.leaf(&["dashscope.aliyuncs.com"]);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(leaf.chain, leaf.key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, seen) = (acceptor.clone(), counter.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut conn) = h2::server::handshake(tls).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    if seen.fetch_add(1, SeqCst) < refuse {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    let head = http::Response::builder()
+                        .status(200)
+                        .header("content-type", "application/json")
+                        .body(())
+                        .unwrap();
+                    if let Ok(mut body) = respond.send_response(head, false) {
+                        let _ =
+                            body.send_data(Bytes::from_static(SEED_COMPLETION.as_bytes()), true);
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen, dir)
+}
+
+#[tokio::test]
+async fn streams_the_provider_refuses_are_sent_again_twice_at_most() {
+    use std::sync::atomic::Ordering::SeqCst;
+    // Refused twice, then answered: the client sees the answer.
+    // Refused three times: 502 after the two retries (three streams in all).
+    for (refuse, status, streams) in [(2, 200, 3), (3, 502, 3)] {
+        let (addr, seen, dir) = refusing_provider(refuse).await;
+        let b = GatewayBuilder::new()
+            .upstream(addr, dir.path().join("ca.pem"))
+            .resolve_hosts(&["dashscope.aliyuncs.com"])
+            .config(examples().join("quickstart"));
+        let gw = tokio::task::spawn_blocking(move || b.start())
+            .await
+            .unwrap();
+        let a = post(&gw.url(), "test.com", SEED_REQUEST, &[]).await;
+        assert_eq!(a.status, status, "refused {refuse}: {}", a.text());
+        if status == 200 {
+            assert_eq!(a.body, SEED_COMPLETION.as_bytes());
+        } else {
+            assert!(
+                a.text().contains("REFUSED_STREAM") || a.text().contains("refused"),
+                "{}",
+                a.text()
+            );
+        }
+        assert_eq!(seen.load(SeqCst), streams, "refused {refuse}");
+    }
+}

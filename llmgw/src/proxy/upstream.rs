@@ -415,7 +415,9 @@ fn h2_builder() -> h2::client::Builder {
 }
 
 /// How many times a request is sent again after finding its (reused)
-/// connection closed before anything of it was sent.
+/// connection closed before anything of it was sent, or after the provider
+/// refused its HTTP/2 stream unprocessed (`REFUSED_STREAM`, RFC 9113 8.7):
+/// Istio's default retry policy (two retries, `refused-stream`).
 const RETRIES: usize = 2;
 
 impl Pool {
@@ -437,7 +439,14 @@ impl Pool {
                     retries += 1;
                     req = *r;
                 }
-                Err(Failed::Unsent(_, e) | Failed::Sent(e)) => return Err(e),
+                Err(Failed::Refused(r, e)) if retries < RETRIES => {
+                    debug!(error = %e, "provider refused the stream; sending again");
+                    retries += 1;
+                    req = *r;
+                }
+                Err(Failed::Unsent(_, e) | Failed::Refused(_, e) | Failed::Sent(e)) => {
+                    return Err(e);
+                }
             }
         }
     }
@@ -559,6 +568,12 @@ impl Pool {
             return Err(Failed::Unsent(Box::new(req), self.h2_error(&e)));
         }
         let (head, body) = req.into_parts();
+        // Kept to send again if the provider refuses the stream.
+        let mut again = Request::new(body.clone());
+        *again.method_mut() = head.method.clone();
+        *again.uri_mut() = head.uri.clone();
+        *again.version_mut() = head.version;
+        *again.headers_mut() = head.headers.clone();
         let eos = body.is_empty();
         let (resp, mut stream) = send
             .send_request(Request::from_parts(head, ()), eos)
@@ -575,7 +590,15 @@ impl Pool {
                 .map_err(|e| Failed::Sent(self.h2_error(&e)))?;
         }
         drop(stream);
-        let resp = resp.await.map_err(|e| Failed::Sent(self.h2_error(&e)))?;
+        let resp = resp.await.map_err(|e| {
+            let refused =
+                e.is_reset() && e.is_remote() && e.reason() == Some(h2::Reason::REFUSED_STREAM);
+            if refused {
+                Failed::Refused(Box::new(again), self.h2_error(&e))
+            } else {
+                Failed::Sent(self.h2_error(&e))
+            }
+        })?;
         let (parts, recv) = resp.into_parts();
         let remaining = if parts.status == http::StatusCode::NO_CONTENT
             || parts.status == http::StatusCode::NOT_MODIFIED
@@ -712,9 +735,12 @@ enum Made {
     H1(http1::SendRequest<Full<Bytes>>),
 }
 
-/// Why a request got no response; `Unsent` gives the request back.
+/// Why a request got no response; `Unsent` and `Refused` (an HTTP/2
+/// stream the provider reset with `REFUSED_STREAM`: not processed) give the
+/// request back.
 enum Failed {
     Unsent(Box<Request<Bytes>>, UpstreamError),
+    Refused(Box<Request<Bytes>>, UpstreamError),
     Sent(UpstreamError),
 }
 
