@@ -793,3 +793,53 @@ async fn streams_the_provider_refuses_are_sent_again_twice_at_most() {
         assert_eq!(seen.load(SeqCst), streams, "refused {refuse}");
     }
 }
+
+#[tokio::test]
+async fn each_request_gets_an_id_the_provider_and_the_access_log_share() {
+    for (trusted, client_id_kept) in [("0", false), ("1", true)] {
+        let s = quickstart(&["--num-trusted-proxies", trusted]).await;
+        let a = post(
+            &s.gw.url(),
+            "test.com",
+            SEED_REQUEST,
+            &[("x-request-id", "from-the-client-7")],
+        )
+        .await;
+        assert_eq!(a.status, 200);
+        let b = post(&s.gw.url(), "test.com", SEED_REQUEST, &[]).await;
+        assert_eq!(b.status, 200);
+        let ids: Vec<String> = s
+            .mock
+            .requests()
+            .iter()
+            .map(|r| {
+                r.header("x-request-id")
+                    .expect("x-request-id upstream")
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(ids.len(), 2);
+        assert_eq!(ids[0] == "from-the-client-7", client_id_kept, "{ids:?}");
+        for id in &ids[usize::from(client_id_kept)..] {
+            assert_eq!(id.len(), 36, "a UUID: {id}");
+        }
+        assert_ne!(ids[0], ids[1]);
+        let gw = &s.gw;
+        let logged = eventually(Duration::from_secs(5), || async {
+            let ids: Vec<String> = gw
+                .stdout()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|v| v["request_id"].as_str().map(str::to_string))
+                .collect();
+            (ids.len() == 2).then_some(ids)
+        })
+        .await
+        .expect("two access log lines");
+        // Each worker writes its own lines: compare regardless of order.
+        let (mut logged, mut sent) = (logged, ids);
+        logged.sort();
+        sent.sort();
+        assert_eq!(logged, sent, "trusted proxies: {trusted}");
+    }
+}

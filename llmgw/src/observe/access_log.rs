@@ -52,6 +52,8 @@ pub enum Target {
 #[derive(Debug, Serialize)]
 pub struct Entry<'a> {
     pub time: Rfc3339,
+    /// `x-request-id` as sent to the provider.
+    pub request_id: &'a str,
     pub client: IpAddr,
     pub peer: IpAddr,
     pub host: &'a str,
@@ -103,7 +105,9 @@ impl Entry<'_> {
     pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"time\":\"");
         self.time.write_to(out);
-        out.extend_from_slice(b"\",\"client\":\"");
+        out.extend_from_slice(b"\",\"request_id\":");
+        json_str(out, self.request_id);
+        out.extend_from_slice(b",\"client\":\"");
         write_ip(out, self.client);
         out.extend_from_slice(b"\",\"peer\":\"");
         write_ip(out, self.peer);
@@ -712,6 +716,11 @@ mod tests {
         let d = |us: u64| Duration::from_nanos(us * 1000 + n % 1000);
         Entry {
             time: Rfc3339(UNIX_EPOCH + Duration::from_millis(1_720_682_745_000 + n)),
+            request_id: if n.is_multiple_of(2) {
+                strs[7]
+            } else {
+                "0b6c3d0e-1f2a-4b3c-8d4e-5f60718293a4"
+            },
             client: ip,
             peer: IpAddr::from([127, 0, 0, 1]),
             host: strs[0],

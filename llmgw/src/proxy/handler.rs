@@ -23,6 +23,7 @@ use super::{
     error::ProxyError,
     forwarded::{self, X_FORWARDED_FOR, X_FORWARDED_PROTO},
     record::Record,
+    request_id::{self, X_REQUEST_ID},
     rewrite::{self, BodyRewrite},
     router::{self, NoRoute, normalize_host},
     security,
@@ -52,6 +53,7 @@ pub async fn handle(
         worker: worker.clone(),
         start: Instant::now(),
         time: SystemTime::now(),
+        request_id: request_id::choose(req.headers(), worker.proxy.opts.num_trusted_proxies),
         client: conn.peer.ip(),
         peer: conn.peer.ip(),
         host: String::new(),
@@ -278,6 +280,7 @@ async fn pipeline(
         conn,
         proxy.opts.num_trusted_proxies,
     );
+    headers.insert(X_REQUEST_ID, rec.request_id.clone());
 
     let sni = up.host.split(':').next().unwrap_or(&up.host);
     let resp = worker.upstreams.send(&up.authority, sni, out).await?;
@@ -393,8 +396,8 @@ fn upstream_uri(
 
 /// Copies the client's end-to-end headers. Dropped: hop-by-hop ones, Host
 /// and Content-Length (set anew), Accept-Encoding (so usage can be read from
-/// the answer), Expect (the body is already read), forwarding headers (set
-/// anew) and, when the provider has a key, every client credential header.
+/// the answer), Expect (the body is already read), forwarding headers and
+/// x-request-id (set anew) and, when the provider has a key, every client credential header.
 fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap, up: &Upstream) {
     let listed = forwarded::connection_listed(from);
     to.reserve(from.len() + 4);
@@ -406,6 +409,7 @@ fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap, up: &Upstream) {
             || name == header::EXPECT
             || name == X_FORWARDED_FOR
             || name == X_FORWARDED_PROTO
+            || name == X_REQUEST_ID
             || (up.authorization.is_some()
                 && (name == header::AUTHORIZATION || API_KEY_HEADERS.contains(&name.as_str())));
         if !skip {

@@ -9,6 +9,7 @@ pub mod forwarded;
 pub mod handler;
 pub mod listener;
 pub mod record;
+pub mod request_id;
 pub mod rewrite;
 pub mod router;
 pub mod security;

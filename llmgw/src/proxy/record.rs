@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use http::Method;
+use http::{HeaderValue, Method};
 
 use super::Worker;
 use crate::{
@@ -25,6 +25,8 @@ pub struct Record {
     pub worker: Arc<Worker>,
     pub start: Instant,
     pub time: SystemTime,
+    /// `x-request-id`, ours or a trusted proxy's.
+    pub request_id: HeaderValue,
     pub client: IpAddr,
     pub peer: IpAddr,
     pub host: String,
@@ -93,6 +95,7 @@ impl Record {
             }
             let mut e = Entry {
                 time: Rfc3339(self.time),
+                request_id: self.request_id.to_str().unwrap_or("-"),
                 client: self.client,
                 peer: self.peer,
                 host: &self.host,
