@@ -1,7 +1,7 @@
 //! Security end to end over real sockets: RequestAuthentication with keys
 //! generated here (valid, expired, wrong issuer, wrong audience, bad
 //! signature, missing token under `requestPrincipals: ["*"]`), and CUSTOM
-//! authorization against a small authorizer this test runs.
+//! authorization against small HTTP and gRPC authorizers this test runs.
 
 use std::{
     convert::Infallible,
@@ -17,6 +17,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use llmgw::policy::extauthz_proto as pb;
 use llmgw_tests::{
     client::{SEED_REQUEST, post},
     gateway::{Gateway, GatewayBuilder, examples},
@@ -405,4 +406,167 @@ async fn custom_policy_naming_an_unknown_provider_is_a_startup_error() {
         "{err}"
     );
     assert!(err.contains("spec.provider.name"), "{err}");
+}
+
+/// A small gRPC `envoy.service.auth.v3.Authorization/Check` server (HTTP/2
+/// cleartext): allows checks whose headers have `x-allow: yes` (adding
+/// `x-authz-user` upstream and `x-authz-decision` for the client), denies
+/// the rest with 401, `www-authenticate` and a body. Keeps every check.
+async fn grpc_authorizer() -> (SocketAddr, Arc<Mutex<Vec<pb::CheckRequest>>>) {
+    use http_body_util::BodyExt as _;
+    use prost::Message as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let log = log.clone();
+                    async move {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let check = pb::CheckRequest::decode(&body[5..]).unwrap();
+                        let allow = check
+                            .attributes
+                            .as_ref()
+                            .and_then(|a| a.request.as_ref())
+                            .and_then(|r| r.http.as_ref())
+                            .is_some_and(|h| h.headers.get("x-allow").is_some_and(|v| v == "yes"));
+                        log.lock().unwrap().push(check);
+                        let header = |k: &str, v: &str| pb::HeaderValueOption {
+                            header: Some(pb::HeaderValue {
+                                key: k.into(),
+                                value: v.into(),
+                                raw_value: Vec::new(),
+                            }),
+                            append: None,
+                            append_action: 0,
+                        };
+                        let answer = if allow {
+                            pb::CheckResponse {
+                                status: Some(pb::RpcStatus::default()),
+                                denied_response: None,
+                                ok_response: Some(pb::OkHttpResponse {
+                                    headers: vec![header("x-authz-user", "alice")],
+                                    headers_to_remove: vec![],
+                                    response_headers_to_add: vec![header(
+                                        "x-authz-decision",
+                                        "allowed",
+                                    )],
+                                }),
+                            }
+                        } else {
+                            pb::CheckResponse {
+                                status: Some(pb::RpcStatus {
+                                    code: 16,
+                                    message: "who?".into(),
+                                }),
+                                denied_response: Some(pb::DeniedHttpResponse {
+                                    status: Some(pb::HttpStatus { code: 401 }),
+                                    headers: vec![header("www-authenticate", "Bearer")],
+                                    body: "nope".into(),
+                                }),
+                                ok_response: None,
+                            }
+                        };
+                        let mut framed = vec![0u8];
+                        framed.extend_from_slice(&(answer.encoded_len() as u32).to_be_bytes());
+                        answer.encode(&mut framed).unwrap();
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        let body = Full::new(Bytes::from(framed))
+                            .with_trailers(async move { Some(Ok(trailers)) });
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .header("content-type", "application/grpc")
+                                .body(body)
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(sock), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn custom_authorization_over_grpc() {
+    let (addr, seen) = grpc_authorizer().await;
+    let mesh_dir = tempfile::tempdir().unwrap();
+    let mesh = mesh_dir.path().join("mesh.yaml");
+    std::fs::write(
+        &mesh,
+        format!(
+            "extensionProviders:\n- name: my-authz\n  envoyExtAuthzGrpc:\n    service: authz/127.0.0.1\n    port: {}\n    timeout: 2s\n",
+            addr.port()
+        ),
+    )
+    .unwrap();
+    let policy = CUSTOM_POLICIES.split("---").next().unwrap().to_string();
+    let s = setup(
+        &policy,
+        vec!["--mesh-config".into(), mesh.display().to_string()],
+    )
+    .await;
+    let url = s.gw.url();
+
+    let a = post(&url, "test.com", SEED_REQUEST, &[("x-allow", "yes")]).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(a.headers["x-authz-decision"], "allowed");
+    let upstream = s.mock.requests().pop().unwrap();
+    assert_eq!(upstream.header("x-authz-user"), Some("alice"));
+    let check = seen.lock().unwrap()[0].clone();
+    let attrs = check.attributes.unwrap();
+    let http = attrs.request.unwrap().http.unwrap();
+    assert_eq!(http.method, "POST");
+    assert_eq!(http.host, "test.com");
+    assert_eq!(http.path, "/");
+    assert_eq!(http.protocol, "HTTP/1.1");
+    assert_eq!(Some(http.id.as_str()), upstream.header("x-request-id"));
+    let source = attrs
+        .source
+        .unwrap()
+        .address
+        .unwrap()
+        .socket_address
+        .unwrap();
+    assert_eq!(source.address, "127.0.0.1");
+    let dest = attrs
+        .destination
+        .unwrap()
+        .address
+        .unwrap()
+        .socket_address
+        .unwrap();
+    assert_eq!(
+        Some(dest.port_value),
+        url.rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+    );
+
+    let calls = s.mock.requests().len();
+    let a = post(&url, "test.com", SEED_REQUEST, &[("x-allow", "no")]).await;
+    assert_eq!(
+        (a.status, a.text().as_str()),
+        (StatusCode::UNAUTHORIZED, "nope")
+    );
+    assert_eq!(a.headers["www-authenticate"], "Bearer");
+    assert_eq!(s.mock.requests().len(), calls, "denied requests stay here");
+    let metrics = s.gw.metrics();
+    for line in [
+        "llmgw_ext_authz_checks_total{provider=\"my-authz\",result=\"allowed\"} 1",
+        "llmgw_ext_authz_checks_total{provider=\"my-authz\",result=\"denied\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in:\n{metrics}"
+        );
+    }
 }

@@ -24,7 +24,9 @@ pub struct ExtensionProvider {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envoy_ext_authz_http: Option<EnvoyExtAuthzHttp>,
-    /// Every other kind (`envoyExtAuthzGrpc`, `zipkin`, `prometheus`, ...), by key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envoy_ext_authz_grpc: Option<EnvoyExtAuthzGrpc>,
+    /// Every other kind (`zipkin`, `prometheus`, ...), by key.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
 }
@@ -34,6 +36,8 @@ impl ExtensionProvider {
     pub fn kind(&self) -> Option<&str> {
         if self.envoy_ext_authz_http.is_some() {
             Some("envoyExtAuthzHttp")
+        } else if self.envoy_ext_authz_grpc.is_some() {
+            Some("envoyExtAuthzGrpc")
         } else {
             self.other.keys().next().map(String::as_str)
         }
@@ -73,6 +77,26 @@ pub struct EnvoyExtAuthzHttp {
     pub headers_to_downstream_on_deny: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers_to_downstream_on_allow: Vec<String>,
+}
+
+/// `envoyExtAuthzGrpc`, with every field of Istio's API.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EnvoyExtAuthzGrpc {
+    #[serde(default)]
+    pub service: String,
+    #[serde(default)]
+    pub port: Option<Scalar>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub fail_open: bool,
+    #[serde(default)]
+    pub clear_route_cache: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_on_error: Option<Scalar>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_request_body_in_check: Option<RequestBody>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -1,10 +1,12 @@
-//! CUSTOM authorization: the `envoyExtAuthzHttp` extension providers of
-//! MeshConfig, and the check request/response exchange Envoy's HTTP
-//! ext_authz filter performs with such an authorizer.
+//! CUSTOM authorization: the `envoyExtAuthzHttp` and `envoyExtAuthzGrpc`
+//! extension providers of MeshConfig, and the check exchange Envoy's
+//! ext_authz filter performs with such an authorizer (HTTP here, gRPC in
+//! `extauthz_grpc`).
 
 use std::{
     collections::BTreeMap,
     fmt,
+    net::SocketAddr,
     sync::{
         Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
@@ -22,10 +24,10 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 
-use super::LocalReply;
+use super::{LocalReply, extauthz_grpc::GrpcProvider};
 use crate::config::{
-    ConfigError, ErrorList,
-    mesh::{EnvoyExtAuthzHttp, MeshConfig, parse_duration},
+    ConfigError, ErrorList, Scalar,
+    mesh::{EnvoyExtAuthzHttp, MeshConfig, RequestBody, parse_duration},
 };
 
 /// Istio's default `timeout` of an ext_authz provider.
@@ -111,10 +113,32 @@ pub struct HttpProvider {
 }
 
 #[derive(Debug, Default)]
-struct Counters {
-    allowed: AtomicU64,
-    denied: AtomicU64,
-    errors: AtomicU64,
+pub(super) struct Counters {
+    pub(super) allowed: AtomicU64,
+    pub(super) denied: AtomicU64,
+    pub(super) errors: AtomicU64,
+}
+
+impl Counters {
+    /// An authorizer that could not answer: `failOpen` allows, else
+    /// `statusOnError` with an empty body.
+    pub(super) fn on_error(&self, fail_open: bool, status_on_error: StatusCode) -> CheckResult {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if fail_open {
+            CheckResult::Allow(Allowed::default())
+        } else {
+            CheckResult::Deny(LocalReply::empty(status_on_error))
+        }
+    }
+
+    fn stats(&self, provider: &str) -> ProviderStats {
+        ProviderStats {
+            provider: provider.to_string(),
+            allowed: self.allowed.load(Ordering::Relaxed),
+            denied: self.denied.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Check counters of one provider, for metrics.
@@ -130,7 +154,8 @@ pub struct ProviderStats {
 #[derive(Debug)]
 enum Provider {
     Http(Arc<HttpProvider>),
-    /// Another kind of extension provider, by its key (`envoyExtAuthzGrpc`, `zipkin`, ...).
+    Grpc(Arc<GrpcProvider>),
+    /// Another kind of extension provider, by its key (`zipkin`, ...).
     Other(String),
     /// Failed validation (the errors were reported).
     Invalid,
@@ -148,6 +173,23 @@ pub struct CheckRequest<'a> {
     /// The buffered client body, for providers with `includeRequestBodyInCheck`
     /// (see [`ExtAuthz::body_settings`]).
     pub body: Option<&'a Bytes>,
+    /// The connection and request attributes a gRPC check carries.
+    pub attrs: Option<Attributes<'a>>,
+}
+
+/// What a gRPC check request says about the connection and the request
+/// beyond its headers (Envoy's `AttributeContext`).
+#[derive(Debug, Clone, Copy)]
+pub struct Attributes<'a> {
+    /// The client (`source`) and the gateway's address (`destination`).
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    /// `http` or `https`.
+    pub scheme: &'a str,
+    /// `HTTP/1.1`, `HTTP/2`, ...
+    pub protocol: &'a str,
+    /// The request's `x-request-id`.
+    pub request_id: &'a str,
 }
 
 /// The outcome of a check.
@@ -164,6 +206,8 @@ pub enum CheckResult {
 pub struct Allowed {
     /// `headersToUpstreamOnAllow`: set on the upstream request, replacing values.
     pub upstream_set: Vec<(HeaderName, HeaderValue)>,
+    /// gRPC authorizers' other header actions, applied after `upstream_set`.
+    pub upstream_edits: Vec<(HeaderName, HeaderValue, HeaderAction)>,
     /// Named by the authorizer's `x-envoy-auth-headers-to-remove`.
     pub upstream_remove: Vec<HeaderName>,
     /// `headersToDownstreamOnAllow`: added to the response to the client.
@@ -179,6 +223,9 @@ impl Allowed {
             }
         }
         set_all(headers, &self.upstream_set);
+        for (k, v, action) in &self.upstream_edits {
+            action.apply(headers, k, v);
+        }
     }
 
     pub fn apply_to_response(&self, headers: &mut HeaderMap) {
@@ -188,8 +235,40 @@ impl Allowed {
     }
 }
 
+/// How a gRPC authorizer's header joins the request (Envoy's
+/// `HeaderValueOption`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderAction {
+    /// Another value beside those there.
+    Append,
+    /// Only when the request has no such header.
+    AddIfAbsent,
+    /// Only when the request has such a header, replacing it.
+    OverwriteIfPresent,
+}
+
+impl HeaderAction {
+    pub fn apply(self, headers: &mut HeaderMap, k: &HeaderName, v: &HeaderValue) {
+        match self {
+            HeaderAction::Append => {
+                headers.append(k.clone(), v.clone());
+            }
+            HeaderAction::AddIfAbsent => {
+                if !headers.contains_key(k) {
+                    headers.insert(k.clone(), v.clone());
+                }
+            }
+            HeaderAction::OverwriteIfPresent => {
+                if headers.contains_key(k) {
+                    headers.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+}
+
 /// Replaces each named header; several entries with one name all stay.
-fn set_all(headers: &mut HeaderMap, items: &[(HeaderName, HeaderValue)]) {
+pub(super) fn set_all(headers: &mut HeaderMap, items: &[(HeaderName, HeaderValue)]) {
     let mut seen: Vec<&HeaderName> = Vec::new();
     for (k, v) in items {
         if seen.contains(&k) {
@@ -203,11 +282,13 @@ fn set_all(headers: &mut HeaderMap, items: &[(HeaderName, HeaderValue)]) {
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-/// The extension providers of MeshConfig, and a pooled HTTP/1 client for them.
+/// The extension providers of MeshConfig, and pooled clients for them
+/// (HTTP/1.1 for HTTP authorizers, HTTP/2 cleartext for gRPC ones).
 #[derive(Default)]
 pub struct ExtAuthz {
     providers: BTreeMap<String, Provider>,
     client: OnceLock<HttpClient>,
+    grpc_client: OnceLock<HttpClient>,
 }
 
 impl fmt::Debug for ExtAuthz {
@@ -219,7 +300,7 @@ impl fmt::Debug for ExtAuthz {
 }
 
 /// Hop-by-hop headers never copied into a check request.
-fn hop_by_hop(name: &HeaderName) -> bool {
+pub(super) fn hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection"
@@ -243,13 +324,13 @@ impl ExtAuthz {
         }
     }
 
-    /// Whether a CUSTOM policy may name `name`: `Ok` for an HTTP provider,
-    /// else why not.
+    /// Whether a CUSTOM policy may name `name`: `Ok` for an HTTP or gRPC
+    /// authorizer, else why not.
     pub fn usable(&self, name: &str) -> Result<(), String> {
         match self.providers.get(name) {
-            Some(Provider::Http(_)) => Ok(()),
+            Some(Provider::Http(_) | Provider::Grpc(_)) => Ok(()),
             Some(Provider::Other(kind)) => Err(format!(
-                "extension provider {name:?} is {kind}, which llmgw does not support for CUSTOM (only envoyExtAuthzHttp)"
+                "extension provider {name:?} is {kind}, which is not an authorizer (CUSTOM needs envoyExtAuthzHttp or envoyExtAuthzGrpc)"
             )),
             Some(Provider::Invalid) => Err(format!(
                 "extension provider {name:?} is invalid (see its errors)"
@@ -272,7 +353,11 @@ impl ExtAuthz {
     /// The body a provider wants with its check requests (the proxy buffers
     /// up to `max_request_bytes + 1` bytes and passes them in [`CheckRequest::body`]).
     pub fn body_settings(&self, provider: &str) -> Option<BodySettings> {
-        self.http_provider(provider).and_then(|p| p.body)
+        match self.providers.get(provider) {
+            Some(Provider::Http(p)) => p.body,
+            Some(Provider::Grpc(p)) => p.body,
+            _ => None,
+        }
     }
 
     /// One line per provider, for `llmgw validate`.
@@ -292,6 +377,17 @@ impl ExtAuthz {
                         format!("{} on error", p.status_on_error.as_u16())
                     }
                 ),
+                Provider::Grpc(p) => format!(
+                    "{name}: envoyExtAuthzGrpc grpc://{}:{} (timeout {:?}, {})",
+                    p.host,
+                    p.port,
+                    p.timeout,
+                    if p.fail_open {
+                        "fail open".to_string()
+                    } else {
+                        format!("{} on error", p.status_on_error.as_u16())
+                    }
+                ),
                 Provider::Other(kind) => format!("{name}: {kind} (not used by llmgw)"),
                 Provider::Invalid => format!("{name}: invalid"),
             })
@@ -303,12 +399,8 @@ impl ExtAuthz {
         self.providers
             .values()
             .filter_map(|p| match p {
-                Provider::Http(p) => Some(ProviderStats {
-                    provider: p.name.clone(),
-                    allowed: p.stats.allowed.load(Ordering::Relaxed),
-                    denied: p.stats.denied.load(Ordering::Relaxed),
-                    errors: p.stats.errors.load(Ordering::Relaxed),
-                }),
+                Provider::Http(p) => Some(p.stats.stats(&p.name)),
+                Provider::Grpc(p) => Some(p.stats.stats(&p.name)),
                 Provider::Other(_) | Provider::Invalid => None,
             })
             .collect()
@@ -325,13 +417,28 @@ impl ExtAuthz {
         })
     }
 
-    /// Asks provider `provider` whether `req` may proceed, as Envoy's HTTP
-    /// ext_authz filter does: a 200 answer allows; 5xx, no answer within the
-    /// timeout, or no connection is an error (`failOpen` allows, else
-    /// `statusOnError` with an empty body); any other status denies with
-    /// the authorizer's status, body and allowed headers. An unknown provider
-    /// (which validation prevents) answers 403.
+    fn grpc_client(&self) -> &HttpClient {
+        self.grpc_client.get_or_init(|| {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector)
+        })
+    }
+
+    /// Asks provider `provider` whether `req` may proceed, as Envoy's
+    /// ext_authz filter does. HTTP: a 200 answer allows; 5xx, no answer
+    /// within the timeout, or no connection is an error (`failOpen` allows,
+    /// else `statusOnError` with an empty body); any other status denies
+    /// with the authorizer's status, body and allowed headers. gRPC: see
+    /// `extauthz_grpc`. An unknown provider (which validation prevents)
+    /// answers 403.
     pub async fn check(&self, provider: &str, req: &CheckRequest<'_>) -> CheckResult {
+        if let Some(Provider::Grpc(p)) = self.providers.get(provider) {
+            return p.check(self.grpc_client(), req).await;
+        }
         let Some(p) = self.http_provider(provider) else {
             tracing::error!(
                 provider,
@@ -381,12 +488,7 @@ impl ExtAuthz {
 
 impl HttpProvider {
     fn on_error(&self) -> CheckResult {
-        self.stats.errors.fetch_add(1, Ordering::Relaxed);
-        if self.fail_open {
-            CheckResult::Allow(Allowed::default())
-        } else {
-            CheckResult::Deny(LocalReply::empty(self.status_on_error))
-        }
+        self.stats.on_error(self.fail_open, self.status_on_error)
     }
 
     /// The HTTP request Envoy would send, and whether the body is too large.
@@ -471,6 +573,7 @@ impl HttpProvider {
                 .collect();
             return CheckResult::Allow(Allowed {
                 upstream_set: pick(&self.headers_to_upstream_on_allow),
+                upstream_edits: Vec::new(),
                 upstream_remove,
                 downstream_add: pick(&self.headers_to_downstream_on_allow),
             });
@@ -535,7 +638,9 @@ pub(crate) fn compile(mesh: &MeshConfig, errors: &mut ErrorList) -> ExtAuthz {
             );
             continue;
         }
-        let kinds = usize::from(p.envoy_ext_authz_http.is_some()) + p.other.len();
+        let kinds = usize::from(p.envoy_ext_authz_http.is_some())
+            + usize::from(p.envoy_ext_authz_grpc.is_some())
+            + p.other.len();
         if kinds != 1 {
             err(
                 "",
@@ -544,29 +649,45 @@ pub(crate) fn compile(mesh: &MeshConfig, errors: &mut ErrorList) -> ExtAuthz {
             out.providers.insert(p.name.clone(), Provider::Invalid);
             continue;
         }
-        let provider = match &p.envoy_ext_authz_http {
-            Some(h) => match compile_http(&p.name, h) {
-                Ok(c) => Provider::Http(Arc::new(c)),
-                Err(list) => {
-                    for (f, m) in list {
-                        err(&format!("envoyExtAuthzHttp.{f}"), m);
-                    }
-                    Provider::Invalid
-                }
-            },
-            None => Provider::Other(p.kind().unwrap_or("unknown").to_string()),
+        let compiled = match (&p.envoy_ext_authz_http, &p.envoy_ext_authz_grpc) {
+            (Some(h), _) => compile_http(&p.name, h).map(|c| Provider::Http(Arc::new(c))),
+            (_, Some(g)) => GrpcProvider::compile(&p.name, g).map(|c| Provider::Grpc(Arc::new(c))),
+            _ => Ok(Provider::Other(p.kind().unwrap_or("unknown").to_string())),
         };
+        let provider = compiled.unwrap_or_else(|list| {
+            for (f, m) in list {
+                err(&format!("{}.{f}", p.kind().unwrap_or("")), m);
+            }
+            Provider::Invalid
+        });
         out.providers.insert(p.name.clone(), provider);
     }
     out
 }
 
-fn compile_http(name: &str, h: &EnvoyExtAuthzHttp) -> Result<HttpProvider, Vec<(String, String)>> {
-    let mut errs: Vec<(String, String)> = Vec::new();
-    let mut e = |f: &str, m: String| errs.push((f.to_string(), m));
-    let host = match h.service.rsplit_once('/') {
+/// The fields every ext_authz provider kind has, validated.
+pub(super) struct Common {
+    /// `service` without a `namespace/` part.
+    pub host: String,
+    pub port: u16,
+    pub timeout: Duration,
+    pub status_on_error: StatusCode,
+    pub body: Option<BodySettings>,
+}
+
+/// Validates `service`, `port`, `timeout`, `statusOnError` and
+/// `includeRequestBodyInCheck`, reporting each problem through `e`.
+pub(super) fn compile_common(
+    service: &str,
+    port: Option<&Scalar>,
+    timeout: Option<&String>,
+    status_on_error: Option<&Scalar>,
+    request_body: Option<&RequestBody>,
+    e: &mut impl FnMut(&str, String),
+) -> Common {
+    let host = match service.rsplit_once('/') {
         Some((_ns, host)) => host,
-        None => h.service.as_str(),
+        None => service,
     }
     .trim()
     .to_ascii_lowercase();
@@ -575,15 +696,15 @@ fn compile_http(name: &str, h: &EnvoyExtAuthzHttp) -> Result<HttpProvider, Vec<(
             || host
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')));
-    if h.service.is_empty() {
+    if service.is_empty() {
         e("service", "service must not be empty".into());
     } else if !host_ok {
         e(
             "service",
-            format!("{:?} is not [namespace/]hostname", h.service),
+            format!("{:?} is not [namespace/]hostname", service),
         );
     }
-    let port = match &h.port {
+    let port = match port {
         None => {
             e("port", "port is required".into());
             0
@@ -599,7 +720,7 @@ fn compile_http(name: &str, h: &EnvoyExtAuthzHttp) -> Result<HttpProvider, Vec<(
             }
         },
     };
-    let timeout = match &h.timeout {
+    let timeout = match timeout {
         None => DEFAULT_TIMEOUT,
         Some(t) => match parse_duration(t) {
             Ok(d) if !d.is_zero() => d,
@@ -613,18 +734,7 @@ fn compile_http(name: &str, h: &EnvoyExtAuthzHttp) -> Result<HttpProvider, Vec<(
             }
         },
     };
-    let path_prefix = h.path_prefix.clone().unwrap_or_default();
-    if !path_prefix.is_empty() {
-        if !path_prefix.starts_with('/') {
-            e(
-                "pathPrefix",
-                format!("pathPrefix must begin with `/`, found: {path_prefix:?}"),
-            );
-        } else if path_prefix.parse::<PathAndQuery>().is_err() || path_prefix.contains('?') {
-            e("pathPrefix", format!("invalid pathPrefix {path_prefix:?}"));
-        }
-    }
-    let status_on_error = match &h.status_on_error {
+    let status_on_error = match status_on_error {
         None => DEFAULT_STATUS_ON_ERROR,
         Some(s) if s.0.is_empty() => DEFAULT_STATUS_ON_ERROR,
         Some(s) => match s
@@ -646,6 +756,57 @@ fn compile_http(name: &str, h: &EnvoyExtAuthzHttp) -> Result<HttpProvider, Vec<(
             }
         },
     };
+    let body = match request_body {
+        None => None,
+        Some(b) if b.max_request_bytes == 0 => {
+            e(
+                "includeRequestBodyInCheck.maxRequestBytes",
+                "must be greater than 0".into(),
+            );
+            None
+        }
+        Some(b) => Some(BodySettings {
+            max_request_bytes: b.max_request_bytes as usize,
+            allow_partial_message: b.allow_partial_message,
+        }),
+    };
+    Common {
+        host,
+        port,
+        timeout,
+        status_on_error,
+        body,
+    }
+}
+
+fn compile_http(name: &str, h: &EnvoyExtAuthzHttp) -> Result<HttpProvider, Vec<(String, String)>> {
+    let mut errs: Vec<(String, String)> = Vec::new();
+    let mut e = |f: &str, m: String| errs.push((f.to_string(), m));
+    let Common {
+        host,
+        port,
+        timeout,
+        status_on_error,
+        body,
+    } = compile_common(
+        &h.service,
+        h.port.as_ref(),
+        h.timeout.as_ref(),
+        h.status_on_error.as_ref(),
+        h.include_request_body_in_check.as_ref(),
+        &mut e,
+    );
+    let path_prefix = h.path_prefix.clone().unwrap_or_default();
+    if !path_prefix.is_empty() {
+        if !path_prefix.starts_with('/') {
+            e(
+                "pathPrefix",
+                format!("pathPrefix must begin with `/`, found: {path_prefix:?}"),
+            );
+        } else if path_prefix.parse::<PathAndQuery>().is_err() || path_prefix.contains('?') {
+            e("pathPrefix", format!("invalid pathPrefix {path_prefix:?}"));
+        }
+    }
     let mut patterns = |field: &str, items: &[String]| -> Vec<HeaderPattern> {
         let mut out = Vec::new();
         for (i, s) in items.iter().enumerate() {
@@ -686,20 +847,6 @@ fn compile_http(name: &str, h: &EnvoyExtAuthzHttp) -> Result<HttpProvider, Vec<(
             (_, Err(_)) => e(&f, "value has characters a header cannot carry".into()),
         }
     }
-    let body = match &h.include_request_body_in_check {
-        None => None,
-        Some(b) if b.max_request_bytes == 0 => {
-            e(
-                "includeRequestBodyInCheck.maxRequestBytes",
-                "must be greater than 0".into(),
-            );
-            None
-        }
-        Some(b) => Some(BodySettings {
-            max_request_bytes: b.max_request_bytes as usize,
-            allow_partial_message: b.allow_partial_message,
-        }),
-    };
     if !errs.is_empty() {
         return Err(errs);
     }

@@ -41,6 +41,7 @@ async fn check(e: &ExtAuthz, name: &str, h: &HeaderMap, body: Option<&Bytes>) ->
         path_and_query: "/v1/chat/completions?x=1",
         headers: h,
         body,
+        attrs: None,
     };
     e.check(name, &req).await
 }
@@ -183,6 +184,7 @@ async fn deny_returns_the_authorizers_status_body_and_headers() {
         path_and_query: "/empty",
         headers: &h,
         body: None,
+        attrs: None,
     };
     let r = denied(e.check("all", &req).await);
     assert_eq!(r.status, StatusCode::FORBIDDEN);
@@ -338,15 +340,16 @@ fn compile_errors(mesh: &str, policy_provider: &str) -> String {
 }
 
 #[test]
-fn custom_policies_need_a_usable_http_provider() {
-    let good = "extensionProviders:\n- name: authz\n  envoyExtAuthzHttp:\n    service: authz.foo.svc.cluster.local\n    port: 8000\n- name: grpc\n  envoyExtAuthzGrpc:\n    service: g\n    port: 9000\n";
+fn custom_policies_need_a_usable_authorizer() {
+    let good = "extensionProviders:\n- name: authz\n  envoyExtAuthzHttp:\n    service: authz.foo.svc.cluster.local\n    port: 8000\n- name: grpc\n  envoyExtAuthzGrpc:\n    service: g\n    port: 9000\n- name: tracing\n  zipkin:\n    service: zipkin.istio-system.svc.cluster.local\n    port: 9411\n";
     assert_eq!(compile_errors(good, "authz"), "");
-    let e = compile_errors(good, "grpc");
+    assert_eq!(compile_errors(good, "grpc"), "");
+    let e = compile_errors(good, "tracing");
     assert!(
         e.contains("AuthorizationPolicy istio-system/ext")
             && e.contains("spec.provider.name")
-            && e.contains("envoyExtAuthzGrpc")
-            && e.contains("does not support"),
+            && e.contains("zipkin")
+            && e.contains("not an authorizer"),
         "{e}"
     );
     let e = compile_errors(good, "nope");
@@ -400,6 +403,7 @@ fn futures_are_send() {
         path_and_query: "/",
         headers: &h,
         body: None,
+        attrs: None,
     };
     is_send(&e.check("p", &req));
     let a = super::Authenticator::default();

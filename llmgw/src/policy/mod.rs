@@ -5,6 +5,8 @@
 
 pub mod authz;
 pub mod extauthz;
+pub mod extauthz_grpc;
+pub mod extauthz_proto;
 pub mod jwks;
 pub mod jwks_fetch;
 pub mod jwt;
@@ -124,6 +126,8 @@ pub fn compile(
 
 #[cfg(test)]
 mod authz_tests;
+#[cfg(test)]
+mod extauthz_grpc_tests;
 #[cfg(test)]
 mod extauthz_tests;
 #[cfg(test)]

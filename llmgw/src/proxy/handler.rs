@@ -36,7 +36,11 @@ use crate::{
         access_log::write_ip,
         usage::{JsonUsageTap, SseTap},
     },
-    policy::{RequestContext, authz::normalize_path, extauthz::Allowed},
+    policy::{
+        RequestContext,
+        authz::normalize_path,
+        extauthz::{Allowed, Attributes},
+    },
 };
 
 /// Client headers that carry API credentials; dropped when the provider sets its own key.
@@ -200,12 +204,21 @@ async fn pipeline(
         }
         let checked = security::check_custom(
             snapshot,
-            &provider,
-            &parts.method,
-            &raw_path,
+            security::CustomCheck {
+                provider: &provider,
+                method: &parts.method,
+                path_and_query: &raw_path,
+                authority: &authority,
+                body: early_body.as_ref(),
+                attrs: Attributes {
+                    source: conn.peer,
+                    destination: conn.local,
+                    scheme: if conn.tls { "https" } else { "http" },
+                    protocol: rec.protocol,
+                    request_id: rec.request_id.to_str().unwrap_or(""),
+                },
+            },
             &mut parts.headers,
-            &authority,
-            early_body.as_ref(),
         )
         .await;
         *downstream = Some(checked?);

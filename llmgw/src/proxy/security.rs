@@ -8,7 +8,10 @@ use http::{HeaderMap, Method, request::Parts};
 use super::error::ProxyError;
 use crate::{
     config::Snapshot,
-    policy::{CheckRequest, CheckResult, Decision, Identity, RequestContext, extauthz::Allowed},
+    policy::{
+        CheckRequest, CheckResult, Decision, Identity, RequestContext,
+        extauthz::{Allowed, Attributes},
+    },
 };
 
 /// Verifies a JWT if the request carries one: `Ok(None)` without a token
@@ -38,24 +41,33 @@ pub async fn authenticate(
         })
 }
 
+/// What a CUSTOM check needs besides the headers.
+pub struct CustomCheck<'a> {
+    pub provider: &'a str,
+    pub method: &'a Method,
+    pub path_and_query: &'a str,
+    pub authority: &'a str,
+    /// The buffered body, for providers that want it.
+    pub body: Option<&'a Bytes>,
+    pub attrs: Attributes<'a>,
+}
+
 /// Asks the extension provider of the CUSTOM policy that matched. On allow,
 /// applies its header changes to the request and returns what it wants
 /// added to the response.
 pub async fn check_custom(
     snapshot: &Snapshot,
-    provider: &str,
-    method: &Method,
-    path_and_query: &str,
+    c: CustomCheck<'_>,
     headers: &mut HeaderMap,
-    authority: &str,
-    body: Option<&Bytes>,
 ) -> Result<Allowed, ProxyError> {
+    let provider = c.provider;
     let req = CheckRequest {
-        method,
-        host: authority,
-        path_and_query,
+        method: c.method,
+        host: c.authority,
+        path_and_query: c.path_and_query,
         headers,
-        body,
+        body: c.body,
+        attrs: Some(c.attrs),
     };
     match snapshot.ext_authz.check(provider, &req).await {
         CheckResult::Allow(allowed) => {
