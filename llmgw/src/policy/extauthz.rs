@@ -280,7 +280,7 @@ pub(super) fn set_all(headers: &mut HeaderMap, items: &[(HeaderName, HeaderValue
     }
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub(super) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// The extension providers of MeshConfig, and pooled clients for them
 /// (HTTP/1.1 for HTTP authorizers, HTTP/2 cleartext for gRPC ones).
@@ -371,22 +371,14 @@ impl ExtAuthz {
                     p.port,
                     p.path_prefix,
                     p.timeout,
-                    if p.fail_open {
-                        "fail open".to_string()
-                    } else {
-                        format!("{} on error", p.status_on_error.as_u16())
-                    }
+                    on_error_text(p.fail_open, p.status_on_error)
                 ),
                 Provider::Grpc(p) => format!(
                     "{name}: envoyExtAuthzGrpc grpc://{}:{} (timeout {:?}, {})",
                     p.host,
                     p.port,
                     p.timeout,
-                    if p.fail_open {
-                        "fail open".to_string()
-                    } else {
-                        format!("{} on error", p.status_on_error.as_u16())
-                    }
+                    on_error_text(p.fail_open, p.status_on_error)
                 ),
                 Provider::Other(kind) => format!("{name}: {kind} (not used by llmgw)"),
                 Provider::Invalid => format!("{name}: invalid"),
@@ -457,32 +449,53 @@ impl ExtAuthz {
             p.stats.denied.fetch_add(1, Ordering::Relaxed);
             return CheckResult::Deny(LocalReply::empty(StatusCode::PAYLOAD_TOO_LARGE));
         }
-        let client = self.client();
-        let exchange = async {
-            let resp = client
-                .request(request)
-                .await
-                .map_err(|e| format!("request failed: {e}"))?;
-            let (parts, body) = resp.into_parts();
-            let body = Limited::new(body, MAX_RESPONSE_BODY)
-                .collect()
-                .await
-                .map_err(|e| format!("reading the response: {e}"))?
-                .to_bytes();
-            Ok::<_, String>((parts, body))
-        };
-        let (parts, body) = match tokio::time::timeout(p.timeout, exchange).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::warn!(provider, error = %e, "ext_authz: authorizer unreachable");
-                return p.on_error();
-            }
-            Err(_) => {
-                tracing::warn!(provider, timeout = ?p.timeout, "ext_authz: authorizer timed out");
-                return p.on_error();
-            }
+        let Some((parts, body, _)) = call(self.client(), request, p.timeout, provider).await else {
+            return p.on_error();
         };
         p.on_response(parts.status, &parts.headers, body)
+    }
+}
+
+/// One exchange with an authorizer within `timeout`: the answer's head,
+/// body (at most 1 MiB) and trailers, or `None` (logged) when it fails.
+pub(super) async fn call(
+    client: &HttpClient,
+    request: Request<Full<Bytes>>,
+    timeout: Duration,
+    provider: &str,
+) -> Option<(http::response::Parts, Bytes, Option<HeaderMap>)> {
+    let exchange = async {
+        let resp = client
+            .request(request)
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        let (parts, body) = resp.into_parts();
+        let collected = Limited::new(body, MAX_RESPONSE_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the response: {e}"))?;
+        let trailers = collected.trailers().cloned();
+        Ok::<_, String>((parts, collected.to_bytes(), trailers))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(r)) => Some(r),
+        Ok(Err(e)) => {
+            tracing::warn!(provider, error = %e, "ext_authz: authorizer unreachable");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(provider, ?timeout, "ext_authz: authorizer timed out");
+            None
+        }
+    }
+}
+
+/// How a provider treats failures, for `llmgw validate`.
+fn on_error_text(fail_open: bool, status_on_error: StatusCode) -> String {
+    if fail_open {
+        "fail open".to_string()
+    } else {
+        format!("{} on error", status_on_error.as_u16())
     }
 }
 

@@ -15,23 +15,20 @@ use std::{
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt as _, Full, Limited};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use http_body_util::Full;
 use prost::Message as _;
 
 use super::{
     LocalReply,
     extauthz::{
         Allowed, BodySettings, CheckRequest, CheckResult, Common, Counters, HeaderAction,
-        compile_common, hop_by_hop, set_all,
+        HttpClient, call, compile_common, hop_by_hop, set_all,
     },
     extauthz_proto as pb,
 };
 use crate::config::mesh::EnvoyExtAuthzGrpc;
 
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
-/// The largest check response llmgw reads.
-const MAX_RESPONSE: usize = 1 << 20;
 
 /// One compiled `envoyExtAuthzGrpc` provider.
 #[derive(Debug)]
@@ -92,11 +89,7 @@ impl GrpcProvider {
         self.stats.on_error(self.fail_open, self.status_on_error)
     }
 
-    pub(super) async fn check(
-        &self,
-        client: &Client<HttpConnector, Full<Bytes>>,
-        req: &CheckRequest<'_>,
-    ) -> CheckResult {
+    pub(super) async fn check(&self, client: &HttpClient, req: &CheckRequest<'_>) -> CheckResult {
         let (message, too_large) = self.check_message(req);
         if too_large {
             self.stats.denied.fetch_add(1, Ordering::Relaxed);
@@ -109,29 +102,9 @@ impl GrpcProvider {
                 return self.on_error();
             }
         };
-        let exchange = async {
-            let resp = client
-                .request(request)
-                .await
-                .map_err(|e| format!("request failed: {e}"))?;
-            let (parts, body) = resp.into_parts();
-            let collected = Limited::new(body, MAX_RESPONSE)
-                .collect()
-                .await
-                .map_err(|e| format!("reading the response: {e}"))?;
-            let trailers = collected.trailers().cloned();
-            Ok::<_, String>((parts, collected.to_bytes(), trailers))
-        };
-        let (parts, body, trailers) = match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::warn!(provider = %self.name, error = %e, "ext_authz: authorizer unreachable");
-                return self.on_error();
-            }
-            Err(_) => {
-                tracing::warn!(provider = %self.name, timeout = ?self.timeout, "ext_authz: authorizer timed out");
-                return self.on_error();
-            }
+        let Some((parts, body, trailers)) = call(client, request, self.timeout, &self.name).await
+        else {
+            return self.on_error();
         };
         match decode_reply(parts.status, &parts.headers, trailers.as_ref(), &body) {
             Ok(resp) => self.on_check_response(resp),
