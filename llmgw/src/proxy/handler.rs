@@ -293,7 +293,11 @@ async fn pipeline(
         conn,
         proxy.opts.num_trusted_proxies,
     );
-    headers.insert(X_REQUEST_ID, rec.request_id.clone());
+    // Unique per request: kept out of the provider connection's HPACK table
+    // (an entry per request would only evict the headers that repeat).
+    let mut request_id = rec.request_id.clone();
+    request_id.set_sensitive(true);
+    headers.insert(X_REQUEST_ID, request_id);
 
     let sni = up.host.split(':').next().unwrap_or(&up.host);
     let resp = worker.upstreams.send(&up.authority, sni, out).await?;
