@@ -648,6 +648,32 @@ fn proxy(a: ProxyArgs) -> Result<()> {
     Ok(())
 }
 
+/// The commit measured, as `` `abc1234` `` (with "plus uncommitted
+/// changes" when the tree differs from it).
+fn git_commit() -> String {
+    let out = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(root())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match out(&["rev-parse", "--short", "HEAD"]) {
+        Some(c) => {
+            let dirty = out(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("`{c}` plus uncommitted changes")
+            } else {
+                format!("`{c}`")
+            }
+        }
+        None => "an unknown commit".to_string(),
+    }
+}
+
 fn write_section(table: &str, a: &ProxyArgs) -> Result<()> {
     let path = root().join("BENCHMARKS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
@@ -657,10 +683,11 @@ fn write_section(table: &str, a: &ProxyArgs) -> Result<()> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let commit = git_commit();
     let section = format!(
         "## L7\n\n\
-         Command: `cargo xtask bench proxy --rounds {} --seconds {}` (release build; \
-         {cpus} CPUs, Linux {kernel}). Medians of {} interleaved rounds, all on loopback, \
+         Command: `cargo xtask bench proxy --rounds {} --seconds {}` (release build of \
+         {commit}; {cpus} CPUs, Linux {kernel}). Medians of {} interleaved rounds, all on loopback, \
          in one run. Upstream: `llmgw-mock` over TLS (855-byte chat.completion; SSE: \
          20 chunks 5 ms apart). llmgw serves `examples/quickstart` (rewrites path, model, \
          stream and key in the JSON body, JSON access log to a file, metrics), once as \
