@@ -3,7 +3,10 @@
 //! against them with `ring`, choosing keys by `kid` and `alg` as Envoy does.
 
 use base64::Engine as _;
-use ring::signature::{self, UnparsedPublicKey};
+use ring::{
+    hmac,
+    signature::{self, UnparsedPublicKey},
+};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -28,7 +31,8 @@ pub enum JwksError {
 }
 
 /// A signing algorithm a JWT header may name. Envoy accepts the header of
-/// all of these; llmgw has no keys for ES512 or HS*, so such tokens find no key.
+/// all of these; llmgw has no keys for ES512 (ring has no P-521), so such
+/// tokens find no key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alg {
     Rs256,
@@ -104,6 +108,8 @@ pub enum PublicKey {
         point: Vec<u8>,
     },
     Ed25519([u8; 32]),
+    /// An HMAC secret (`kty: oct`), for HS256/384/512.
+    Hmac(Vec<u8>),
 }
 
 impl std::fmt::Debug for PublicKey {
@@ -112,6 +118,8 @@ impl std::fmt::Debug for PublicKey {
             PublicKey::Rsa { n, .. } => write!(f, "RSA-{}", n.len() * 8),
             PublicKey::Ec { curve, .. } => write!(f, "EC-{curve:?}"),
             PublicKey::Ed25519(_) => f.write_str("Ed25519"),
+            // Never the secret itself.
+            PublicKey::Hmac(k) => write!(f, "HMAC-{}", k.len() * 8),
         }
     }
 }
@@ -135,7 +143,7 @@ const RSA_MIN_BITS: usize = 2048;
 
 impl Jwks {
     /// Parses a JWKS document. Keys that cannot be used (unknown `kty`,
-    /// P-521, HMAC, `use` other than `sig`, malformed fields) are skipped and
+    /// P-521, `use` other than `sig`, malformed fields) are skipped and
     /// their reasons returned; a set left with no key is an error.
     pub fn parse(json: &str) -> Result<(Jwks, Vec<String>), JwksError> {
         let v: Value = serde_json::from_str(json).map_err(|_| JwksError::ParseError)?;
@@ -257,6 +265,20 @@ fn verify_one(key: &PublicKey, alg: Alg, signed: &[u8], sig: &[u8]) -> Verified 
             }
             ok(UnparsedPublicKey::new(&signature::ED25519, x).verify(signed, sig))
         }
+        PublicKey::Hmac(secret) => {
+            let algorithm = match alg {
+                Alg::Hs256 => hmac::HMAC_SHA256,
+                Alg::Hs384 => hmac::HMAC_SHA384,
+                Alg::Hs512 => hmac::HMAC_SHA512,
+                _ => return Verified::Failed,
+            };
+            // Constant-time comparison inside ring.
+            ok(hmac::verify(
+                &hmac::Key::new(algorithm, secret),
+                signed,
+                sig,
+            ))
+        }
     }
 }
 
@@ -363,7 +385,18 @@ fn parse_jwk(k: &Map<String, Value>) -> Result<Jwk, String> {
                 .map_err(|_| "Jwks OKP [x] field is wrong length.".to_string())?;
             PublicKey::Ed25519(x)
         }
-        "oct" => return Err("HMAC (oct) keys are not supported".into()),
+        "oct" => {
+            if let Some(a) = &alg
+                && !a.starts_with("HS")
+            {
+                return Err("[alg] is not started with [HS] for an oct key".into());
+            }
+            let secret = required_b64(k, "k", "an oct")?;
+            if secret.is_empty() {
+                return Err("[k] field of the oct key is empty".into());
+            }
+            PublicKey::Hmac(secret)
+        }
         _ => return Err("[kty] is not supported in [keys]".into()),
     };
     Ok(Jwk { kid, alg, key })

@@ -30,6 +30,7 @@ enum Key {
     Rsa(RsaKeyPair),
     Ec(EcdsaKeyPair, &'static str),
     Ed(Ed25519KeyPair),
+    Hmac(Vec<u8>),
 }
 
 const RSA_1: &[u8] = include_bytes!("testdata/rsa2048-1.der");
@@ -77,6 +78,16 @@ impl Key {
             }
             Key::Ec(k, _) => k.sign(&rng, msg).expect("ec sign").as_ref().to_vec(),
             Key::Ed(k) => k.sign(msg).as_ref().to_vec(),
+            Key::Hmac(secret) => {
+                let a = match alg {
+                    "HS256" => ring::hmac::HMAC_SHA256,
+                    "HS384" => ring::hmac::HMAC_SHA384,
+                    _ => ring::hmac::HMAC_SHA512,
+                };
+                ring::hmac::sign(&ring::hmac::Key::new(a, secret), msg)
+                    .as_ref()
+                    .to_vec()
+            }
         }
     }
 
@@ -94,6 +105,7 @@ impl Key {
             Key::Ed(k) => {
                 json!({"kty": "OKP", "crv": "Ed25519", "x": b64url(k.public_key().as_ref())})
             }
+            Key::Hmac(secret) => json!({"kty": "oct", "k": b64url(secret)}),
         };
         if !kid.is_empty() {
             v["kid"] = json!(kid);
@@ -226,6 +238,12 @@ async fn every_algorithm_verifies() {
         (ec("P-256"), "ES256"),
         (ec("P-384"), "ES384"),
         (ed(), "EdDSA"),
+        (
+            Key::Hmac(b"a secret of thirty-two bytes, ok".to_vec()),
+            "HS256",
+        ),
+        (Key::Hmac(b"another secret for HS384".to_vec()), "HS384"),
+        (Key::Hmac(vec![7; 64]), "HS512"),
     ];
     for (key, alg) in cases {
         // With and without `alg`/`kid` on the key.
@@ -659,10 +677,10 @@ fn config_errors_name_the_field() {
         "{e}"
     );
     let e = err(&format!(
-        "  - issuer: {ISS}\n    jwks: '{{\"keys\": [{{\"kty\": \"oct\", \"k\": \"AA\"}}]}}'\n"
+        "  - issuer: {ISS}\n    jwks: '{{\"keys\": [{{\"kty\": \"oct\", \"alg\": \"HS256\"}}]}}'\n"
     ));
     assert!(
-        e.contains("jwks: Jwks doesn't have any valid public key") && e.contains("HMAC"),
+        e.contains("jwks: Jwks doesn't have any valid public key") && e.contains("[k]"),
         "{e}"
     );
     let e = err(&format!(
@@ -931,4 +949,44 @@ async fn istio_demo_token_verifies() {
         "testing@secure.istio.io/testing@secure.istio.io"
     );
     assert_eq!(id.claims["foo"], "bar");
+}
+
+#[tokio::test]
+async fn hmac_keys_verify_only_hmac_tokens() {
+    let secret = Key::Hmac(b"a secret of thirty-two bytes, ok".to_vec());
+    let rsa_key = rsa(RSA_1);
+    // One HMAC key and one RSA key, neither with `alg`.
+    let a = one_rule(&jwks(&[secret.jwk("", None), rsa_key.jwk("", None)]), "");
+    let c = claims(ISS, "hal");
+    assert_eq!(
+        verify(&a, &token(&secret, "HS256", "", &c)).await,
+        Ok(format!("{ISS}/hal"))
+    );
+    assert_eq!(
+        verify(&a, &token(&rsa_key, "RS256", "", &c)).await,
+        Ok(format!("{ISS}/hal"))
+    );
+    // Another secret, or an HMAC over the RSA key's public modulus, fails.
+    let wrong = Key::Hmac(b"not the secret".to_vec());
+    assert_eq!(
+        verify(&a, &token(&wrong, "HS256", "", &c)).await,
+        Err(JwtError::VerificationFail)
+    );
+    let Value::String(n) = rsa_key.jwk("", None)["n"].clone() else {
+        panic!("n");
+    };
+    let confused = Key::Hmac(n.into_bytes());
+    assert_eq!(
+        verify(&a, &token(&confused, "HS256", "", &c)).await,
+        Err(JwtError::VerificationFail)
+    );
+    // An HMAC key with an RSA `alg` is skipped; the secret never shows.
+    let (set, skipped) = Jwks::parse(&jwks(&[
+        json!({"kty": "oct", "alg": "RS256", "k": "c2VjcmV0"}),
+        secret.jwk("h", Some("HS256")),
+    ]))
+    .expect("parses");
+    assert_eq!(set.keys.len(), 1);
+    assert!(skipped[0].contains("[HS]"), "{skipped:?}");
+    assert!(!format!("{set:?}").contains("secret"), "{set:?}");
 }
