@@ -1,11 +1,12 @@
 //! `cargo xtask bench xdp`: ns per packet of the XDP program through
 //! `BPF_PROG_TEST_RUN` (hit and miss, hot and random sources, 1 / 10k / 1M
-//! prefixes, with and without the /24 front filter) and the time to load and
-//! to update 100k prefixes. Prints a markdown table. Needs root.
+//! prefixes, with and without the /24 front filter), the same for IPv6
+//! (every prefix in the IPv6 LPM trie), and the time to load and to update
+//! 100k prefixes. Prints markdown tables. Needs root.
 
 use std::{
     collections::HashSet,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
 
@@ -13,6 +14,7 @@ use llmgw::l4::{DenyEntry, L4Rules, XdpProgram, frames};
 
 const PORT: u16 = 443;
 const GW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const GW6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1);
 const RUNS: usize = 5;
 
 struct Rng(u64);
@@ -111,6 +113,102 @@ impl PrefixSet {
     }
 }
 
+/// `n` IPv6 prefixes: up to 1000 short ones (/32../64), the rest random /128s.
+struct PrefixSet6 {
+    nets: Vec<(u128, u8)>,
+}
+
+impl PrefixSet6 {
+    fn new(n: usize, seed: u64) -> Self {
+        let mut rng = Rng(seed);
+        let mut r128 = || (u128::from(rng.next()) << 64) | u128::from(rng.next());
+        if n == 1 {
+            return Self {
+                nets: vec![(0x2001_0db8_0000_0000_0000_0000_0000_0000, 48)],
+            };
+        }
+        let k = (n / 10).min(1000);
+        let mut nets = Vec::with_capacity(n);
+        for i in 0..k {
+            let len = [32u8, 40, 48, 56, 64][i % 5];
+            nets.push((r128() & (u128::MAX << (128 - len)), len));
+        }
+        let mut seen = HashSet::with_capacity(n);
+        while nets.len() < n {
+            let a = r128();
+            if seen.insert(a) {
+                nets.push((a, 128));
+            }
+        }
+        Self { nets }
+    }
+
+    fn contains(&self, a: u128) -> bool {
+        self.nets.iter().any(|(p, l)| {
+            let mask = if *l == 0 { 0 } else { u128::MAX << (128 - l) };
+            a & mask == *p
+        })
+    }
+
+    fn rules(&self) -> L4Rules {
+        L4Rules {
+            entries: self
+                .nets
+                .iter()
+                .map(|(a, l)| DenyEntry {
+                    net: ipnet::IpNet::V6(
+                        ipnet::Ipv6Net::new(Ipv6Addr::from(*a), *l).expect("prefix"),
+                    ),
+                    rule: format!("bench/r[{}]", a % 16),
+                    ports: None,
+                })
+                .collect(),
+            listener_ports: vec![PORT, 80],
+        }
+    }
+
+    /// `count` matching sources: alternately a listed /128 (when there are
+    /// any) and an address inside a shorter prefix.
+    fn hits(&self, count: usize, rng: &mut Rng) -> Vec<u128> {
+        let short: Vec<(u128, u8)> = self
+            .nets
+            .iter()
+            .copied()
+            .filter(|(_, l)| *l < 128)
+            .collect();
+        let hosts: Vec<u128> = self
+            .nets
+            .iter()
+            .filter(|(_, l)| *l == 128)
+            .map(|(a, _)| *a)
+            .take(count)
+            .collect();
+        (0..count)
+            .map(|i| {
+                if i % 2 == 0 && !hosts.is_empty() {
+                    hosts[i / 2 % hosts.len()]
+                } else {
+                    let (p, l) = short[i % short.len()];
+                    let r = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+                    p | (r & !(u128::MAX << (128 - l)))
+                }
+            })
+            .collect()
+    }
+
+    /// `count` sources matching nothing.
+    fn misses(&self, count: usize, rng: &mut Rng) -> Vec<u128> {
+        let mut out = Vec::with_capacity(count);
+        while out.len() < count {
+            let a = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+            if !self.contains(a) {
+                out.push(a);
+            }
+        }
+        out
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -120,18 +218,20 @@ fn frame(src: u32) -> Vec<u8> {
     frames::tcp4(Ipv4Addr::from(src), GW, PORT)
 }
 
+fn frame6(src: u128) -> Vec<u8> {
+    frames::tcp6(Ipv6Addr::from(src), GW6, PORT)
+}
+
 /// Median over runs of the kernel's mean ns per packet, same packet repeated.
 fn hot(p: &mut XdpProgram, src: u32, repeat: u32, want: u32) -> f64 {
-    let f = frame(src);
+    hot_frame(p, &frame(src), repeat, want)
+}
+
+fn hot_frame(p: &mut XdpProgram, f: &[u8], repeat: u32, want: u32) -> f64 {
     let runs = (0..RUNS)
         .map(|_| {
-            let (action, d) = p.run_repeat(&f, repeat).expect("test run");
-            assert_eq!(
-                action,
-                want,
-                "unexpected verdict for {}",
-                Ipv4Addr::from(src)
-            );
+            let (action, d) = p.run_repeat(f, repeat).expect("test run");
+            assert_eq!(action, want, "unexpected verdict");
             d.as_nanos() as f64
         })
         .collect();
@@ -141,10 +241,14 @@ fn hot(p: &mut XdpProgram, src: u32, repeat: u32, want: u32) -> f64 {
 /// Median over runs of the mean ns per packet, one run per distinct source.
 fn random(p: &mut XdpProgram, srcs: &[u32], want: u32) -> f64 {
     let frames: Vec<Vec<u8>> = srcs.iter().map(|s| frame(*s)).collect();
+    random_frames(p, &frames, want)
+}
+
+fn random_frames(p: &mut XdpProgram, frames: &[Vec<u8>], want: u32) -> f64 {
     let runs = (0..RUNS)
         .map(|_| {
             let mut total = Duration::ZERO;
-            for f in &frames {
+            for f in frames {
                 let (action, d) = p.run_repeat(f, 1).expect("test run");
                 assert_eq!(action, want);
                 total += d;
@@ -156,10 +260,13 @@ fn random(p: &mut XdpProgram, srcs: &[u32], want: u32) -> f64 {
 }
 
 fn load(set: &PrefixSet, filter: bool) -> (XdpProgram, Duration) {
+    load_rules(&set.rules(), filter)
+}
+
+fn load_rules(rules: &L4Rules, filter: bool) -> (XdpProgram, Duration) {
     let mut p = XdpProgram::load_with(filter).expect("load XDP program (run as root)");
-    let rules = set.rules();
     let t = Instant::now();
-    p.sync(&rules).expect("sync");
+    p.sync(rules).expect("sync");
     (p, t.elapsed())
 }
 
@@ -236,13 +343,60 @@ fn main() {
          random: 4096 distinct sources, one run each, raw (minus the repeat=1 overhead)."
     );
 
+    // IPv6: every prefix in the IPv6 LPM trie.
+    println!();
+    println!("IPv6 (all prefixes in the LPM trie):");
+    println!();
+    println!(
+        "| prefixes | hot hit (/128) | hot hit (in a shorter prefix) | hot miss | random hit | random miss |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    // The IPv6 trie holds at most MAX_V6_PREFIXES (262144) entries.
+    let sizes6: &[usize] = if quick {
+        &[1, 10_000]
+    } else {
+        &[1, 10_000, 250_000]
+    };
+    for &n in sizes6 {
+        let set = PrefixSet6::new(n, n as u64 + 11);
+        let hits = set.hits(4096, &mut rng);
+        let misses = set.misses(4096, &mut rng);
+        let (mut p, t) = load_rules(&set.rules(), true);
+        loads.push((n, t));
+        let repeat = 200_000;
+        let host = hits[0];
+        let hot_host = if n == 1 {
+            f64::NAN
+        } else {
+            hot_frame(&mut p, &frame6(host), repeat, DROP)
+        };
+        let hot_short = hot_frame(&mut p, &frame6(hits[1]), repeat, DROP);
+        let hot_miss = hot_frame(&mut p, &frame6(misses[0]), repeat, PASS);
+        let hit_frames: Vec<Vec<u8>> = hits.iter().map(|a| frame6(*a)).collect();
+        let miss_frames: Vec<Vec<u8>> = misses.iter().map(|a| frame6(*a)).collect();
+        let rnd_hit = random_frames(&mut p, &hit_frames, DROP);
+        let rnd_miss = random_frames(&mut p, &miss_frames, PASS);
+        let host_cell = if hot_host.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{hot_host:.0}")
+        };
+        println!(
+            "| {n} | {host_cell} | {hot_short:.0} | {hot_miss:.0} | {} | {} |",
+            cell(rnd_hit),
+            cell(rnd_miss)
+        );
+    }
+
     // Load and update of 100k prefixes.
     println!();
     println!("| operation | time |");
     println!("|---|---:|");
-    for (n, t) in &loads {
+    let v4 = sizes.len();
+    for (i, (n, t)) in loads.iter().enumerate() {
         println!(
-            "| load {n} prefixes (sync from empty) | {:.1} ms |",
+            "| load {n} {} prefixes (sync from empty) | {:.1} ms |",
+            if i < v4 { "IPv4" } else { "IPv6" },
             t.as_secs_f64() * 1e3
         );
     }
