@@ -80,11 +80,17 @@ spec:
     - hosts: ["*"]
       port: {{name: mtls, number: 8443, protocol: HTTPS}}
       tls: {{mode: MUTUAL, serverCertificate: "{}", privateKey: "{}", caCertificates: "{}"}}
+    - hosts: ["*"]
+      port: {{name: optional-mtls, number: 9443, protocol: HTTPS}}
+      tls: {{mode: OPTIONAL_MUTUAL, serverCertificate: "{}", privateKey: "{}", caCertificates: "{}"}}
 "#,
         p("a.crt"),
         p("a.key"),
         p("b.crt"),
         p("b.key"),
+        p("m.crt"),
+        p("m.key"),
+        p("client-ca.pem"),
         p("m.crt"),
         p("m.key"),
         p("client-ca.pem")
@@ -97,7 +103,7 @@ spec:
     let gw = start(
         gateway_with(&mock, d)
             .config(d.join("gw.yaml"))
-            .ports(&[443, 8443]),
+            .ports(&[443, 8443, 9443]),
     )
     .await;
     let addr = ([127, 0, 0, 1], gw.port(443)).into();
@@ -180,6 +186,44 @@ spec:
     .await
     .expect("mutual TLS with a client certificate");
     assert_eq!(a.status, 200);
+
+    // OPTIONAL_MUTUAL: served with or without a certificate, but a
+    // certificate from another CA is refused.
+    let oaddr = ([127, 0, 0, 1], gw.port(9443)).into();
+    let (_, a) = client::https(
+        oaddr,
+        "m.secure.test",
+        ca1.ca_der(),
+        both,
+        req("m.secure.test"),
+    )
+    .await
+    .expect("OPTIONAL_MUTUAL without a client certificate");
+    assert_eq!(a.status, 200);
+    let leaf = client_ca.leaf(&["client.test"]);
+    let (_, a) = client::https_with_client_cert(
+        oaddr,
+        "m.secure.test",
+        ca1.ca_der(),
+        (leaf.chain, leaf.key),
+        req("m.secure.test"),
+    )
+    .await
+    .expect("OPTIONAL_MUTUAL with a client certificate");
+    assert_eq!(a.status, 200);
+    let stranger = ca2.leaf(&["stranger.test"]);
+    let refused = client::https_with_client_cert(
+        oaddr,
+        "m.secure.test",
+        ca1.ca_der(),
+        (stranger.chain, stranger.key),
+        req("m.secure.test"),
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "a certificate from an unknown CA got through"
+    );
 }
 
 #[tokio::test]

@@ -23,6 +23,7 @@ pub fn dump(s: &Snapshot) -> Value {
                 "tls": srv.tls.as_ref().map(|t| json!({
                     "origin": t.origin,
                     "mutual": t.client_ca.is_some(),
+                    "clientCertificateOptional": t.client_cert_optional,
                     "minTls13": t.min_tls13,
                 })),
                 "httpsRedirect": srv.https_redirect,
@@ -130,10 +131,10 @@ pub fn describe(s: &Snapshot) -> String {
                     w,
                     " tls from {}{}",
                     t.origin,
-                    if t.client_ca.is_some() {
-                        " (mutual)"
-                    } else {
-                        ""
+                    match (t.client_ca.is_some(), t.client_cert_optional) {
+                        (true, true) => " (mutual, client certificate optional)",
+                        (true, false) => " (mutual)",
+                        _ => "",
                     }
                 );
             }

@@ -127,8 +127,12 @@ impl Server {
 pub struct ServerTls {
     pub cert_chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
-    /// `MUTUAL`: client certificates are verified against these roots.
+    /// `MUTUAL` and `OPTIONAL_MUTUAL`: client certificates are verified
+    /// against these roots.
     pub client_ca: Option<Vec<CertificateDer<'static>>>,
+    /// `OPTIONAL_MUTUAL`: a client without a certificate is served too (one
+    /// that presents a certificate must present a valid one).
+    pub client_cert_optional: bool,
     pub min_tls13: bool,
     /// Where the certificate came from, for `validate` and logs.
     pub origin: String,
@@ -140,6 +144,7 @@ impl std::fmt::Debug for ServerTls {
             .field("origin", &self.origin)
             .field("certificates", &self.cert_chain.len())
             .field("mutual", &self.client_ca.is_some())
+            .field("client_cert_optional", &self.client_cert_optional)
             .finish()
     }
 }
@@ -571,15 +576,17 @@ impl Compiler<'_> {
         field: &str,
     ) -> Option<ServerTls> {
         let mode = tls.mode.as_deref().unwrap_or("SIMPLE").to_ascii_uppercase();
-        let mutual = match mode.as_str() {
-            "SIMPLE" => false,
-            "MUTUAL" => true,
+        let (mutual, client_cert_optional) = match mode.as_str() {
+            "SIMPLE" => (false, false),
+            "MUTUAL" => (true, false),
+            "OPTIONAL_MUTUAL" => (true, true),
             other => {
                 self.errors.push(gw.error(
                     format!("{field}.mode"),
                     format!(
-                        "TLS mode {other} is not served by llmgw (SIMPLE and MUTUAL are; \
-                         PASSTHROUGH and ISTIO_MUTUAL need a mesh)"
+                        "TLS mode {other} is not served by llmgw (SIMPLE, MUTUAL and \
+                         OPTIONAL_MUTUAL are; PASSTHROUGH, AUTO_PASSTHROUGH and \
+                         ISTIO_MUTUAL need a mesh)"
                     ),
                 ));
                 return None;
@@ -666,7 +673,7 @@ impl Compiler<'_> {
             let Some(ca) = ca_path else {
                 self.errors.push(gw.error(
                     format!("{field}.caCertificates"),
-                    "MUTUAL needs caCertificates (or ca.crt beside the credential)",
+                    format!("{mode} needs caCertificates (or ca.crt beside the credential)"),
                 ));
                 return None;
             };
@@ -701,6 +708,7 @@ impl Compiler<'_> {
             cert_chain,
             key,
             client_ca,
+            client_cert_optional,
             min_tls13,
             origin,
         })

@@ -100,10 +100,14 @@ fn server_config(s: &Server, tls: &ServerTls) -> Result<Arc<ServerConfig>, Serve
                     .add(c.clone())
                     .map_err(|e| err(format!("client CA: {e}")))?;
             }
-            let verifier: Arc<dyn ClientCertVerifier> =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .map_err(|e| err(format!("client verifier: {e}")))?;
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if tls.client_cert_optional {
+                verifier = verifier.allow_unauthenticated();
+            }
+            let verifier: Arc<dyn ClientCertVerifier> = verifier
+                .build()
+                .map_err(|e| err(format!("client verifier: {e}")))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
