@@ -24,9 +24,10 @@ pub const MAP_PORTSET: &str = "LLMGW_PORTSET";
 pub const MAP_RULE_CTR: &str = "LLMGW_RULE_CTR";
 /// Global counters: `PerCpuArray<Stats>` with one entry (index 0).
 pub const MAP_STATS: &str = "LLMGW_STATS";
-/// Front filter for the IPv4 trie: `Array<u64>` (mmapable) bitmap of the /24
-/// networks that some IPv4 deny prefix overlaps; bit `n` of the whole bitmap
-/// is set when the /24 whose top 24 bits equal `n` may match.
+/// Front filter for both families (the name is historical): `Array<u64>`
+/// (mmapable) bitmap; bit `n` is set when some deny prefix may contain a
+/// source whose first 24 bits are `n`: an IPv4 prefix overlapping that /24,
+/// or an IPv6 prefix overlapping addresses that begin with those 24 bits.
 pub const MAP_V4_FILTER: &str = "LLMGW_V4_FILT";
 /// Rule names: `HashMap<u32, RuleName>` (rule id to name). Written and read by
 /// userspace only; pinned with the other maps so names survive restarts.
@@ -47,7 +48,8 @@ pub const ALL_MAPS: [&str; 9] = [
 
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "llmgw_xdp";
-/// Read-only global (`.rodata`): 1 enables the IPv4 /24 front filter. The
+/// Read-only global (`.rodata`): 1 enables the front filter (a bitmap over
+/// a source's first 24 bits: IPv4 /24s and the top of IPv6 addresses). The
 /// loader may set it to 0 (benchmarks compare both).
 pub const GLOBAL_V4_FILTER_ON: &str = "LLMGW_V4_FILTER_ON";
 
@@ -67,7 +69,7 @@ pub const MAX_PORTSET_ENTRIES: u32 = 1 << 16;
 pub const PORTSET_MAP_ENTRIES: u32 = 2 * MAX_PORTSET_ENTRIES;
 /// Entries of the listener port array (every u16 port).
 pub const LISTEN_ENTRIES: u32 = 1 << 16;
-/// Words of the /24 bitmap: 2^24 bits / 64.
+/// Words of the front-filter bitmap: 2^24 bits / 64.
 pub const V4_FILTER_WORDS: u32 = (1 << 24) / 64;
 /// Longest rule name stored in `MAP_RULE_NAME` (bytes of UTF-8).
 pub const RULE_NAME_MAX: usize = 384;

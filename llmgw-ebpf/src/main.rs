@@ -207,7 +207,7 @@ mod prog {
         if !is_listener(port) {
             return Verdict::Pass(stat::PASS_NOT_LISTENER);
         }
-        if LLMGW_V4_FILTER_ON.load() != 0 && !v4_filter_may_match(src) {
+        if !filter_may_match(src[0], src[1], src[2]) {
             return Verdict::Pass(stat::PASS_FILTER);
         }
         decide(longest_match_v4(src), port)
@@ -250,7 +250,7 @@ mod prog {
                     };
                     let n = e[0];
                     if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
-                        return unknown_port(DENY_V6.get(Key::new(128, src)).copied());
+                        return unknown_port(lookup_v6(src));
                     }
                     next = n;
                     off += 8;
@@ -265,7 +265,7 @@ mod prog {
             IPPROTO_TCP | IPPROTO_UDP => {}
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
                 // More extension headers than we walk: the port is unknown.
-                return unknown_port(DENY_V6.get(Key::new(128, src)).copied());
+                return unknown_port(lookup_v6(src));
             }
             _ => return Verdict::Pass(stat::PASS_NOT_TCP_UDP),
         }
@@ -275,7 +275,18 @@ mod prog {
         if !is_listener(port) {
             return Verdict::Pass(stat::PASS_NOT_LISTENER);
         }
+        if !filter_may_match(src[0], src[1], src[2]) {
+            return Verdict::Pass(stat::PASS_FILTER);
+        }
         decide(DENY_V6.get(Key::new(128, src)).copied(), port)
+    }
+
+    #[inline(always)]
+    fn lookup_v6(src: [u8; 16]) -> Option<DenyValue> {
+        if !filter_may_match(src[0], src[1], src[2]) {
+            return None;
+        }
+        DENY_V6.get(Key::new(128, src)).copied()
     }
 
     #[inline(always)]
@@ -283,11 +294,16 @@ mod prog {
         matches!(LISTEN.get(port as u32), Some(v) if *v != 0)
     }
 
-    /// The /24 front filter: `false` means no IPv4 deny prefix can contain
-    /// `src`, so the trie lookup is skipped.
+    /// The front filter, indexed by a source's first three bytes (an IPv4
+    /// /24, or the top 24 bits of an IPv6 address): `false` means no deny
+    /// prefix of either family can contain the source, so the lookups are
+    /// skipped. Always `true` when the loader turned the filter off.
     #[inline(always)]
-    fn v4_filter_may_match(src: [u8; 4]) -> bool {
-        let n = ((src[0] as u32) << 16) | ((src[1] as u32) << 8) | src[2] as u32;
+    fn filter_may_match(a: u8, b: u8, c: u8) -> bool {
+        if LLMGW_V4_FILTER_ON.load() == 0 {
+            return true;
+        }
+        let n = ((a as u32) << 16) | ((b as u32) << 8) | c as u32;
         match V4_FILTER.get(n >> 6) {
             Some(word) => (*word >> (n & 63)) & 1 != 0,
             None => true,
@@ -296,7 +312,7 @@ mod prog {
 
     #[inline(always)]
     fn lookup_v4(src: [u8; 4]) -> Option<DenyValue> {
-        if LLMGW_V4_FILTER_ON.load() != 0 && !v4_filter_may_match(src) {
+        if !filter_may_match(src[0], src[1], src[2]) {
             return None;
         }
         longest_match_v4(src)

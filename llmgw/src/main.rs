@@ -76,7 +76,7 @@ enum XdpCommand {
         mode: XdpMode,
         #[arg(long)]
         rules: PathBuf,
-        /// Do not use the IPv4 /24 front filter.
+        /// Do not use the front filter (IPv4 /24s, top 24 bits of IPv6 sources).
         #[arg(long)]
         no_v4_filter: bool,
     },

@@ -594,8 +594,64 @@ fn front_filter_does_not_change_verdicts() {
         drops += u32::from(a == DROP);
     }
     assert!(drops > 500, "{drops}");
-    assert!(with.stats().unwrap().counter("pass_filter") > 0);
+    let filtered_v4 = with.stats().unwrap().counter("pass_filter");
+    assert!(filtered_v4 > 0);
     assert_eq!(without.stats().unwrap().counter("pass_filter"), 0);
+
+    // IPv6 shares the bitmap (its first 24 bits): same verdicts with and
+    // without it, including a prefix shorter than /24, fragments and the
+    // /128s; misses far from every prefix are answered by the filter.
+    let mut rules6 = rules.clone();
+    for (net, rule) in [
+        ("2001:db8:77::/48", "ns/net6[0]"),
+        ("3000::/12", "ns/wide6[0]"),
+        ("2a00:1450::beef/128", "ns/host6[0]"),
+    ] {
+        rules6.entries.push(entry(net, rule, None));
+    }
+    with.sync(&rules6).unwrap();
+    without.sync(&rules6).unwrap();
+    let mut y: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut drops6 = 0;
+    for i in 0..4000u32 {
+        y ^= y << 13;
+        y ^= y >> 7;
+        y ^= y << 17;
+        let low = u128::from(y);
+        let src: u128 = match i % 5 {
+            0 => (low << 64) | low,
+            1 => 0x2001_0db8_0077_0000_0000_0000_0000_0000 | (low & 0xffff_ffff),
+            2 => 0x3000_0000_0000_0000_0000_0000_0000_0000 | ((low << 64) >> 12),
+            3 => 0x2a00_1450_0000_0000_0000_0000_0000_beef,
+            _ => 0x2a00_1450_0000_0000_0000_0000_0000_0000 | (low & 0xffff),
+        };
+        let src = Ipv6Addr::from(src);
+        let port = [80, 443, 22][(y % 3) as usize];
+        let f = if i % 7 == 0 {
+            frames::eth(
+                0x86dd,
+                &[],
+                &frames::ipv6(
+                    src,
+                    v6(GW6),
+                    &[(44, frames::frag6(0, 100, false))],
+                    frames::TCP,
+                    &[0u8; 24],
+                ),
+            )
+        } else {
+            frames::tcp6(src, v6(GW6), port)
+        };
+        let a = with.run(&f).unwrap();
+        assert_eq!(a, without.run(&f).unwrap(), "{src}");
+        drops6 += u32::from(a == DROP);
+    }
+    assert!(drops6 > 1000, "{drops6}");
+    let filtered = with.stats().unwrap().counter("pass_filter") - filtered_v4;
+    assert!(
+        filtered > 300,
+        "{filtered} IPv6 misses answered by the filter"
+    );
 }
 
 #[test]

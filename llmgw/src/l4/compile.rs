@@ -33,13 +33,18 @@ impl State {
         self.classes.values().map(Vec::len).sum()
     }
 
-    /// The /24 front-filter bitmap for the IPv4 keys.
-    pub fn v4_filter(&self) -> Vec<u64> {
+    /// The front-filter bitmap: bit `n` is set when some deny prefix can
+    /// contain a source whose top 24 bits are `n`: an IPv4 /24, or the first
+    /// 24 bits of an IPv6 address. Both families share the one bitmap (a bit
+    /// set by one family only costs the other a trie lookup).
+    pub fn filter(&self) -> Vec<u64> {
         let mut words = vec![0u64; common::V4_FILTER_WORDS as usize];
+        let count = |len: u8| if len >= 24 { 1 } else { 1usize << (24 - len) };
         for &(addr, len) in self.v4.keys() {
-            let first = (addr >> 8) as usize;
-            let count = if len >= 24 { 1 } else { 1usize << (24 - len) };
-            set_bits(&mut words, first, count);
+            set_bits(&mut words, (addr >> 8) as usize, count(len));
+        }
+        for &(addr, len) in self.v6.keys() {
+            set_bits(&mut words, (addr >> 104) as usize, count(len));
         }
         words
     }
@@ -459,7 +464,7 @@ mod tests {
             &State::default(),
         )
         .unwrap();
-        let words = s.v4_filter();
+        let words = s.filter();
         assert!(words.iter().all(|w| *w == u64::MAX));
         let s = compile(
             &L4Rules {
@@ -469,7 +474,7 @@ mod tests {
             &State::default(),
         )
         .unwrap();
-        let words = s.v4_filter();
+        let words = s.filter();
         let base = 10usize << 16;
         assert_eq!(words[base / 64], 0b1111);
         assert_eq!(words.iter().map(|w| w.count_ones()).sum::<u32>(), 4);

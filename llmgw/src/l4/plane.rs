@@ -31,7 +31,8 @@ pub struct PlaneOptions {
     /// bpffs directory holding the versioned pin directory
     /// (default `/sys/fs/bpf/llmgw`).
     pub bpf_root: PathBuf,
-    /// Whether the IPv4 /24 front filter is used (default on).
+    /// Whether the front filter (IPv4 /24s, top 24 bits of IPv6 sources) is
+    /// used (default on).
     pub v4_filter: bool,
 }
 
@@ -181,7 +182,14 @@ impl Plane {
             _lock: lock,
         };
 
-        // Existing links first: replace their program atomically.
+        // The maps first, while a pinned program (if any) still runs on
+        // them: every sync step is safe for it, and the program that
+        // replaces it below then finds the maps complete (a newer program
+        // may read more of them, e.g. IPv6 bits of the front filter that an
+        // older binary never set).
+        plane.sync(rules)?;
+
+        // Existing links: replace their program atomically.
         // A link whose interface went away is defunct (ifindex 0): unpin it,
         // the interface gets a fresh link below.
         let mut pinned = pinned_links(&plane.dir)?;
@@ -203,7 +211,6 @@ impl Plane {
             }
             plane.adopt_link(iface, pinned_mode, path, mode)?;
         }
-        plane.sync(rules)?;
         for iface in ifaces {
             if plane.links.iter().any(|l| &l.iface == iface) {
                 continue;

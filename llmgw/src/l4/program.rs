@@ -59,7 +59,7 @@ impl XdpProgram {
         Self::load_with(true)
     }
 
-    /// Loads the program with the IPv4 /24 front filter on or off.
+    /// Loads the program with the front filter (both families) on or off.
     pub fn load_with(v4_filter: bool) -> Result<Self, L4Error> {
         if let Some(why) = super::sys::missing_privileges() {
             return Err(L4Error::NotPermitted(why));
@@ -125,6 +125,6 @@ impl XdpProgram {
     /// Whether the maps hold exactly what the last sync wrote.
     pub fn maps_match_last_sync(&self) -> Result<bool, L4Error> {
         let kernel = self.maps.read_state()?;
-        Ok(kernel == self.state && self.maps.filter.read() == self.state.v4_filter())
+        Ok(kernel == self.state && self.maps.filter.read() == self.state.filter())
     }
 }

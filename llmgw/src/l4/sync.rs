@@ -96,7 +96,7 @@ pub(crate) fn plan(cur: &State, next: &State, cur_filter: &[u64]) -> (Vec<Op>, S
             });
         }
     }
-    let next_filter = next.v4_filter();
+    let next_filter = next.filter();
     let union: Vec<u64> = next_filter
         .iter()
         .zip(cur_filter.iter().chain(std::iter::repeat(&0)))
@@ -241,6 +241,33 @@ mod tests {
         }
     }
 
+    impl Model {
+        fn denies_v6(&self, src: u128, port: u16) -> bool {
+            if !self.state.listeners.contains(&port) {
+                return false;
+            }
+            let n = (src >> 104) as usize;
+            if self.filter[n / 64] >> (n % 64) & 1 == 0 {
+                return false;
+            }
+            let best = (0..=128u8).rev().find_map(|len| {
+                let mask = if len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - len)
+                };
+                self.state.v6.get(&(src & mask, len))
+            });
+            let Some(v) = best else { return false };
+            let in_class = self
+                .state
+                .classes
+                .get(&v.class)
+                .is_some_and(|c| c.iter().any(|(p, _)| *p == port));
+            in_class || v.all_ports_rule != 0
+        }
+    }
+
     impl Target for Model {
         fn apply(&mut self, op: &Op) -> Result<(), L4Error> {
             self.ops.push(op.clone());
@@ -324,20 +351,20 @@ mod tests {
 
         let mut model = Model {
             state: sa.clone(),
-            filter: sa.v4_filter(),
+            filter: sa.filter(),
             ops: vec![],
         };
         let in_a: Vec<bool> = probes
             .iter()
             .map(|(s, p)| model.denies_v4(*s, *p))
             .collect();
-        let (ops, report) = plan(&sa, &sb, &sa.v4_filter());
+        let (ops, report) = plan(&sa, &sb, &sa.filter());
         assert!(report.added > 0 && report.removed > 0);
         for op in &ops {
             model.apply(op).unwrap();
             let in_b_model = Model {
                 state: sb.clone(),
-                filter: sb.v4_filter(),
+                filter: sb.filter(),
                 ops: vec![],
             };
             for (i, (s, p)) in probes.iter().enumerate() {
@@ -347,7 +374,7 @@ mod tests {
             }
         }
         assert_eq!(model.state, sb);
-        assert_eq!(model.filter, sb.v4_filter());
+        assert_eq!(model.filter, sb.filter());
         // Sanity: some probes flip, so the test can tell states apart.
         let in_b: Vec<bool> = probes
             .iter()
@@ -355,6 +382,84 @@ mod tests {
             .collect();
         assert_ne!(in_a, in_b);
         assert!(in_a.iter().zip(&in_b).any(|(a, b)| *a && *b));
+    }
+
+    #[test]
+    fn no_ipv6_packet_denied_by_both_states_passes_midway() {
+        // The front filter is shared with IPv4: IPv6 prefixes set the bits of
+        // their first 24 bits (ranges for prefixes shorter than /24).
+        let a = rules(
+            &[
+                ("2001:db8::/48", "net", None),
+                ("2001:db8:0:1::7/128", "host", Some(&[443])),
+                ("3000::/4", "wide", Some(&[80])),
+                ("fd00:1::/32", "gone", None),
+                ("10.0.0.0/8", "v4", None),
+            ],
+            &[80, 443],
+        );
+        let b = rules(
+            &[
+                ("2001:db8::/48", "net", Some(&[80, 443])),
+                ("2001:db8::/32", "wider", None),
+                ("3000::/8", "narrow", Some(&[80])),
+                ("fd00:2::/40", "new", None),
+            ],
+            &[80, 443],
+        );
+        let sa = compile(&a, &State::default()).unwrap();
+        let sb = compile(&b, &sa).unwrap();
+        let v6 = |s: &str| u128::from(s.parse::<std::net::Ipv6Addr>().unwrap());
+        let probes: Vec<(u128, u16)> = [
+            "2001:db8::1",
+            "2001:db8:0:1::7",
+            "2001:db8:ffff::1",
+            "3000::1",
+            "3f00::1",
+            "fd00:1::1",
+            "fd00:2::1",
+            "2a00::1",
+        ]
+        .iter()
+        .flat_map(|s| [80u16, 443, 22].map(|p| (v6(s), p)))
+        .collect();
+        let mut model = Model {
+            state: sa.clone(),
+            filter: sa.filter(),
+            ops: vec![],
+        };
+        let target = Model {
+            state: sb.clone(),
+            filter: sb.filter(),
+            ops: vec![],
+        };
+        let in_a: Vec<bool> = probes
+            .iter()
+            .map(|(s, p)| model.denies_v6(*s, *p))
+            .collect();
+        let (ops, _) = plan(&sa, &sb, &sa.filter());
+        for op in &ops {
+            model.apply(op).unwrap();
+            for (i, (s, p)) in probes.iter().enumerate() {
+                if in_a[i] && target.denies_v6(*s, *p) {
+                    assert!(model.denies_v6(*s, *p), "{s:x}:{p} passed after {op:?}");
+                }
+            }
+        }
+        assert_eq!(model.filter, sb.filter());
+        let in_b: Vec<bool> = probes
+            .iter()
+            .map(|(s, p)| model.denies_v6(*s, *p))
+            .collect();
+        assert_ne!(in_a, in_b);
+        assert!(in_a.iter().zip(&in_b).any(|(a, b)| *a && *b));
+        // 3000::/4 set 2^20 bits; 3000::/8 leaves 2^16, and 2a00:: none.
+        let bit = |f: &[u64], a: u128| {
+            let n = (a >> 104) as usize;
+            f[n / 64] >> (n % 64) & 1 == 1
+        };
+        assert!(bit(&sa.filter(), v6("3f00::1")) && !bit(&sb.filter(), v6("3f00::1")));
+        assert!(!bit(&sb.filter(), v6("2a00::1")));
     }
 
     #[test]
@@ -369,7 +474,7 @@ mod tests {
         );
         let sa = compile(&a, &State::default()).unwrap();
         let sb = compile(&b, &sa).unwrap();
-        let (ops, _) = plan(&sa, &sb, &sa.v4_filter());
+        let (ops, _) = plan(&sa, &sb, &sa.filter());
         let is_removal = |op: &Op| {
             matches!(
                 op,
@@ -409,7 +514,7 @@ mod tests {
         let a = rules(&[("10.0.0.0/8", "a", Some(&[80]))], &[80]);
         let sa = compile(&a, &State::default()).unwrap();
         let sb = compile(&a, &sa).unwrap();
-        let (ops, report) = plan(&sa, &sb, &sa.v4_filter());
+        let (ops, report) = plan(&sa, &sb, &sa.filter());
         assert!(ops.is_empty(), "{ops:?}");
         assert_eq!((report.added, report.updated, report.removed), (0, 0, 0));
     }
