@@ -231,13 +231,7 @@ mod tests {
                 let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
                 self.state.v4.get(&(src & mask, len))
             });
-            let Some(v) = best else { return false };
-            let in_class = self
-                .state
-                .classes
-                .get(&v.class)
-                .is_some_and(|c| c.iter().any(|(p, _)| *p == port));
-            in_class || v.all_ports_rule != 0
+            self.drops(best, port)
         }
     }
 
@@ -258,6 +252,13 @@ mod tests {
                 };
                 self.state.v6.get(&(src & mask, len))
             });
+            self.drops(best, port)
+        }
+    }
+
+    impl Model {
+        /// The program's decision for the longest match `best` and `port`.
+        fn drops(&self, best: Option<&DenyValue>, port: u16) -> bool {
             let Some(v) = best else { return false };
             let in_class = self
                 .state
