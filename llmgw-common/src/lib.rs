@@ -137,7 +137,7 @@ pub mod stat {
     pub const PASS_NOT_TCP_UDP: usize = 5;
     /// Passed: destination port is not a listener port.
     pub const PASS_NOT_LISTENER: usize = 6;
-    /// Passed: the IPv4 /24 front filter said "no prefix here".
+    /// Passed: the front filter said "no prefix here" (either family).
     pub const PASS_FILTER: usize = 7;
     /// Passed: no deny prefix contains the source.
     pub const PASS_NO_MATCH: usize = 8;
