@@ -1,6 +1,6 @@
 //! Turns [`L4Rules`] into the exact contents of the XDP maps (a [`State`]):
 //! stable rule ids, one trie value per distinct prefix that already accounts
-//! for every enclosing prefix, interned port-set classes, the /24 bitmap.
+//! for every enclosing prefix, interned port-set classes, the front-filter bitmap.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

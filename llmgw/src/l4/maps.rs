@@ -107,7 +107,7 @@ pub(crate) fn check_pin(path: &Path, name: &'static str) -> Result<bool, L4Error
     Ok(true)
 }
 
-/// The IPv4 /24 bitmap, mapped into our memory: the program reads the same
+/// The front-filter bitmap (both families), mapped into our memory: the program reads the same
 /// pages, so a store here is visible to the next packet.
 pub(crate) struct FilterMap {
     _map: MapData,

@@ -24,7 +24,7 @@ pub(crate) enum Op {
         class: u32,
         content: ClassContent,
     },
-    /// Store this /24 bitmap (a superset of old and new first, exact last).
+    /// Store this front-filter bitmap (a superset of old and new first, exact last).
     Filter(std::sync::Arc<Vec<u64>>),
     V4Put {
         key: V4Key,
