@@ -29,15 +29,20 @@ pub const MAP_STATS: &str = "LLMGW_STATS";
 /// source whose first 24 bits are `n`: an IPv4 prefix overlapping that /24,
 /// or an IPv6 prefix overlapping addresses that begin with those 24 bits.
 pub const MAP_V4_FILTER: &str = "LLMGW_V4_FILT";
+/// Exact IPv6 /128s: `HashMap<[u8; 16], DenyValue>`, a mirror of the /128
+/// entries of the IPv6 trie (which keeps them too), looked up first: a hash
+/// lookup costs far less than a trie walk for a flood from many sources.
+pub const MAP_HOST_V6: &str = "LLMGW_HOST_V6";
 /// Rule names: `HashMap<u32, RuleName>` (rule id to name). Written and read by
 /// userspace only; pinned with the other maps so names survive restarts.
 pub const MAP_RULE_NAME: &str = "LLMGW_RULE_NAME";
 
 /// Every map the program defines, in the order userspace pins them.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 10] = [
     MAP_DENY_V4,
     MAP_HOST_V4,
     MAP_DENY_V6,
+    MAP_HOST_V6,
     MAP_LISTEN,
     MAP_PORTSET,
     MAP_RULE_CTR,
@@ -62,6 +67,7 @@ pub const MAX_V6_PREFIXES: u32 = 1 << 18;
 pub const DENY_V4_MAP_ENTRIES: u32 = 2 * MAX_V4_PREFIXES;
 pub const DENY_V6_MAP_ENTRIES: u32 = 2 * MAX_V6_PREFIXES;
 pub const HOST_V4_MAP_ENTRIES: u32 = 2 * MAX_V4_PREFIXES;
+pub const HOST_V6_MAP_ENTRIES: u32 = 2 * MAX_V6_PREFIXES;
 /// Rule ids are `1..MAX_RULES`; 0 means "no rule".
 pub const MAX_RULES: u32 = 4096;
 /// Most `(class, port)` entries userspace keeps; the map has twice as many.

@@ -40,6 +40,7 @@ mod prog {
     const _: () = assert!(same(common::MAP_DENY_V4, "LLMGW_DENY_V4"));
     const _: () = assert!(same(common::MAP_DENY_V6, "LLMGW_DENY_V6"));
     const _: () = assert!(same(common::MAP_HOST_V4, "LLMGW_HOST_V4"));
+    const _: () = assert!(same(common::MAP_HOST_V6, "LLMGW_HOST_V6"));
     const _: () = assert!(same(common::MAP_LISTEN, "LLMGW_LISTEN"));
     const _: () = assert!(same(common::MAP_PORTSET, "LLMGW_PORTSET"));
     const _: () = assert!(same(common::MAP_RULE_CTR, "LLMGW_RULE_CTR"));
@@ -60,6 +61,11 @@ mod prog {
     #[map(name = "LLMGW_DENY_V6")]
     static DENY_V6: LpmTrie<[u8; 16], DenyValue> =
         LpmTrie::with_max_entries(common::DENY_V6_MAP_ENTRIES, 0);
+    #[map(name = "LLMGW_HOST_V6")]
+    static HOST_V6: HashMap<[u8; 16], DenyValue> = HashMap::with_max_entries(
+        common::HOST_V6_MAP_ENTRIES,
+        aya_ebpf::bindings::BPF_F_NO_PREALLOC,
+    );
     #[map(name = "LLMGW_LISTEN")]
     static LISTEN: Array<u8> = Array::with_max_entries(common::LISTEN_ENTRIES, 0);
     #[map(name = "LLMGW_PORTSET")]
@@ -278,13 +284,25 @@ mod prog {
         if !filter_may_match(src[0], src[1], src[2]) {
             return Verdict::Pass(stat::PASS_FILTER);
         }
-        decide(DENY_V6.get(Key::new(128, src)).copied(), port)
+        decide(longest_match_v6(src), port)
     }
 
     #[inline(always)]
     fn lookup_v6(src: [u8; 16]) -> Option<DenyValue> {
         if !filter_may_match(src[0], src[1], src[2]) {
             return None;
+        }
+        longest_match_v6(src)
+    }
+
+    /// As for IPv4: an exact /128 from the host hash (a /128 is always the
+    /// longest match), else the trie.
+    #[inline(always)]
+    fn longest_match_v6(src: [u8; 16]) -> Option<DenyValue> {
+        // SAFETY: as HOST_V4's: a BPF_F_NO_PREALLOC hash, the value copied
+        // out at once.
+        if let Some(v) = unsafe { HOST_V6.get(src) } {
+            return Some(*v);
         }
         DENY_V6.get(Key::new(128, src)).copied()
     }

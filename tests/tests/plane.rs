@@ -173,3 +173,39 @@ fn bad_input_is_an_error_not_a_panic() {
     let report = plane.sync(&rules_a()).unwrap();
     assert_eq!((report.added, report.removed), (0, 0));
 }
+
+#[test]
+fn the_ipv6_host_mirror_is_rebuilt_from_the_trie_when_adopting() {
+    if !privileged("the_ipv6_host_mirror_is_rebuilt_from_the_trie_when_adopting") {
+        return;
+    }
+    let root = Root::new("mirror");
+    let mut rules = rules_a();
+    rules
+        .entries
+        .push(entry("2001:db8:1::7/128", "ns/h[0]", Some(&[443])));
+    rules
+        .entries
+        .push(entry("2001:db8:2::8/128", "ns/h[1]", None));
+    let plane = Plane::start_with(&root.opts(), &[], XdpMode::Auto, &rules).unwrap();
+    assert!(plane.maps_match_last_sync().unwrap());
+    drop(plane);
+
+    // Maps as a binary without the /128 mirror left them: no such pin.
+    let mirror = l4::pin_dir(&root.0).join("maps").join("LLMGW_HOST_V6");
+    std::fs::remove_file(&mirror).unwrap();
+
+    // The next plane creates the mirror and fills it from the trie before
+    // anything runs on it; nothing else changes.
+    let mut plane = Plane::start_with(&root.opts(), &[], XdpMode::Auto, &rules).unwrap();
+    assert!(mirror.exists());
+    assert!(plane.maps_match_last_sync().unwrap());
+    let report = plane.sync(&rules).unwrap();
+    assert_eq!((report.added, report.updated, report.removed), (0, 0, 0));
+
+    // Removing a /128 removes it from both.
+    rules.entries.pop();
+    plane.sync(&rules).unwrap();
+    assert!(plane.maps_match_last_sync().unwrap());
+    plane.detach().unwrap();
+}

@@ -611,6 +611,10 @@ fn front_filter_does_not_change_verdicts() {
     }
     with.sync(&rules6).unwrap();
     without.sync(&rules6).unwrap();
+    assert!(
+        with.maps_match_last_sync().unwrap(),
+        "tries, /128 mirror, filter"
+    );
     let mut y: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut drops6 = 0;
     for i in 0..4000u32 {

@@ -30,11 +30,16 @@ struct Spec {
     max_entries: u32,
 }
 
-const SPECS: [Spec; 9] = [
+const SPECS: [Spec; 10] = [
     Spec {
         name: common::MAP_HOST_V4,
         kind: MapType::Hash,
         max_entries: common::HOST_V4_MAP_ENTRIES,
+    },
+    Spec {
+        name: common::MAP_HOST_V6,
+        kind: MapType::Hash,
+        max_entries: common::HOST_V6_MAP_ENTRIES,
     },
     Spec {
         name: common::MAP_DENY_V4,
@@ -185,6 +190,8 @@ pub(crate) struct Maps {
     /// The /32 entries of the IPv4 set (the trie holds the shorter ones).
     host_v4: HashMap<MapData, [u8; 4], DenyValue>,
     deny_v6: LpmTrie<MapData, [u8; 16], DenyValue>,
+    /// A mirror of the IPv6 trie's /128 entries (the trie keeps them too).
+    host_v6: HashMap<MapData, [u8; 16], DenyValue>,
     listen: Array<MapData, u8>,
     portset: HashMap<MapData, ClassPortKey, u32>,
     rule_ctr: PerCpuArray<MapData, RuleCounters>,
@@ -255,6 +262,7 @@ impl Maps {
             deny_v4: typed(common::MAP_DENY_V4, get(common::MAP_DENY_V4)?)?,
             host_v4: typed(common::MAP_HOST_V4, get(common::MAP_HOST_V4)?)?,
             deny_v6: typed(common::MAP_DENY_V6, get(common::MAP_DENY_V6)?)?,
+            host_v6: typed(common::MAP_HOST_V6, get(common::MAP_HOST_V6)?)?,
             listen: typed(common::MAP_LISTEN, get(common::MAP_LISTEN)?)?,
             portset: typed(common::MAP_PORTSET, get(common::MAP_PORTSET)?)?,
             rule_ctr: typed(common::MAP_RULE_CTR, get(common::MAP_RULE_CTR)?)?,
@@ -312,6 +320,50 @@ impl Maps {
             }
         }
         Ok(s)
+    }
+
+    /// The /128 mirror as it is.
+    fn host_v6_entries(&self) -> Result<std::collections::HashMap<u128, DenyValue>, L4Error> {
+        let mut out = std::collections::HashMap::new();
+        for item in self.host_v6.iter() {
+            let (addr, value) =
+                item.map_err(|e| L4Error::map(common::MAP_HOST_V6, "iterating", e))?;
+            out.insert(u128::from_be_bytes(addr), value);
+        }
+        Ok(out)
+    }
+
+    /// Whether the /128 mirror holds exactly the /128 entries of `state`.
+    pub(crate) fn host_v6_matches(&self, state: &State) -> Result<bool, L4Error> {
+        let want: std::collections::HashMap<u128, DenyValue> = state
+            .v6
+            .iter()
+            .filter(|((_, len), _)| *len == 128)
+            .map(|((a, _), v)| (*a, *v))
+            .collect();
+        Ok(self.host_v6_entries()? == want)
+    }
+
+    /// Makes the /128 mirror equal to the /128 entries of `state` (what the
+    /// trie holds): after adopting maps that a crash interrupted mid-sync,
+    /// or that a binary without the mirror filled. Entries are added before
+    /// stale ones are removed.
+    pub(crate) fn reconcile_host_v6(&mut self, state: &State) -> Result<(), L4Error> {
+        let have = self.host_v6_entries()?;
+        for ((addr, len), value) in &state.v6 {
+            if *len == 128 && have.get(addr) != Some(value) {
+                self.host_v6
+                    .insert(addr.to_be_bytes(), value, 0)
+                    .map_err(|e| L4Error::map(common::MAP_HOST_V6, "insert", e))?;
+            }
+        }
+        for addr in have.keys() {
+            if !state.v6.contains_key(&(*addr, 128)) {
+                ignore_missing(self.host_v6.remove(&addr.to_be_bytes()))
+                    .map_err(|e| L4Error::map(common::MAP_HOST_V6, "remove", e))?;
+            }
+        }
+        Ok(())
     }
 
     /// Sum over CPUs of the global counters.
@@ -407,10 +459,19 @@ impl Target for Maps {
                 .deny_v4
                 .insert(&Key::new(u32::from(key.1), key.0.to_be_bytes()), value, 0)
                 .map_err(|e| L4Error::map(common::MAP_DENY_V4, "insert", e)),
-            Op::V6Put { key, value } => self
-                .deny_v6
-                .insert(&Key::new(u32::from(key.1), key.0.to_be_bytes()), value, 0)
-                .map_err(|e| L4Error::map(common::MAP_DENY_V6, "insert", e)),
+            Op::V6Put { key, value } => {
+                // The trie first, then the mirror: in between, the program
+                // finds the entry in the trie.
+                self.deny_v6
+                    .insert(&Key::new(u32::from(key.1), key.0.to_be_bytes()), value, 0)
+                    .map_err(|e| L4Error::map(common::MAP_DENY_V6, "insert", e))?;
+                if key.1 == 128 {
+                    self.host_v6
+                        .insert(key.0.to_be_bytes(), value, 0)
+                        .map_err(|e| L4Error::map(common::MAP_HOST_V6, "insert", e))?;
+                }
+                Ok(())
+            }
             Op::V4Remove(key) if key.1 == 32 => {
                 ignore_missing(self.host_v4.remove(&key.0.to_be_bytes()))
                     .map_err(|e| L4Error::map(common::MAP_HOST_V4, "remove", e))
@@ -420,11 +481,19 @@ impl Target for Maps {
                     .remove(&Key::new(u32::from(key.1), key.0.to_be_bytes())),
             )
             .map_err(|e| L4Error::map(common::MAP_DENY_V4, "remove", e)),
-            Op::V6Remove(key) => ignore_missing(
-                self.deny_v6
-                    .remove(&Key::new(u32::from(key.1), key.0.to_be_bytes())),
-            )
-            .map_err(|e| L4Error::map(common::MAP_DENY_V6, "remove", e)),
+            Op::V6Remove(key) => {
+                // The mirror first: what is left in between is the trie's
+                // entry, which still denies (never less than both states).
+                if key.1 == 128 {
+                    ignore_missing(self.host_v6.remove(&key.0.to_be_bytes()))
+                        .map_err(|e| L4Error::map(common::MAP_HOST_V6, "remove", e))?;
+                }
+                ignore_missing(
+                    self.deny_v6
+                        .remove(&Key::new(u32::from(key.1), key.0.to_be_bytes())),
+                )
+                .map_err(|e| L4Error::map(common::MAP_DENY_V6, "remove", e))
+            }
         }
     }
 }

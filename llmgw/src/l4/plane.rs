@@ -166,9 +166,13 @@ impl Plane {
             }
         }
         let mut ebpf = load(Some(&maps_dir), opts.v4_filter)?;
-        let maps = Maps::from_ebpf(&mut ebpf)?;
+        let mut maps = Maps::from_ebpf(&mut ebpf)?;
         let state = if adopted > 0 {
-            maps.read_state()?
+            let state = maps.read_state()?;
+            // The /128 mirror follows the trie (a crash mid-sync, or maps
+            // filled by a binary that had no mirror).
+            maps.reconcile_host_v6(&state)?;
+            state
         } else {
             State::default()
         };
@@ -324,7 +328,12 @@ impl Plane {
     pub fn sync(&mut self, rules: &L4Rules) -> Result<SyncReport, L4Error> {
         let cur = match self.state.take() {
             Some(s) => s,
-            None => self.maps.read_state()?,
+            None => {
+                // After a failed sync: re-read, and realign the /128 mirror.
+                let s = self.maps.read_state()?;
+                self.maps.reconcile_host_v6(&s)?;
+                s
+            }
         };
         let next = match compile(rules, &cur) {
             Ok(n) => n,
@@ -338,6 +347,17 @@ impl Plane {
         self.state = Some(next);
         tracing::debug!(?report, "XDP maps synced");
         Ok(report)
+    }
+
+    /// Whether the maps hold exactly what the last sync wrote (the tries,
+    /// the /32 and /128 hashes, the filter); for tests and diagnostics.
+    pub fn maps_match_last_sync(&self) -> Result<bool, L4Error> {
+        let Some(state) = &self.state else {
+            return Ok(false);
+        };
+        Ok(self.maps.read_state()? == *state
+            && self.maps.filter.read() == state.filter()
+            && self.maps.host_v6_matches(state)?)
     }
 
     /// Counters per rule, packets seen and passed.

@@ -125,6 +125,8 @@ impl XdpProgram {
     /// Whether the maps hold exactly what the last sync wrote.
     pub fn maps_match_last_sync(&self) -> Result<bool, L4Error> {
         let kernel = self.maps.read_state()?;
-        Ok(kernel == self.state && self.maps.filter.read() == self.state.filter())
+        Ok(kernel == self.state
+            && self.maps.filter.read() == self.state.filter()
+            && self.maps.host_v6_matches(&self.state)?)
     }
 }
