@@ -3,7 +3,7 @@
 //! apply sync ops, read the current [`State`] back, and read the counters.
 
 use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     path::Path,
     sync::atomic::{AtomicU64, Ordering},
 };
@@ -189,6 +189,11 @@ pub(crate) struct Maps {
     deny_v4: LpmTrie<MapData, [u8; 4], DenyValue>,
     /// The /32 entries of the IPv4 set (the trie holds the shorter ones).
     host_v4: HashMap<MapData, [u8; 4], DenyValue>,
+    /// A second handle on `host_v4`, for batched inserts.
+    host_v4_fd: OwnedFd,
+    /// /32 inserts not written yet: consecutive ones go in one
+    /// BPF_MAP_UPDATE_BATCH, written before any other op.
+    pending_hosts: Vec<([u8; 4], DenyValue)>,
     deny_v6: LpmTrie<MapData, [u8; 16], DenyValue>,
     /// A mirror of the IPv6 trie's /128 entries (the trie keeps them too).
     host_v6: HashMap<MapData, [u8; 16], DenyValue>,
@@ -258,9 +263,25 @@ impl Maps {
     }
 
     fn build(mut get: impl FnMut(&'static str) -> Result<Map, L4Error>) -> Result<Self, L4Error> {
+        let host_v4 = get(common::MAP_HOST_V4)?;
+        let host_v4_fd = match &host_v4 {
+            Map::HashMap(data) => data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| L4Error::io(format!("duplicating {}", common::MAP_HOST_V4), e))?,
+            _ => {
+                return Err(L4Error::IncompatiblePin {
+                    path: common::MAP_HOST_V4.into(),
+                    reason: "not a hash map".into(),
+                });
+            }
+        };
         Ok(Self {
             deny_v4: typed(common::MAP_DENY_V4, get(common::MAP_DENY_V4)?)?,
-            host_v4: typed(common::MAP_HOST_V4, get(common::MAP_HOST_V4)?)?,
+            host_v4: typed(common::MAP_HOST_V4, host_v4)?,
+            host_v4_fd,
+            pending_hosts: Vec::new(),
             deny_v6: typed(common::MAP_DENY_V6, get(common::MAP_DENY_V6)?)?,
             host_v6: typed(common::MAP_HOST_V6, get(common::MAP_HOST_V6)?)?,
             listen: typed(common::MAP_LISTEN, get(common::MAP_LISTEN)?)?,
@@ -396,8 +417,71 @@ impl Maps {
     }
 }
 
+/// /32 inserts per BPF_MAP_UPDATE_BATCH call.
+const BATCH: usize = 8192;
+
+impl Maps {
+    /// Writes the buffered /32 inserts: one BPF_MAP_UPDATE_BATCH per
+    /// `BATCH`, or one update each where the kernel has no batch support.
+    fn write_pending_hosts(&mut self) -> Result<(), L4Error> {
+        if self.pending_hosts.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending_hosts);
+        for chunk in pending.chunks(BATCH) {
+            let mut keys = Vec::with_capacity(chunk.len() * 4);
+            let mut values = Vec::with_capacity(chunk.len() * 8);
+            for (k, v) in chunk {
+                keys.extend_from_slice(k);
+                // DenyValue is #[repr(C)] { u32, u32 }.
+                values.extend_from_slice(&v.all_ports_rule.to_ne_bytes());
+                values.extend_from_slice(&v.class.to_ne_bytes());
+            }
+            let n = chunk.len() as u32;
+            match super::sys::map_update_batch(self.host_v4_fd.as_fd(), &keys, &values, n) {
+                Ok(()) => {}
+                Err((e, 0))
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::ENOTSUP | libc::ENOSYS)
+                    ) =>
+                {
+                    for (k, v) in chunk {
+                        self.host_v4
+                            .insert(k, v, 0)
+                            .map_err(|e| L4Error::map(common::MAP_HOST_V4, "insert", e))?;
+                    }
+                }
+                Err((e, done)) => {
+                    return Err(L4Error::io(
+                        format!(
+                            "{}: batch insert ({done} of {n} written)",
+                            common::MAP_HOST_V4
+                        ),
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Target for Maps {
+    fn flush(&mut self) -> Result<(), L4Error> {
+        self.write_pending_hosts()
+    }
+
     fn apply(&mut self, op: &Op) -> Result<(), L4Error> {
+        if let Op::V4Put { key, value } = op
+            && key.1 == 32
+        {
+            self.pending_hosts.push((key.0.to_be_bytes(), *value));
+            return Ok(());
+        }
+        // Every other op sees the buffered inserts written first: the
+        // order of the plan is kept.
+        self.write_pending_hosts()?;
         match op {
             Op::RuleAdd { id, name } => {
                 let ncpu = aya::util::nr_cpus()
@@ -451,10 +535,6 @@ impl Target for Maps {
                 self.filter.write(words);
                 Ok(())
             }
-            Op::V4Put { key, value } if key.1 == 32 => self
-                .host_v4
-                .insert(key.0.to_be_bytes(), value, 0)
-                .map_err(|e| L4Error::map(common::MAP_HOST_V4, "insert", e)),
             Op::V4Put { key, value } => self
                 .deny_v4
                 .insert(&Key::new(u32::from(key.1), key.0.to_be_bytes()), value, 0)

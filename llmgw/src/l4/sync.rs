@@ -47,6 +47,10 @@ pub(crate) enum Op {
 /// Where the ops go: the real maps, or a recorder in tests.
 pub(crate) trait Target {
     fn apply(&mut self, op: &Op) -> Result<(), L4Error>;
+    /// Writes whatever `apply` buffered; called after the last op.
+    fn flush(&mut self) -> Result<(), L4Error> {
+        Ok(())
+    }
 }
 
 /// What a sync did.
@@ -187,6 +191,7 @@ pub(crate) fn apply(
     for op in &ops {
         target.apply(op)?;
     }
+    target.flush()?;
     report.elapsed = start.elapsed();
     Ok(report)
 }

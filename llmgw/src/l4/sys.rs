@@ -1,6 +1,6 @@
 //! The few system calls aya does not wrap: BPF_OBJ_GET / BPF_LINK_DETACH /
-//! link info on pinned links, capability and bpffs checks, the bpffs mount
-//! and the (optional) RLIMIT_MEMLOCK raise.
+//! link info on pinned links, BPF_MAP_UPDATE_BATCH, capability and bpffs
+//! checks, the bpffs mount and the (optional) RLIMIT_MEMLOCK raise.
 
 use std::{
     ffi::CString,
@@ -15,6 +15,7 @@ use std::{
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_DETACH: libc::c_long = 34;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// `union bpf_attr`, large enough for the commands used here.
@@ -51,6 +52,33 @@ pub(crate) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let fd = bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: the kernel returned a new file descriptor we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Writes `count` entries in one call (kernel 5.6+, hash maps): `keys` and
+/// `values` hold them back to back, in the map's key and value layouts.
+/// On error, also returns how many were written before it.
+pub(crate) fn map_update_batch(
+    map: std::os::fd::BorrowedFd<'_>,
+    keys: &[u8],
+    values: &[u8],
+    count: u32,
+) -> Result<(), (io::Error, u32)> {
+    use std::os::fd::AsRawFd as _;
+    let mut attr = Attr([0; 128]);
+    // struct { in_batch, out_batch, keys, values: u64; count, map_fd: u32;
+    //          elem_flags, flags: u64 }
+    attr.0[16..24].copy_from_slice(&(keys.as_ptr() as u64).to_ne_bytes());
+    attr.0[24..32].copy_from_slice(&(values.as_ptr() as u64).to_ne_bytes());
+    attr.0[32..36].copy_from_slice(&count.to_ne_bytes());
+    attr.0[36..40].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
+    match bpf(BPF_MAP_UPDATE_BATCH, &mut attr) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let mut done = [0u8; 4];
+            done.copy_from_slice(&attr.0[32..36]);
+            Err((e, u32::from_ne_bytes(done)))
+        }
+    }
 }
 
 /// Detaches a link even while other processes hold it open (kernel 5.9+).
