@@ -443,29 +443,25 @@ pub fn render_xdp(out: &mut String, stats: &crate::l4::PlaneStats) {
             );
         }
     }
-    out.push_str(
-        "# HELP llmgw_xdp_dropped_packets_total Packets dropped in XDP, by policy rule.\n\
-         # TYPE llmgw_xdp_dropped_packets_total counter\n",
-    );
-    for r in &stats.rules {
-        let _ = writeln!(
+    type Field = fn(&crate::l4::RuleStats) -> u64;
+    let per_rule: [(&str, &str, Field); 2] = [
+        ("packets", "Packets", |r| r.packets),
+        ("bytes", "Bytes", |r| r.bytes),
+    ];
+    for (unit, what, field) in per_rule {
+        let _ = write!(
             out,
-            "llmgw_xdp_dropped_packets_total{{rule=\"{}\"}} {}",
-            esc(&r.name),
-            r.packets
+            "# HELP llmgw_xdp_dropped_{unit}_total {what} dropped in XDP, by policy rule.\n\
+             # TYPE llmgw_xdp_dropped_{unit}_total counter\n"
         );
-    }
-    out.push_str(
-        "# HELP llmgw_xdp_dropped_bytes_total Bytes dropped in XDP, by policy rule.\n\
-         # TYPE llmgw_xdp_dropped_bytes_total counter\n",
-    );
-    for r in &stats.rules {
-        let _ = writeln!(
-            out,
-            "llmgw_xdp_dropped_bytes_total{{rule=\"{}\"}} {}",
-            esc(&r.name),
-            r.bytes
-        );
+        for r in &stats.rules {
+            let _ = writeln!(
+                out,
+                "llmgw_xdp_dropped_{unit}_total{{rule=\"{}\"}} {}",
+                esc(&r.name),
+                field(r)
+            );
+        }
     }
 }
 
