@@ -95,21 +95,63 @@ pub struct BodySettings {
 /// One compiled `envoyExtAuthzHttp` provider.
 #[derive(Debug)]
 pub struct HttpProvider {
+    pub common: Common,
+    pub path_prefix: String,
+    pub include_request_headers: Vec<HeaderPattern>,
+    pub additional_headers: Vec<(HeaderName, HeaderValue)>,
+    pub headers_to_upstream_on_allow: Vec<HeaderPattern>,
+    pub headers_to_downstream_on_deny: Vec<HeaderPattern>,
+    pub headers_to_downstream_on_allow: Vec<HeaderPattern>,
+}
+
+/// What every provider kind has: its name, where it is, how long to wait,
+/// what a failure means, the body it wants, and its counters.
+#[derive(Debug)]
+pub struct Common {
     pub name: String,
     /// `service` without a `namespace/` part.
     pub host: String,
     pub port: u16,
     pub timeout: Duration,
-    pub path_prefix: String,
     pub fail_open: bool,
     pub status_on_error: StatusCode,
-    pub include_request_headers: Vec<HeaderPattern>,
-    pub additional_headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Option<BodySettings>,
-    pub headers_to_upstream_on_allow: Vec<HeaderPattern>,
-    pub headers_to_downstream_on_deny: Vec<HeaderPattern>,
-    pub headers_to_downstream_on_allow: Vec<HeaderPattern>,
-    stats: Counters,
+    pub(super) stats: Counters,
+}
+
+impl Common {
+    /// An authorizer that could not answer: `failOpen` allows, else
+    /// `statusOnError` with an empty body.
+    pub(super) fn on_error(&self) -> CheckResult {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        if self.fail_open {
+            CheckResult::Allow(Allowed::default())
+        } else {
+            CheckResult::Deny(LocalReply::empty(self.status_on_error))
+        }
+    }
+
+    /// One line for `llmgw validate`: `kind` reached at `url`.
+    fn describe(&self, kind: &str, url: &str) -> String {
+        let failure = if self.fail_open {
+            "fail open".to_string()
+        } else {
+            format!("{} on error", self.status_on_error.as_u16())
+        };
+        format!(
+            "{}: {kind} {url} (timeout {:?}, {failure})",
+            self.name, self.timeout
+        )
+    }
+
+    fn stats(&self) -> ProviderStats {
+        ProviderStats {
+            provider: self.name.clone(),
+            allowed: self.stats.allowed.load(Ordering::Relaxed),
+            denied: self.stats.denied.load(Ordering::Relaxed),
+            errors: self.stats.errors.load(Ordering::Relaxed),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -117,28 +159,6 @@ pub(super) struct Counters {
     pub(super) allowed: AtomicU64,
     pub(super) denied: AtomicU64,
     pub(super) errors: AtomicU64,
-}
-
-impl Counters {
-    /// An authorizer that could not answer: `failOpen` allows, else
-    /// `statusOnError` with an empty body.
-    pub(super) fn on_error(&self, fail_open: bool, status_on_error: StatusCode) -> CheckResult {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        if fail_open {
-            CheckResult::Allow(Allowed::default())
-        } else {
-            CheckResult::Deny(LocalReply::empty(status_on_error))
-        }
-    }
-
-    fn stats(&self, provider: &str) -> ProviderStats {
-        ProviderStats {
-            provider: provider.to_string(),
-            allowed: self.allowed.load(Ordering::Relaxed),
-            denied: self.denied.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
-        }
-    }
 }
 
 /// Check counters of one provider, for metrics.
@@ -354,8 +374,8 @@ impl ExtAuthz {
     /// up to `max_request_bytes + 1` bytes and passes them in [`CheckRequest::body`]).
     pub fn body_settings(&self, provider: &str) -> Option<BodySettings> {
         match self.providers.get(provider) {
-            Some(Provider::Http(p)) => p.body,
-            Some(Provider::Grpc(p)) => p.body,
+            Some(Provider::Http(p)) => p.common.body,
+            Some(Provider::Grpc(p)) => p.common.body,
             _ => None,
         }
     }
@@ -365,21 +385,18 @@ impl ExtAuthz {
         self.providers
             .iter()
             .map(|(name, p)| match p {
-                Provider::Http(p) => format!(
-                    "{name}: envoyExtAuthzHttp http://{}:{}{} (timeout {:?}, {})",
-                    p.host,
-                    p.port,
-                    p.path_prefix,
-                    p.timeout,
-                    on_error_text(p.fail_open, p.status_on_error)
-                ),
-                Provider::Grpc(p) => format!(
-                    "{name}: envoyExtAuthzGrpc grpc://{}:{} (timeout {:?}, {})",
-                    p.host,
-                    p.port,
-                    p.timeout,
-                    on_error_text(p.fail_open, p.status_on_error)
-                ),
+                Provider::Http(p) => {
+                    let c = &p.common;
+                    let url = format!("http://{}:{}{}", c.host, c.port, p.path_prefix);
+                    c.describe("envoyExtAuthzHttp", &url)
+                }
+                Provider::Grpc(p) => {
+                    let c = &p.common;
+                    c.describe(
+                        "envoyExtAuthzGrpc",
+                        &format!("grpc://{}:{}", c.host, c.port),
+                    )
+                }
                 Provider::Other(kind) => format!("{name}: {kind} (not used by llmgw)"),
                 Provider::Invalid => format!("{name}: invalid"),
             })
@@ -391,8 +408,8 @@ impl ExtAuthz {
         self.providers
             .values()
             .filter_map(|p| match p {
-                Provider::Http(p) => Some(p.stats.stats(&p.name)),
-                Provider::Grpc(p) => Some(p.stats.stats(&p.name)),
+                Provider::Http(p) => Some(p.common.stats()),
+                Provider::Grpc(p) => Some(p.common.stats()),
                 Provider::Other(_) | Provider::Invalid => None,
             })
             .collect()
@@ -442,15 +459,16 @@ impl ExtAuthz {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(provider, error = %e, "ext_authz: cannot build the check request");
-                return p.on_error();
+                return p.common.on_error();
             }
         };
         if too_large {
-            p.stats.denied.fetch_add(1, Ordering::Relaxed);
+            p.common.stats.denied.fetch_add(1, Ordering::Relaxed);
             return CheckResult::Deny(LocalReply::empty(StatusCode::PAYLOAD_TOO_LARGE));
         }
-        let Some((parts, body, _)) = call(self.client(), request, p.timeout, provider).await else {
-            return p.on_error();
+        let timeout = p.common.timeout;
+        let Some((parts, body, _)) = call(self.client(), request, timeout, provider).await else {
+            return p.common.on_error();
         };
         p.on_response(parts.status, &parts.headers, body)
     }
@@ -490,20 +508,7 @@ pub(super) async fn call(
     }
 }
 
-/// How a provider treats failures, for `llmgw validate`.
-fn on_error_text(fail_open: bool, status_on_error: StatusCode) -> String {
-    if fail_open {
-        "fail open".to_string()
-    } else {
-        format!("{} on error", status_on_error.as_u16())
-    }
-}
-
 impl HttpProvider {
-    fn on_error(&self) -> CheckResult {
-        self.stats.on_error(self.fail_open, self.status_on_error)
-    }
-
     /// The HTTP request Envoy would send, and whether the body is too large.
     fn check_request(
         &self,
@@ -511,7 +516,7 @@ impl HttpProvider {
     ) -> Result<(Request<Full<Bytes>>, bool), String> {
         let mut body = Bytes::new();
         let mut partial = None;
-        if let (Some(settings), Some(b)) = (self.body, req.body) {
+        if let (Some(settings), Some(b)) = (self.common.body, req.body) {
             if b.len() > settings.max_request_bytes {
                 if !settings.allow_partial_message {
                     return Ok((Request::new(Full::new(Bytes::new())), true));
@@ -527,7 +532,7 @@ impl HttpProvider {
         let pq: PathAndQuery = path.parse().map_err(|e| format!("path {path:?}: {e}"))?;
         let uri = Uri::builder()
             .scheme("http")
-            .authority(format!("{}:{}", self.host, self.port).as_str())
+            .authority(format!("{}:{}", self.common.host, self.common.port).as_str())
             .path_and_query(pq)
             .build()
             .map_err(|e| e.to_string())?;
@@ -563,11 +568,11 @@ impl HttpProvider {
 
     fn on_response(&self, status: StatusCode, headers: &HeaderMap, body: Bytes) -> CheckResult {
         if status.is_server_error() {
-            tracing::warn!(provider = %self.name, %status, "ext_authz: authorizer failed");
-            return self.on_error();
+            tracing::warn!(provider = %self.common.name, %status, "ext_authz: authorizer failed");
+            return self.common.on_error();
         }
         if status == StatusCode::OK {
-            self.stats.allowed.fetch_add(1, Ordering::Relaxed);
+            self.common.stats.allowed.fetch_add(1, Ordering::Relaxed);
             let pick = |patterns: &[HeaderPattern]| -> Vec<(HeaderName, HeaderValue)> {
                 headers
                     .iter()
@@ -591,8 +596,8 @@ impl HttpProvider {
                 downstream_add: pick(&self.headers_to_downstream_on_allow),
             });
         }
-        self.stats.denied.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(provider = %self.name, %status, "ext_authz: denied");
+        self.common.stats.denied.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(provider = %self.common.name, %status, "ext_authz: denied");
         let mut reply = if body.is_empty() {
             LocalReply::empty(status)
         } else {
@@ -678,26 +683,31 @@ pub(crate) fn compile(mesh: &MeshConfig, errors: &mut ErrorList) -> ExtAuthz {
     out
 }
 
-/// The fields every ext_authz provider kind has, validated.
-pub(super) struct Common {
-    /// `service` without a `namespace/` part.
-    pub host: String,
-    pub port: u16,
-    pub timeout: Duration,
-    pub status_on_error: StatusCode,
-    pub body: Option<BodySettings>,
+/// The fields of [`Common`] as a provider kind's YAML gives them.
+pub(super) struct CommonRaw<'a> {
+    pub service: &'a str,
+    pub port: Option<&'a Scalar>,
+    pub timeout: Option<&'a String>,
+    pub fail_open: bool,
+    pub status_on_error: Option<&'a Scalar>,
+    pub request_body: Option<&'a RequestBody>,
 }
 
 /// Validates `service`, `port`, `timeout`, `statusOnError` and
 /// `includeRequestBodyInCheck`, reporting each problem through `e`.
 pub(super) fn compile_common(
-    service: &str,
-    port: Option<&Scalar>,
-    timeout: Option<&String>,
-    status_on_error: Option<&Scalar>,
-    request_body: Option<&RequestBody>,
+    name: &str,
+    raw: CommonRaw<'_>,
     e: &mut impl FnMut(&str, String),
 ) -> Common {
+    let CommonRaw {
+        service,
+        port,
+        timeout,
+        fail_open,
+        status_on_error,
+        request_body,
+    } = raw;
     let host = match service.rsplit_once('/') {
         Some((_ns, host)) => host,
         None => service,
@@ -784,29 +794,30 @@ pub(super) fn compile_common(
         }),
     };
     Common {
+        name: name.to_string(),
         host,
         port,
         timeout,
+        fail_open,
         status_on_error,
         body,
+        stats: Counters::default(),
     }
 }
 
 fn compile_http(name: &str, h: &EnvoyExtAuthzHttp) -> Result<HttpProvider, Vec<(String, String)>> {
     let mut errs: Vec<(String, String)> = Vec::new();
     let mut e = |f: &str, m: String| errs.push((f.to_string(), m));
-    let Common {
-        host,
-        port,
-        timeout,
-        status_on_error,
-        body,
-    } = compile_common(
-        &h.service,
-        h.port.as_ref(),
-        h.timeout.as_ref(),
-        h.status_on_error.as_ref(),
-        h.include_request_body_in_check.as_ref(),
+    let common = compile_common(
+        name,
+        CommonRaw {
+            service: &h.service,
+            port: h.port.as_ref(),
+            timeout: h.timeout.as_ref(),
+            fail_open: h.fail_open,
+            status_on_error: h.status_on_error.as_ref(),
+            request_body: h.include_request_body_in_check.as_ref(),
+        },
         &mut e,
     );
     let path_prefix = h.path_prefix.clone().unwrap_or_default();
@@ -864,19 +875,12 @@ fn compile_http(name: &str, h: &EnvoyExtAuthzHttp) -> Result<HttpProvider, Vec<(
         return Err(errs);
     }
     Ok(HttpProvider {
-        name: name.to_string(),
-        host,
-        port,
-        timeout,
+        common,
         path_prefix,
-        fail_open: h.fail_open,
-        status_on_error,
         include_request_headers,
         additional_headers,
-        body,
         headers_to_upstream_on_allow,
         headers_to_downstream_on_deny,
         headers_to_downstream_on_allow,
-        stats: Counters::default(),
     })
 }

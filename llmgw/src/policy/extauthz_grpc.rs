@@ -10,7 +10,7 @@
 use std::{
     collections::HashMap,
     sync::atomic::Ordering,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -21,8 +21,8 @@ use prost::Message as _;
 use super::{
     LocalReply,
     extauthz::{
-        Allowed, BodySettings, CheckRequest, CheckResult, Common, Counters, HeaderAction,
-        HttpClient, call, compile_common, hop_by_hop, set_all,
+        Allowed, CheckRequest, CheckResult, Common, CommonRaw, HeaderAction, HttpClient, call,
+        compile_common, hop_by_hop, set_all,
     },
     extauthz_proto as pb,
 };
@@ -33,16 +33,9 @@ const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 /// One compiled `envoyExtAuthzGrpc` provider.
 #[derive(Debug)]
 pub struct GrpcProvider {
-    pub name: String,
-    pub host: String,
-    pub port: u16,
-    pub timeout: Duration,
-    pub fail_open: bool,
-    pub status_on_error: StatusCode,
-    pub body: Option<BodySettings>,
+    pub common: Common,
     /// `includeRequestBodyInCheck.packAsBytes`: the body goes in `raw_body`.
     pub pack_as_bytes: bool,
-    pub(super) stats: Counters,
 }
 
 impl GrpcProvider {
@@ -52,64 +45,56 @@ impl GrpcProvider {
     ) -> Result<GrpcProvider, Vec<(String, String)>> {
         let mut errs: Vec<(String, String)> = Vec::new();
         let mut e = |f: &str, m: String| errs.push((f.to_string(), m));
-        let Common {
-            host,
-            port,
-            timeout,
-            status_on_error,
-            body,
-        } = compile_common(
-            &g.service,
-            g.port.as_ref(),
-            g.timeout.as_ref(),
-            g.status_on_error.as_ref(),
-            g.include_request_body_in_check.as_ref(),
+        let common = compile_common(
+            name,
+            CommonRaw {
+                service: &g.service,
+                port: g.port.as_ref(),
+                timeout: g.timeout.as_ref(),
+                fail_open: g.fail_open,
+                status_on_error: g.status_on_error.as_ref(),
+                request_body: g.include_request_body_in_check.as_ref(),
+            },
             &mut e,
         );
         if !errs.is_empty() {
             return Err(errs);
         }
         Ok(GrpcProvider {
-            name: name.to_string(),
-            host,
-            port,
-            timeout,
-            fail_open: g.fail_open,
-            status_on_error,
-            body,
+            common,
             pack_as_bytes: g
                 .include_request_body_in_check
                 .as_ref()
                 .is_some_and(|b| b.pack_as_bytes),
-            stats: Counters::default(),
         })
     }
 
     fn on_error(&self) -> CheckResult {
-        self.stats.on_error(self.fail_open, self.status_on_error)
+        self.common.on_error()
     }
 
     pub(super) async fn check(&self, client: &HttpClient, req: &CheckRequest<'_>) -> CheckResult {
         let (message, too_large) = self.check_message(req);
         if too_large {
-            self.stats.denied.fetch_add(1, Ordering::Relaxed);
+            self.common.stats.denied.fetch_add(1, Ordering::Relaxed);
             return CheckResult::Deny(LocalReply::empty(StatusCode::PAYLOAD_TOO_LARGE));
         }
         let request = match self.http_request(&message) {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(provider = %self.name, error = %e, "ext_authz: cannot build the check request");
+                tracing::warn!(provider = %self.common.name, error = %e, "ext_authz: cannot build the check request");
                 return self.on_error();
             }
         };
-        let Some((parts, body, trailers)) = call(client, request, self.timeout, &self.name).await
+        let Some((parts, body, trailers)) =
+            call(client, request, self.common.timeout, &self.common.name).await
         else {
             return self.on_error();
         };
         match decode_reply(parts.status, &parts.headers, trailers.as_ref(), &body) {
             Ok(resp) => self.on_check_response(resp),
             Err(e) => {
-                tracing::warn!(provider = %self.name, error = %e, "ext_authz: check failed");
+                tracing::warn!(provider = %self.common.name, error = %e, "ext_authz: check failed");
                 self.on_error()
             }
         }
@@ -157,7 +142,7 @@ impl GrpcProvider {
         if let Some(a) = attrs {
             headers.insert("x-request-id".into(), a.request_id.to_string());
         }
-        if let (Some(settings), Some(b)) = (self.body, req.body) {
+        if let (Some(settings), Some(b)) = (self.common.body, req.body) {
             let cut = b.len() > settings.max_request_bytes;
             if cut && !settings.allow_partial_message {
                 return (pb::CheckRequest::default(), true);
@@ -212,7 +197,7 @@ impl GrpcProvider {
         message.encode(&mut buf).map_err(|e| e.to_string())?;
         let uri = Uri::builder()
             .scheme("http")
-            .authority(format!("{}:{}", self.host, self.port).as_str())
+            .authority(format!("{}:{}", self.common.host, self.common.port).as_str())
             .path_and_query(CHECK_PATH)
             .build()
             .map_err(|e| e.to_string())?;
@@ -221,7 +206,7 @@ impl GrpcProvider {
             .header(header::TE, "trailers")
             .header(
                 "grpc-timeout",
-                format!("{}m", self.timeout.as_millis().max(1)),
+                format!("{}m", self.common.timeout.as_millis().max(1)),
             )
             .body(Full::new(buf.freeze()))
             .map_err(|e| e.to_string())
@@ -230,7 +215,7 @@ impl GrpcProvider {
     fn on_check_response(&self, resp: pb::CheckResponse) -> CheckResult {
         let code = resp.status.as_ref().map_or(0, |s| s.code);
         if code == 0 {
-            self.stats.allowed.fetch_add(1, Ordering::Relaxed);
+            self.common.stats.allowed.fetch_add(1, Ordering::Relaxed);
             let ok = resp.ok_response.unwrap_or_default();
             let mut allowed = Allowed::default();
             for (k, v, action) in header_options(&ok.headers, false) {
@@ -251,7 +236,7 @@ impl GrpcProvider {
                 .collect();
             return CheckResult::Allow(allowed);
         }
-        self.stats.denied.fetch_add(1, Ordering::Relaxed);
+        self.common.stats.denied.fetch_add(1, Ordering::Relaxed);
         let denied = resp.denied_response.unwrap_or_default();
         let status = denied
             .status
@@ -259,7 +244,7 @@ impl GrpcProvider {
             .filter(|c| *c >= 200)
             .and_then(|c| StatusCode::from_u16(c).ok())
             .unwrap_or(StatusCode::FORBIDDEN);
-        tracing::debug!(provider = %self.name, %status, grpc_code = code, "ext_authz: denied");
+        tracing::debug!(provider = %self.common.name, %status, grpc_code = code, "ext_authz: denied");
         let mut reply = if denied.body.is_empty() {
             LocalReply::empty(status)
         } else {

@@ -382,11 +382,11 @@ fn defaults_follow_istio() {
         "- name: a\n  envoyExtAuthzHttp:\n    service: ns/Authz.Example.com\n    port: \"8000\"\n",
     );
     let p = e.http_provider("a").expect("provider");
-    assert_eq!(p.host, "authz.example.com");
-    assert_eq!(p.port, 8000);
-    assert_eq!(p.timeout, Duration::from_secs(600));
-    assert_eq!(p.status_on_error, StatusCode::FORBIDDEN);
-    assert!(!p.fail_open);
+    assert_eq!(p.common.host, "authz.example.com");
+    assert_eq!(p.common.port, 8000);
+    assert_eq!(p.common.timeout, Duration::from_secs(600));
+    assert_eq!(p.common.status_on_error, StatusCode::FORBIDDEN);
+    assert!(!p.common.fail_open);
     assert!(p.path_prefix.is_empty());
     assert!(e.usable("a").is_ok());
 }
