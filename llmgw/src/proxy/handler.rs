@@ -37,7 +37,7 @@ use crate::{
         usage::{JsonUsageTap, SseTap},
     },
     policy::{
-        RequestContext,
+        CheckRequest, RequestContext,
         authz::normalize_path,
         extauthz::{Allowed, Attributes},
     },
@@ -202,26 +202,23 @@ async fn pipeline(
         {
             early_body = Some(read_body(b, &parts.headers, proxy).await?);
         }
-        let checked = security::check_custom(
-            snapshot,
-            security::CustomCheck {
-                provider: &provider,
-                method: &parts.method,
-                path_and_query: &raw_path,
-                authority: &authority,
-                body: early_body.as_ref(),
-                attrs: Attributes {
-                    source: conn.peer,
-                    destination: conn.local,
-                    scheme: if conn.tls { "https" } else { "http" },
-                    protocol: rec.protocol,
-                    request_id: rec.request_id.to_str().unwrap_or(""),
-                },
-            },
-            &mut parts.headers,
-        )
-        .await;
-        *downstream = Some(checked?);
+        let check = CheckRequest {
+            method: &parts.method,
+            host: &authority,
+            path_and_query: &raw_path,
+            headers: &parts.headers,
+            body: early_body.as_ref(),
+            attrs: Some(Attributes {
+                source: conn.peer,
+                destination: conn.local,
+                scheme: if conn.tls { "https" } else { "http" },
+                protocol: rec.protocol,
+                request_id: rec.request_id.to_str().unwrap_or(""),
+            }),
+        };
+        let allowed = security::check_custom(snapshot, &provider, &check).await?;
+        allowed.apply_to_request(&mut parts.headers);
+        *downstream = Some(allowed);
     }
     security::authorize(snapshot, &ctx!(&parts.headers))?;
 

@@ -2,16 +2,12 @@
 //! filter order: JWT authentication (RequestAuthentication), then CUSTOM
 //! external authorization, then AuthorizationPolicy DENY and ALLOW.
 
-use bytes::Bytes;
-use http::{HeaderMap, Method, request::Parts};
+use http::request::Parts;
 
 use super::error::ProxyError;
 use crate::{
     config::Snapshot,
-    policy::{
-        CheckRequest, CheckResult, Decision, Identity, RequestContext,
-        extauthz::{Allowed, Attributes},
-    },
+    policy::{CheckRequest, CheckResult, Decision, Identity, RequestContext, extauthz::Allowed},
 };
 
 /// Verifies a JWT if the request carries one: `Ok(None)` without a token
@@ -41,39 +37,16 @@ pub async fn authenticate(
         })
 }
 
-/// What a CUSTOM check needs besides the headers.
-pub struct CustomCheck<'a> {
-    pub provider: &'a str,
-    pub method: &'a Method,
-    pub path_and_query: &'a str,
-    pub authority: &'a str,
-    /// The buffered body, for providers that want it.
-    pub body: Option<&'a Bytes>,
-    pub attrs: Attributes<'a>,
-}
-
 /// Asks the extension provider of the CUSTOM policy that matched. On allow,
-/// applies its header changes to the request and returns what it wants
-/// added to the response.
+/// returns the header changes it asks for (the caller applies them to the
+/// request, once the check no longer borrows its headers).
 pub async fn check_custom(
     snapshot: &Snapshot,
-    c: CustomCheck<'_>,
-    headers: &mut HeaderMap,
+    provider: &str,
+    req: &CheckRequest<'_>,
 ) -> Result<Allowed, ProxyError> {
-    let provider = c.provider;
-    let req = CheckRequest {
-        method: c.method,
-        host: c.authority,
-        path_and_query: c.path_and_query,
-        headers,
-        body: c.body,
-        attrs: Some(c.attrs),
-    };
-    match snapshot.ext_authz.check(provider, &req).await {
-        CheckResult::Allow(allowed) => {
-            allowed.apply_to_request(headers);
-            Ok(allowed)
-        }
+    match snapshot.ext_authz.check(provider, req).await {
+        CheckResult::Allow(allowed) => Ok(allowed),
         CheckResult::Deny(reply) => Err(ProxyError::Refused {
             reason: format!(
                 "denied by external authorizer {provider} ({})",
