@@ -34,6 +34,10 @@ const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 #[derive(Debug)]
 pub struct GrpcProvider {
     pub common: Common,
+    /// `http://host:port/envoy.service.auth.v3.Authorization/Check`, and the
+    /// `grpc-timeout` header: the same for every check.
+    uri: Uri,
+    grpc_timeout: http::HeaderValue,
     /// `includeRequestBodyInCheck.packAsBytes`: the body goes in `raw_body`.
     pub pack_as_bytes: bool,
 }
@@ -57,16 +61,40 @@ impl GrpcProvider {
             },
             &mut e,
         );
-        if !errs.is_empty() {
-            return Err(errs);
+        // Both always form for a validated host, port and timeout.
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(format!("{}:{}", common.host, common.port).as_str())
+            .path_and_query(CHECK_PATH)
+            .build();
+        let ms = common.timeout.as_millis().max(1);
+        let grpc_timeout = http::HeaderValue::from_str(&format!("{ms}m"));
+        let built = match (uri, grpc_timeout) {
+            (Ok(u), Ok(t)) => Some((u, t)),
+            (Err(err), _) => {
+                e(
+                    "service",
+                    format!("{:?} does not form a URI: {err}", g.service),
+                );
+                None
+            }
+            (_, Err(_)) => {
+                e("timeout", "not a gRPC timeout".into());
+                None
+            }
+        };
+        match built {
+            Some((uri, grpc_timeout)) if errs.is_empty() => Ok(GrpcProvider {
+                common,
+                uri,
+                grpc_timeout,
+                pack_as_bytes: g
+                    .include_request_body_in_check
+                    .as_ref()
+                    .is_some_and(|b| b.pack_as_bytes),
+            }),
+            _ => Err(errs),
         }
-        Ok(GrpcProvider {
-            common,
-            pack_as_bytes: g
-                .include_request_body_in_check
-                .as_ref()
-                .is_some_and(|b| b.pack_as_bytes),
-        })
     }
 
     fn on_error(&self) -> CheckResult {
@@ -195,19 +223,10 @@ impl GrpcProvider {
         buf.put_u8(0);
         buf.put_u32(u32::try_from(message.encoded_len()).map_err(|_| "check request too large")?);
         message.encode(&mut buf).map_err(|e| e.to_string())?;
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(format!("{}:{}", self.common.host, self.common.port).as_str())
-            .path_and_query(CHECK_PATH)
-            .build()
-            .map_err(|e| e.to_string())?;
-        Request::post(uri)
+        Request::post(self.uri.clone())
             .header(header::CONTENT_TYPE, "application/grpc")
             .header(header::TE, "trailers")
-            .header(
-                "grpc-timeout",
-                format!("{}m", self.common.timeout.as_millis().max(1)),
-            )
+            .header("grpc-timeout", self.grpc_timeout.clone())
             .body(Full::new(buf.freeze()))
             .map_err(|e| e.to_string())
     }
