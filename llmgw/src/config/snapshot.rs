@@ -294,6 +294,9 @@ pub struct Upstream {
     /// `host:port` the connection goes to (before `--resolve`).
     pub authority: String,
     pub port: u16,
+    /// The `Host` header (and URI authority) the provider gets: `host`, with
+    /// the port unless it is 443.
+    pub host_header: HeaderValue,
     /// The API path; `None` keeps the client's.
     pub path: Option<PathAndQuery>,
     pub model: Option<String>,
@@ -310,6 +313,15 @@ pub struct Provider {
     pub label: String,
     /// Lower-case host as written (`host` or `host:port`).
     pub host: String,
+}
+
+/// `Host` for a provider: its host, with the port unless it is 443.
+pub fn provider_host_header(host: &str, port: u16) -> String {
+    if port == 443 || host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// Compiles `raw` for the gateway described by `settings`. Collects every
@@ -1140,11 +1152,14 @@ fn upstream(
         Some(path) => Some(parse_path(path).map_err(|m| ("spec.path".to_string(), m))?),
         None => None,
     };
+    let host_header = HeaderValue::from_str(&provider_host_header(&host, port))
+        .map_err(|_| ("spec.host".to_string(), "is not a header value".to_string()))?;
     Ok(Upstream {
         provider: p.doc.id.clone(),
         authority: format!("{h}:{port}"),
         host,
         port,
+        host_header,
         path,
         model,
         stream,

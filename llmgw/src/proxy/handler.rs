@@ -266,8 +266,8 @@ async fn pipeline(
     };
 
     // 4. Upstream request.
-    let host_header = host_header(&up);
-    let uri = upstream_uri(&up, &host_header, &raw_path, &path)?;
+    let host_header = up.host_header.to_str().unwrap_or(&up.host);
+    let uri = upstream_uri(&up, host_header, &raw_path, &path)?;
     let body_len = body.len();
     let mut out = Request::new(body);
     *out.method_mut() = parts.method.clone();
@@ -275,11 +275,7 @@ async fn pipeline(
     *out.version_mut() = Version::HTTP_11;
     let headers = out.headers_mut();
     copy_request_headers(&parts.headers, headers, &up);
-    headers.insert(
-        header::HOST,
-        HeaderValue::from_str(&host_header)
-            .map_err(|_| ProxyError::BadRequest("provider host is not a header value".into()))?,
-    );
+    headers.insert(header::HOST, up.host_header.clone());
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
     if let Some(auth) = &up.authorization {
         headers.insert(header::AUTHORIZATION, auth.clone());
@@ -367,15 +363,6 @@ async fn drain_body(body: &mut Incoming, idle: Duration) {
             Ok(Some(Ok(f))) => drained += f.data_ref().map_or(0, Bytes::len),
             _ => return,
         }
-    }
-}
-
-/// `Host` for the provider: its host, with the port unless it is 443.
-fn host_header(up: &Upstream) -> String {
-    if up.port == 443 || up.host.contains(':') {
-        up.host.clone()
-    } else {
-        format!("{}:{}", up.host, up.port)
     }
 }
 
@@ -493,6 +480,7 @@ fn redirect(host: &str, path: &str) -> Response<ProxyBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::snapshot::provider_host_header;
 
     fn upstream(path: Option<&str>, port: u16, key: bool) -> Upstream {
         Upstream {
@@ -503,6 +491,9 @@ mod tests {
             host: "api.example.com".into(),
             authority: format!("api.example.com:{port}"),
             port,
+            host_header: provider_host_header("api.example.com", port)
+                .parse()
+                .unwrap(),
             path: path.map(|p| p.parse().unwrap()),
             model: None,
             stream: None,
@@ -519,8 +510,17 @@ mod tests {
             "https://api.example.com/v1/chat/completions?a=1"
         );
         let up = upstream(None, 8443, false);
-        assert_eq!(host_header(&up), "api.example.com:8443");
-        let u = upstream_uri(&up, &host_header(&up), "/a/../b?q", "/b").unwrap();
+        assert_eq!(
+            provider_host_header(&up.host, up.port),
+            "api.example.com:8443"
+        );
+        let u = upstream_uri(
+            &up,
+            &provider_host_header(&up.host, up.port),
+            "/a/../b?q",
+            "/b",
+        )
+        .unwrap();
         assert_eq!(u.to_string(), "https://api.example.com:8443/b?q");
     }
 
