@@ -5,16 +5,13 @@
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    pin::Pin,
     sync::{Arc, Mutex},
-    task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body::Frame;
-use http_body_util::BodyExt as _;
+use http_body_util::{BodyExt as _, Full};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message as _;
@@ -31,27 +28,6 @@ use crate::config::{ErrorList, mesh::parse_mesh_config};
 enum Answer {
     Check(pb::CheckResponse),
     GrpcError(u32),
-}
-
-/// A response body: one data frame, then trailers.
-struct GrpcBody {
-    data: Option<Bytes>,
-    trailers: Option<HeaderMap>,
-}
-
-impl http_body::Body for GrpcBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(d) = self.data.take() {
-            return Poll::Ready(Some(Ok(Frame::data(d))));
-        }
-        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
-    }
 }
 
 struct Seen {
@@ -106,18 +82,16 @@ async fn authorizer(
                                 b.put_u8(0);
                                 b.put_u32(r.encoded_len() as u32);
                                 r.encode(&mut b).expect("encode");
-                                Some(b.freeze())
+                                b.freeze()
                             }
                             Answer::GrpcError(code) => {
                                 trailers.insert("grpc-status", code.into());
                                 trailers.insert("grpc-message", "down".parse().expect("v"));
-                                None
+                                Bytes::new()
                             }
                         };
-                        let mut resp = Response::new(GrpcBody {
-                            data,
-                            trailers: Some(trailers),
-                        });
+                        let body = Full::new(data).with_trailers(async move { Some(Ok(trailers)) });
+                        let mut resp = Response::new(body);
                         resp.headers_mut()
                             .insert("content-type", "application/grpc".parse().expect("v"));
                         Ok::<_, Infallible>(resp)
