@@ -4,12 +4,12 @@
 //! text exposition format for `/metrics`.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fmt::Write as _,
     hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hasher},
     sync::{
         Arc, RwLock,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
     time::Duration,
 };
@@ -72,18 +72,26 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut acc = 0;
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            acc += c.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {acc}");
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let sum = self.sum_micro.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+        render_histograms(out, name, labels, &[self]);
     }
+}
+
+/// Writes the sum of histograms that share their buckets as one series
+/// (several of llmgw's series can fold into one OpenTelemetry series).
+fn render_histograms(out: &mut String, name: &str, labels: &str, hs: &[&Histogram]) {
+    let Some(first) = hs.first() else { return };
+    let total = |f: &dyn Fn(&Histogram) -> u64| hs.iter().map(|h| f(h)).sum::<u64>();
+    let sep = if labels.is_empty() { "" } else { "," };
+    let mut acc = 0;
+    for (i, b) in first.bounds.iter().enumerate() {
+        acc += total(&|h| h.counts.get(i).map_or(0, |c| c.load(Relaxed)));
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {acc}");
+    }
+    let count = total(&|h| h.count.load(Relaxed));
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+    let sum = total(&|h| h.sum_micro.load(Relaxed)) as f64 / 1e6;
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
 }
 
 /// Why a request to a provider failed.
@@ -180,7 +188,16 @@ pub struct Metrics {
     /// Unix time of the last successful (re)load.
     pub last_reload_ok: AtomicU64,
     pub access_log_dropped: AtomicU64,
+    /// Series created so far (see [`MAX_SERIES`]).
+    series_count: AtomicUsize,
 }
+
+/// The most series kept. The model label can come from the client (when the
+/// provider sets no model), so past this many, new label sets are counted
+/// under the model [`OTHER_MODEL`] instead of growing memory without bound.
+pub const MAX_SERIES: usize = 1000;
+/// The model label of requests counted after [`MAX_SERIES`] was reached.
+pub const OTHER_MODEL: &str = "_other";
 
 /// The map is keyed by an already-computed hash.
 #[derive(Default)]
@@ -216,6 +233,12 @@ impl Metrics {
         {
             return s.clone();
         }
+        if labels.model != OTHER_MODEL && self.series_count.load(Relaxed) >= MAX_SERIES {
+            return self.series(&Labels {
+                model: OTHER_MODEL,
+                ..*labels
+            });
+        }
         let mut map = match self.series.write() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
@@ -226,6 +249,7 @@ impl Metrics {
         }
         let s = Arc::new(Series::new(labels));
         v.push(s.clone());
+        self.series_count.fetch_add(1, Relaxed);
         s
     }
 
@@ -278,13 +302,6 @@ impl Metrics {
                 esc(&s.model)
             )
         };
-        let genai = |s: &Series| {
-            format!(
-                "gen_ai_operation_name=\"chat\",gen_ai_provider_name=\"{}\",gen_ai_request_model=\"{}\"",
-                esc(&s.provider),
-                esc(&s.model)
-            )
-        };
 
         out.push_str("# HELP llmgw_requests_total Requests answered, by route, rule, provider, model and status code.\n# TYPE llmgw_requests_total counter\n");
         for s in &all {
@@ -315,33 +332,58 @@ impl Metrics {
                 }
             }
         }
-        out.push_str("# HELP gen_ai_client_token_usage Tokens used per request (OpenTelemetry gen_ai.client.token.usage), by gen_ai_token_type.\n# TYPE gen_ai_client_token_usage histogram\n");
+        // The OpenTelemetry series are keyed by provider and model only:
+        // llmgw's series that share both (other routes or rules) are summed.
+        let mut genai_groups: BTreeMap<(&str, &str), Vec<&Series>> = BTreeMap::new();
         for s in all.iter().filter(|s| !s.provider.is_empty()) {
-            let g = genai(s);
-            if s.input_tokens.count() > 0 {
-                s.input_tokens.render(
-                    &mut out,
-                    "gen_ai_client_token_usage",
-                    &format!("{g},gen_ai_token_type=\"input\""),
-                );
-            }
-            if s.output_tokens.count() > 0 {
-                s.output_tokens.render(
-                    &mut out,
-                    "gen_ai_client_token_usage",
-                    &format!("{g},gen_ai_token_type=\"output\""),
-                );
-            }
+            genai_groups
+                .entry((&s.provider, &s.model))
+                .or_default()
+                .push(s);
         }
-        out.push_str("# HELP gen_ai_server_time_to_first_token Seconds from request to the first streamed event (gen_ai.server.time_to_first_token).\n# TYPE gen_ai_server_time_to_first_token histogram\n");
-        for s in all.iter().filter(|s| s.ttft.count() > 0) {
-            s.ttft
-                .render(&mut out, "gen_ai_server_time_to_first_token", &genai(s));
-        }
-        out.push_str("# HELP gen_ai_server_request_duration Seconds of requests that reached a provider (gen_ai.server.request.duration).\n# TYPE gen_ai_server_request_duration histogram\n");
-        for s in all.iter().filter(|s| s.genai_duration.count() > 0) {
-            s.genai_duration
-                .render(&mut out, "gen_ai_server_request_duration", &genai(s));
+        type Pick = fn(&Series) -> &Histogram;
+        let genai_histograms: [(&str, &str, Option<&str>, Pick); 4] = [
+            (
+                "gen_ai_client_token_usage",
+                "Tokens used per request (OpenTelemetry gen_ai.client.token.usage), by gen_ai_token_type.",
+                Some("input"),
+                |s| &s.input_tokens,
+            ),
+            ("gen_ai_client_token_usage", "", Some("output"), |s| {
+                &s.output_tokens
+            }),
+            (
+                "gen_ai_server_time_to_first_token",
+                "Seconds from request to the first streamed event (gen_ai.server.time_to_first_token).",
+                None,
+                |s| &s.ttft,
+            ),
+            (
+                "gen_ai_server_request_duration",
+                "Seconds of requests that reached a provider (gen_ai.server.request.duration).",
+                None,
+                |s| &s.genai_duration,
+            ),
+        ];
+        for (name, help, token_type, pick) in genai_histograms {
+            if !help.is_empty() {
+                let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} histogram\n");
+            }
+            for ((provider, model), group) in &genai_groups {
+                let hs: Vec<&Histogram> = group.iter().map(|s| pick(s)).collect();
+                if hs.iter().all(|h| h.count() == 0) {
+                    continue;
+                }
+                let mut labels = format!(
+                    "gen_ai_operation_name=\"chat\",gen_ai_provider_name=\"{}\",gen_ai_request_model=\"{}\"",
+                    esc(provider),
+                    esc(model)
+                );
+                if let Some(t) = token_type {
+                    let _ = write!(labels, ",gen_ai_token_type=\"{t}\"");
+                }
+                render_histograms(&mut out, name, &labels, &hs);
+            }
         }
         let _ = write!(
             out,
@@ -530,5 +572,76 @@ mod tests {
         assert!(text.contains("gen_ai_server_time_to_first_token_count{"));
         // One series for the same labels, whatever the call order.
         assert!(Arc::ptr_eq(&m.series(&labels()), &m.series(&labels())));
+    }
+
+    #[test]
+    fn folds_series_of_one_provider_and_model_for_opentelemetry() {
+        let m = Metrics::new();
+        for (rule, tokens) in [("a", 12), ("b", 30)] {
+            m.record(
+                &Labels { rule, ..labels() },
+                &Observation {
+                    status: 200,
+                    duration: Duration::from_millis(3),
+                    upstream: true,
+                    usage: Some(Usage {
+                        prompt_tokens: Some(tokens),
+                        ..Usage::default()
+                    }),
+                    ..Observation::default()
+                },
+            );
+        }
+        let text = m.render();
+        let sums: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("gen_ai_client_token_usage_sum{"))
+            .collect();
+        assert_eq!(sums.len(), 1, "{text}");
+        assert!(
+            sums[0].ends_with("gen_ai_token_type=\"input\"} 42"),
+            "{text}"
+        );
+        let durations = text
+            .lines()
+            .filter(|l| l.starts_with("gen_ai_server_request_duration_count{"))
+            .collect::<Vec<_>>();
+        assert_eq!(durations.len(), 1, "{text}");
+        assert!(durations[0].ends_with("} 2"), "{text}");
+        // llmgw's own series keep the rule apart.
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("llmgw_request_duration_seconds_count{"))
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn client_chosen_models_cannot_grow_series_without_bound() {
+        let m = Metrics::new();
+        let names: Vec<String> = (0..MAX_SERIES + 50).map(|i| format!("m{i}")).collect();
+        for model in &names {
+            m.record(
+                &Labels { model, ..labels() },
+                &Observation {
+                    status: 200,
+                    ..Observation::default()
+                },
+            );
+        }
+        let text = m.render();
+        let counted = |model: &str| {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("llmgw_requests_total{")
+                        && l.contains(&format!("model=\"{model}\""))
+                })
+                .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(counted("m0"), ["1"]);
+        assert!(counted(&format!("m{}", MAX_SERIES + 10)).is_empty());
+        assert_eq!(counted(OTHER_MODEL), ["50"], "{text}");
     }
 }
