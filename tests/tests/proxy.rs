@@ -512,6 +512,101 @@ spec:
     );
 }
 
+/// A header `prefix` match bound to one Gateway (`matches[].gateways`), its
+/// `routeSpecificConfigs` and `hostRewrite`, as the provider sees them.
+#[tokio::test]
+async fn prefix_matches_gateway_bound_rules_and_host_rewrite_reach_the_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = r#"
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: a, namespace: istio-system}
+spec:
+  host: a.provider.test
+  path: /v1/chat/completions
+  configs:
+    defaultConfig: {openAIConfig: {model: model-default}}
+    routeSpecificConfigs: {team-ab: {openAIConfig: {model: model-ab}}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{hosts: ["*"], port: {name: http, number: 80, protocol: HTTP}}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {name: gw2, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{hosts: ["*"], port: {name: http2, number: 81, protocol: HTTP}}]
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMRoute
+metadata: {name: teams, namespace: istio-system}
+spec:
+  host: "*"
+  gateways: [gw, gw2]
+  rules:
+    - name: team-ab
+      matches: [{headers: {x-team: {prefix: ab}}, gateways: [gw]}]
+      backendRefs: [{providerHost: a.provider.test, hostRewrite: rewritten.provider.test}]
+    - name: default
+      backendRefs: [{providerHost: a.provider.test}]
+"#;
+    let cfg = dir.path().join("teams.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let mock = MockProvider::start().await;
+    let ca = dir.path().join("ca.pem");
+    mock.pki.write_ca(&ca).unwrap();
+    let b = GatewayBuilder::new()
+        .upstream(mock.addr, ca)
+        .resolve_hosts(&["a.provider.test"])
+        .ports(&[80, 81])
+        .config(cfg);
+    let gw = tokio::task::spawn_blocking(move || b.start())
+        .await
+        .unwrap();
+    let gw2 = format!("http://127.0.0.1:{}", gw.port(81));
+    let body = "{\"model\":\"x\",\"messages\":[]}";
+    for (url, team) in [
+        (&gw.url(), "abc"),
+        (&gw.url(), "xab"),
+        (&gw.url(), "ab"),
+        (&gw2, "abc"),
+    ] {
+        let a = post(url, "any.host", body, &[("x-team", team)]).await;
+        assert_eq!(a.status, 200, "{team} via {url}: {}", a.text());
+    }
+    let seen: Vec<(String, String, String)> = mock
+        .requests()
+        .iter()
+        .map(|r| {
+            (
+                r.host.clone().unwrap_or_default(),
+                r.sni.clone().unwrap_or_default(),
+                r.json()["model"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let rewritten = (
+        "rewritten.provider.test".to_string(),
+        "rewritten.provider.test".to_string(),
+        "model-ab".to_string(),
+    );
+    let plain = (
+        "a.provider.test".to_string(),
+        "a.provider.test".to_string(),
+        "model-default".to_string(),
+    );
+    assert_eq!(
+        seen,
+        [rewritten.clone(), plain.clone(), rewritten, plain],
+        "prefix ab matches abc and ab, not xab; the rule is bound to gw only"
+    );
+}
+
 #[tokio::test]
 async fn a_client_that_leaves_before_the_answer_cancels_the_pending_request() {
     use tokio::io::AsyncWriteExt;

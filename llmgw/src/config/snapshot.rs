@@ -5,7 +5,7 @@
 //! a reload builds a new one and swaps it in whole.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::Arc,
@@ -22,7 +22,7 @@ use super::{
     gateway::{GatewaySpec, Server as RawServer},
     load::Document,
     provider::{LlmProviderSpec, OpenAiConfig},
-    route::LlmRouteSpec,
+    route::{LlmRouteSpec, LlmRule},
     selector_matches,
 };
 use crate::policy::{self, Authenticator, ExtAuthz, Policies};
@@ -337,7 +337,7 @@ pub fn compile(raw: &RawConfig, settings: &Settings) -> Result<Snapshot, ErrorLi
         c.warnings
             .push(format!("{source}: skipped {what}: not a kind llmgw serves"));
     }
-    let providers = c.providers(&raw.providers);
+    let providers = c.providers(&raw.providers, &raw.routes);
     let gateways: Vec<&Document<GatewaySpec>> = raw
         .gateways
         .iter()
@@ -385,9 +385,28 @@ impl Compiler<'_> {
     fn providers<'a>(
         &mut self,
         docs: &'a [Document<LlmProviderSpec>],
+        routes: &[Document<LlmRouteSpec>],
     ) -> BTreeMap<String, SelectedProvider<'a>> {
         let mut by_host: BTreeMap<String, SelectedProvider<'a>> = BTreeMap::new();
+        let rule_names: HashSet<String> = routes
+            .iter()
+            .flat_map(|r| {
+                r.spec
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .map(|(i, rule)| rule_name(rule, i))
+            })
+            .collect();
         for doc in docs {
+            for key in doc.spec.configs.route_specific_configs.keys() {
+                if !rule_names.contains(key) {
+                    self.errors.push(doc.error(
+                        format!("spec.configs.routeSpecificConfigs.{key}"),
+                        format!("no LLMRoute has a rule named {key:?}; the keys are rule names"),
+                    ));
+                }
+            }
             let selected = doc
                 .spec
                 .workload_selector
@@ -736,7 +755,7 @@ impl Compiler<'_> {
         providers: &BTreeMap<String, SelectedProvider<'_>>,
         listeners: &mut [Listener],
     ) {
-        let known: HashMap<&ResourceId, ()> = all_gateways.iter().map(|g| (&g.id, ())).collect();
+        let known: HashSet<&ResourceId> = all_gateways.iter().map(|g| &g.id).collect();
         let selected_ids: Vec<&ResourceId> = selected.iter().map(|g| &g.id).collect();
         // (server pointer identity) -> vhosts being built
         let mut tables: HashMap<*const Server, Vec<VirtualHost>> = HashMap::new();
@@ -758,7 +777,7 @@ impl Compiler<'_> {
                     continue;
                 }
                 let id = gateway_ref(g, ns);
-                if !known.contains_key(&id) {
+                if !known.contains(&id) {
                     self.errors.push(route.error(
                         format!("spec.gateways[{i}]"),
                         format!("Gateway {id} does not exist"),
@@ -782,7 +801,7 @@ impl Compiler<'_> {
             }
             // Compile the rules once per route, then clone the match lists per
             // server (the `gateways` condition of a match differs per server).
-            let Some(rules) = self.route_rules(route, providers) else {
+            let Some(rules) = self.route_rules(route, providers, &known) else {
                 continue;
             };
             for listener in listeners.iter_mut() {
@@ -832,12 +851,13 @@ impl Compiler<'_> {
         &mut self,
         route: &Document<LlmRouteSpec>,
         providers: &BTreeMap<String, SelectedProvider<'_>>,
+        known_gateways: &HashSet<&ResourceId>,
     ) -> Option<Vec<PendingRule>> {
         let mut out = Vec::new();
         let mut ok = true;
         for (i, rule) in route.spec.rules.iter().enumerate() {
             let field = format!("spec.rules[{i}]");
-            let name = rule.name.clone().unwrap_or_else(|| format!("rule-{i}"));
+            let name = rule_name(rule, i);
             let mut matches = Vec::new();
             for (j, m) in rule.matches.iter().enumerate() {
                 let mfield = format!("{field}.matches[{j}]");
@@ -861,11 +881,18 @@ impl Compiler<'_> {
                         }
                     }
                 }
-                let gateways = m
-                    .gateways
-                    .iter()
-                    .map(|g| gateway_ref(g, &route.id.namespace))
-                    .collect();
+                let mut gateways = Vec::new();
+                for (k, g) in m.gateways.iter().enumerate() {
+                    let id = gateway_ref(g, &route.id.namespace);
+                    if g != "mesh" && !known_gateways.contains(&id) {
+                        self.errors.push(route.error(
+                            format!("{mfield}.gateways[{k}]"),
+                            format!("Gateway {id} does not exist"),
+                        ));
+                        ok = false;
+                    }
+                    gateways.push(id);
+                }
                 matches.push(PendingMatch {
                     headers,
                     gateways,
@@ -1048,6 +1075,11 @@ fn string_matcher(sm: &StringMatch) -> Result<StrMatcher, String> {
 }
 
 /// `ns/name` or `name` (in `default_ns`).
+/// A rule's name: its own, or `rule-INDEX` when it has none.
+fn rule_name(rule: &LlmRule, index: usize) -> String {
+    rule.name.clone().unwrap_or_else(|| format!("rule-{index}"))
+}
+
 fn gateway_ref(s: &str, default_ns: &str) -> ResourceId {
     match s.split_once('/') {
         Some((ns, name)) => ResourceId {

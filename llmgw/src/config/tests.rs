@@ -263,6 +263,14 @@ fn errors_name_the_field() {
             "LLMRoute default/r2: spec.gateways[0]: Gateway istio-system/nope does not exist",
         ),
         (
+            "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMRoute\nmetadata: {name: r2}\nspec: {host: '*', gateways: [istio-system/ingress-gw], rules: [{matches: [{gateways: [istio-system/ingress-gw, istio-system/nope]}], backendRefs: [{providerHost: dashscope.aliyuncs.com}]}]}\n",
+            "LLMRoute default/r2: spec.rules[0].matches[0].gateways[1]: Gateway istio-system/nope does not exist",
+        ),
+        (
+            "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMProvider\nmetadata: {name: p2, namespace: istio-system}\nspec: {host: other.example.com, path: /v1/chat/completions, configs: {defaultConfig: {openAIConfig: {model: m}}, routeSpecificConfigs: {ingress-rout: {openAIConfig: {model: n}}}}}\n",
+            "LLMProvider istio-system/p2: spec.configs.routeSpecificConfigs.ingress-rout: no LLMRoute has a rule named \"ingress-rout\"",
+        ),
+        (
             "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMRoute\nmetadata: {name: r2}\nspec: {host: '*', gateways: [istio-system/ingress-gw], rules: [{backendRefs: [{providerHost: nope.com}]}]}\n",
             "spec.rules[0].backendRefs[0].providerHost: no LLMProvider with host nope.com",
         ),
