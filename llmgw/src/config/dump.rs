@@ -2,6 +2,8 @@
 //! the JSON the admin server's `/config_dump` returns. API keys appear only
 //! as `<redacted>`; both forms come from the same walk.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -154,6 +156,11 @@ pub fn describe(s: &Snapshot) -> String {
                         r.matches
                             .iter()
                             .map(|m| {
+                                if m.headers.is_empty() {
+                                    // A match whose only conditions (gateways,
+                                    // sourceLabels) hold where it is bound.
+                                    return "any request".to_string();
+                                }
                                 m.headers
                                     .iter()
                                     .map(|h| format!("{}={}", h.name, matcher(&h.matcher)))
@@ -191,6 +198,34 @@ pub fn describe(s: &Snapshot) -> String {
                 }
             }
         }
+    }
+    let _ = writeln!(
+        w,
+        "providers (the rewrite of each is under the rules above):"
+    );
+    if s.providers.is_empty() {
+        let _ = writeln!(w, "  (none selects this workload)");
+    }
+    for p in &s.providers {
+        let mut users: Vec<String> = Vec::new();
+        for r in s
+            .listeners
+            .iter()
+            .flat_map(|l| &l.servers)
+            .flat_map(|srv| &srv.vhosts)
+            .flat_map(|v| &v.rules)
+        {
+            let label = format!("{} of LLMRoute {}", r.name, r.route);
+            if r.backends.iter().any(|b| Arc::ptr_eq(&b.provider, p)) && !users.contains(&label) {
+                users.push(label);
+            }
+        }
+        let used = if users.is_empty() {
+            "no rule on a served listener sends traffic here".to_string()
+        } else {
+            format!("used by rule {}", users.join(", rule "))
+        };
+        let _ = writeln!(w, "  LLMProvider {} host {}: {used}", p.id, p.host);
     }
     let _ = writeln!(w, "authorization policies:");
     if s.policies.is_empty() {

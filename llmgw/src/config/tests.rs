@@ -424,3 +424,40 @@ fn server_host_namespace_filters_which_routes_bind() {
         NoRoute::Host
     );
 }
+
+#[test]
+fn validate_lists_every_provider_and_gateway_only_matches() {
+    let mut raw = seed();
+    let extra = parse(
+        r#"
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: spare, namespace: istio-system}
+spec: {host: spare.example.com, configs: {defaultConfig: {openAIConfig: {apiKey: "${API_KEY}"}}}}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMRoute
+metadata: {name: gw-only}
+spec:
+  host: gw-only.test
+  gateways: [istio-system/ingress-gw]
+  rules: [{name: bound, matches: [{gateways: [istio-system/ingress-gw]}], backendRefs: [{providerHost: dashscope.aliyuncs.com}]}]
+"#,
+    );
+    raw.providers.extend(extra.providers);
+    raw.routes.extend(extra.routes);
+    let text = super::dump::describe(&compile_ok(&raw));
+    assert!(
+        text.contains("rule bound of LLMRoute default/gw-only when any request\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("LLMProvider istio-system/spare host spare.example.com: no rule on a served listener sends traffic here"),
+        "{text}"
+    );
+    assert!(
+        text.contains("LLMProvider istio-system/dashscope-qwen host dashscope.aliyuncs.com: used by rule bound of LLMRoute default/gw-only, rule ingress-route of LLMRoute default/dashscope-route"),
+        "{text}"
+    );
+    assert!(!text.contains("sk-test-123"), "{text}");
+}
