@@ -95,9 +95,10 @@ struct RunArgs {
     /// webpki and system roots.
     #[arg(long)]
     upstream_ca: Option<PathBuf>,
-    /// Connect to ADDR (an IP, or IP:PORT) for provider HOST:PORT instead of
-    /// resolving it, like curl's --resolve (repeatable).
-    #[arg(long, value_name = "HOST:PORT:ADDR")]
+    /// Connect to ADDR (an IP, or IP:PORT; several separated by commas, tried
+    /// in order) for provider HOST:PORT instead of resolving it, like curl's
+    /// --resolve (repeatable; HOST `*` is any host).
+    #[arg(long, value_name = "HOST:PORT:ADDR[,ADDR...]")]
     resolve: Vec<ResolveOverride>,
     /// Proxies in front of the gateway whose X-Forwarded-For entries are
     /// trusted (Envoy's xff_num_trusted_hops, Istio's numTrustedProxies).

@@ -275,6 +275,34 @@ async fn unreachable_provider_is_502_and_slow_one_504() {
     assert_eq!(a.status, 200);
 }
 
+/// `--resolve *:443:DEAD,LIVE` as curl reads it: any provider host, the
+/// addresses tried in order.
+#[tokio::test]
+async fn resolve_takes_any_host_and_tries_its_addresses_in_order() {
+    let closed = llmgw_tests::free_port();
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    mock.pki.write_ca(&ca).unwrap();
+    let b = GatewayBuilder::new()
+        .config(examples().join("quickstart"))
+        .env("API_KEY", API_KEY)
+        .resolve_hosts(&[])
+        .arg("--upstream-ca")
+        .arg(ca.to_string_lossy())
+        .arg("--resolve")
+        .arg(format!("*:443:127.0.0.1:{closed},{}", mock.addr));
+    let gw = tokio::task::spawn_blocking(move || b.start())
+        .await
+        .unwrap();
+    let a = post(&gw.url(), "test.com", SEED_REQUEST, &[]).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(
+        mock.requests()[0].sni.as_deref(),
+        Some("dashscope.aliyuncs.com")
+    );
+}
+
 #[tokio::test]
 async fn the_providers_errors_pass_through_unchanged() {
     let s = quickstart(&[]).await;

@@ -139,40 +139,55 @@ pub fn client_tls(
     Ok(Arc::new(cfg))
 }
 
-/// `--resolve HOST:PORT:ADDR`: connect to ADDR when the provider is
-/// HOST:PORT, like curl. ADDR may carry its own port (`127.0.0.1:8443`,
-/// `[::1]:8443`), which local test setups need.
+/// `--resolve HOST:PORT:ADDR[,ADDR...]`: connect to the ADDRs (in order)
+/// when the provider is HOST:PORT, like curl; HOST `*` stands for any host.
+/// An ADDR may carry its own port (`127.0.0.1:8443`, `[::1]:8443`), which
+/// local test setups need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolveOverride {
+    /// Lower case; `*` matches every host.
     pub host: String,
     pub port: u16,
-    pub addr: SocketAddr,
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl ResolveOverride {
+    fn applies_to(&self, host: &str, port: u16) -> bool {
+        self.port == port && (self.host == "*" || self.host.eq_ignore_ascii_case(host))
+    }
 }
 
 impl std::str::FromStr for ResolveOverride {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let mut parts = s.splitn(3, ':');
-        let (Some(host), Some(port), Some(addr)) = (parts.next(), parts.next(), parts.next())
+        let (Some(host), Some(port), Some(list)) = (parts.next(), parts.next(), parts.next())
         else {
-            return Err(format!("{s:?}: expected HOST:PORT:ADDR"));
+            return Err(format!("{s:?}: expected HOST:PORT:ADDR[,ADDR...]"));
         };
+        if host.is_empty() {
+            return Err(format!("{s:?}: the host is empty (use * for any host)"));
+        }
         let port: u16 = port
             .parse()
             .map_err(|_| format!("{s:?}: {port:?} is not a port"))?;
-        let addr = if let Ok(sa) = addr.parse::<SocketAddr>() {
-            sa
-        } else {
-            let ip = addr.trim_start_matches('[').trim_end_matches(']');
-            let ip: IpAddr = ip
-                .parse()
-                .map_err(|_| format!("{s:?}: {addr:?} is not an IP address (or IP:PORT)"))?;
-            SocketAddr::new(ip, port)
-        };
+        let addrs = list
+            .split(',')
+            .map(|addr| {
+                let addr = addr.trim();
+                if let Ok(sa) = addr.parse::<SocketAddr>() {
+                    return Ok(sa);
+                }
+                let ip = addr.trim_start_matches('[').trim_end_matches(']');
+                ip.parse::<IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, port))
+                    .map_err(|_| format!("{s:?}: {addr:?} is not an IP address (or IP:PORT)"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(ResolveOverride {
             host: host.to_ascii_lowercase(),
             port,
-            addr,
+            addrs,
         })
     }
 }
@@ -282,13 +297,17 @@ impl Upstreams {
                 authority: authority.to_string(),
                 source: io::Error::new(io::ErrorKind::InvalidInput, e),
             })?;
+        // The first entry for this host wins (as in curl), a named host
+        // before `*`.
         let pinned = self
             .opts
             .resolve
             .iter()
-            .filter(|r| r.port == port && r.host.eq_ignore_ascii_case(host))
-            .map(|r| r.addr)
-            .collect();
+            .filter(|r| r.host != "*")
+            .chain(self.opts.resolve.iter().filter(|r| r.host == "*"))
+            .find(|r| r.applies_to(host, port))
+            .map(|r| r.addrs.clone())
+            .unwrap_or_default();
         let pool = Arc::new(Pool {
             authority: authority.to_string(),
             target: Target {
@@ -908,17 +927,39 @@ mod tests {
             ResolveOverride {
                 host: "dashscope.aliyuncs.com".into(),
                 port: 443,
-                addr: "127.0.0.1:443".parse().unwrap()
+                addrs: vec!["127.0.0.1:443".parse().unwrap()]
             }
         );
-        let r: ResolveOverride = "h:8443:[::1]".parse().unwrap();
-        assert_eq!(r.addr, "[::1]:8443".parse().unwrap());
-        let r: ResolveOverride = "h:443:127.0.0.1:9999".parse().unwrap();
-        assert_eq!(r.addr, "127.0.0.1:9999".parse().unwrap());
-        let r: ResolveOverride = "h:443:[::1]:9999".parse().unwrap();
-        assert_eq!(r.addr, "[::1]:9999".parse().unwrap());
+        let addrs = |s: &str| s.parse::<ResolveOverride>().map(|r| r.addrs);
+        assert_eq!(
+            addrs("h:8443:[::1]"),
+            Ok(vec!["[::1]:8443".parse().unwrap()])
+        );
+        assert_eq!(
+            addrs("h:443:127.0.0.1:9999"),
+            Ok(vec!["127.0.0.1:9999".parse().unwrap()])
+        );
+        assert_eq!(
+            addrs("h:443:[::1]:9999"),
+            Ok(vec!["[::1]:9999".parse().unwrap()])
+        );
+        assert_eq!(
+            addrs("h:443:127.0.0.1,[::1],10.0.0.1:8443"),
+            Ok(vec![
+                "127.0.0.1:443".parse().unwrap(),
+                "[::1]:443".parse().unwrap(),
+                "10.0.0.1:8443".parse().unwrap()
+            ])
+        );
+        let any: ResolveOverride = "*:443:127.0.0.1".parse().unwrap();
+        assert!(any.applies_to("api.openai.com", 443));
+        assert!(!any.applies_to("api.openai.com", 8443));
+        assert!(r.applies_to("dashscope.aliyuncs.COM", 443));
+        assert!(!r.applies_to("other.com", 443));
         assert!("h:443".parse::<ResolveOverride>().is_err());
+        assert!(":443:1.2.3.4".parse::<ResolveOverride>().is_err());
         assert!("h:x:1.2.3.4".parse::<ResolveOverride>().is_err());
         assert!("h:1:nope".parse::<ResolveOverride>().is_err());
+        assert!("h:1:1.2.3.4,nope".parse::<ResolveOverride>().is_err());
     }
 }
