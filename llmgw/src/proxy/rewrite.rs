@@ -430,6 +430,12 @@ pub fn rewrite(body: &[u8], rw: &BodyRewrite<'_>) -> Result<Rewritten, JsonError
         if !seen {
             inserts.push(b"\"stream_options\":{\"include_usage\":true}".to_vec());
         }
+    } else if rw.stream == Some(false) {
+        // The provider turned streaming off: options for a stream the client
+        // asked for would make OpenAI-compatible APIs refuse the request.
+        for m in members.iter().filter(|m| m.key_is(body, "stream_options")) {
+            edits.push((m.value.clone(), b"null".to_vec()));
+        }
     }
 
     if !inserts.is_empty() {
@@ -545,6 +551,17 @@ mod tests {
         // Not a stream: nothing added.
         let v = apply(r#"{"stream":true}"#, None, Some(false));
         assert_eq!(v, json!({"stream": false}));
+        // The provider turns streaming off: the client's stream options go
+        // (OpenAI refuses them without a stream).
+        let v = apply(
+            r#"{"stream":true,"stream_options":{"include_usage":true}}"#,
+            None,
+            Some(false),
+        );
+        assert_eq!(v, json!({"stream": false, "stream_options": null}));
+        // The client's own non-stream request is left as it is.
+        let v = apply(r#"{"stream":false,"stream_options":{"x":1}}"#, None, None);
+        assert_eq!(v, json!({"stream": false, "stream_options": {"x": 1}}));
     }
 
     #[test]
@@ -744,6 +761,8 @@ mod tests {
                 }
                 Some(_) => {}
             }
+        } else if stream == Some(false) && v.contains_key("stream_options") {
+            v.insert("stream_options".into(), Value::Null);
         }
         Value::Object(v)
     }
