@@ -308,6 +308,7 @@ extensionProviders:
     path
 }
 
+/// CUSTOM for test.com, and a DENY the authorizer's verdict comes before.
 const CUSTOM_POLICIES: &str = r#"
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -317,6 +318,18 @@ spec:
   provider: {name: my-authz}
   rules: [{to: [{operation: {hosts: [test.com]}}]}]
 ---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-flagged, namespace: istio-system}
+spec:
+  action: DENY
+  rules:
+  - when: [{key: "request.headers[x-allow]", values: ["no"]}]
+  - when: [{key: "request.headers[x-deny]", values: ["yes"]}]
+"#;
+
+/// CUSTOM with an authorizer nobody listens for.
+const CUSTOM_DOWN: &str = r#"
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: ext-down, namespace: istio-system}
@@ -332,11 +345,8 @@ async fn custom_authorization_asks_the_external_authorizer() {
     let dead = llmgw_tests::free_port();
     let mesh_dir = tempfile::tempdir().unwrap();
     let mesh = write_mesh(mesh_dir.path(), authz.addr, dead);
-    let s = setup(
-        CUSTOM_POLICIES,
-        vec!["--mesh-config".into(), mesh.display().to_string()],
-    )
-    .await;
+    let mesh_args = vec!["--mesh-config".to_string(), mesh.display().to_string()];
+    let s = setup(CUSTOM_POLICIES, mesh_args.clone()).await;
     let url = s.gw.url();
 
     // Allowed: the authorizer's headers reach the provider and the client.
@@ -351,7 +361,8 @@ async fn custom_authorization_asks_the_external_authorizer() {
     assert_eq!(headers["x-allow"], "yes");
     assert_eq!(headers["host"], "test.com");
 
-    // Denied: the authorizer's status, body and listed headers; no provider call.
+    // Denied: the authorizer's status, body and listed headers; no provider
+    // call. The DENY policy matches too, but CUSTOM is asked first.
     let calls = s.mock.requests().len();
     let a = post(&url, "test.com", SEED_REQUEST, &[("x-allow", "no")]).await;
     assert_eq!(
@@ -361,23 +372,45 @@ async fn custom_authorization_asks_the_external_authorizer() {
     assert_eq!(a.headers["x-reason"], "not on the list");
     assert_eq!(s.mock.requests().len(), calls);
 
-    // Unreachable authorizer without failOpen: statusOnError.
-    let a = post(&url, "dashscope.aliyuncs.com", SEED_REQUEST, &[]).await;
-    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.text());
+    // Allowed by the authorizer, then denied by the DENY policy.
+    let checks = authz.seen.lock().unwrap().len();
+    let a = post(
+        &url,
+        "test.com",
+        SEED_REQUEST,
+        &[("x-allow", "yes"), ("x-deny", "yes")],
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.text().as_str()),
+        (StatusCode::FORBIDDEN, "RBAC: access denied")
+    );
+    assert_eq!(authz.seen.lock().unwrap().len(), checks + 1);
     assert_eq!(s.mock.requests().len(), calls);
 
     // Every check is counted by provider and result.
     let metrics = s.gw.metrics();
     for line in [
-        "llmgw_ext_authz_checks_total{provider=\"my-authz\",result=\"allowed\"} 1",
+        "llmgw_ext_authz_checks_total{provider=\"my-authz\",result=\"allowed\"} 2",
         "llmgw_ext_authz_checks_total{provider=\"my-authz\",result=\"denied\"} 1",
-        "llmgw_ext_authz_checks_total{provider=\"down\",result=\"error\"} 1",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),
             "no {line:?} in:\n{metrics}"
         );
     }
+
+    // Unreachable authorizer without failOpen: statusOnError.
+    let s = setup(CUSTOM_DOWN, mesh_args).await;
+    let a = post(&s.gw.url(), "dashscope.aliyuncs.com", SEED_REQUEST, &[]).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.text());
+    assert!(s.mock.requests().is_empty());
+    let metrics = s.gw.metrics();
+    let line = "llmgw_ext_authz_checks_total{provider=\"down\",result=\"error\"} 1";
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "no {line:?} in:\n{metrics}"
+    );
 }
 
 #[tokio::test]

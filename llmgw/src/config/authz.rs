@@ -50,10 +50,11 @@ pub struct ExtensionProvider {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Rule {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub from: Vec<From>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub to: Vec<To>,
+    /// `None` when unset; `Some(empty)` is an error, as in Istio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Vec<From>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Vec<To>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub when: Vec<Condition>,
 }
@@ -62,14 +63,14 @@ pub struct Rule {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct From {
     #[serde(default)]
-    pub source: Source,
+    pub source: Option<Source>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct To {
     #[serde(default)]
-    pub operation: Operation,
+    pub operation: Option<Operation>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

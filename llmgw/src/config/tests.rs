@@ -335,8 +335,8 @@ fn errors_name_the_field() {
             "spec.provider.name: CUSTOM needs an extension provider name",
         ),
         (
-            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: istio-system}\nspec: {rules: [{to: [{operation: {paths: ['/a/{**}/b']}}]}]}\n",
-            "{**} must be the last segment",
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: istio-system}\nspec: {rules: [{to: [{operation: {paths: ['/a/{**}/{*}']}}]}]}\n",
+            "{**} must be the last operator",
         ),
     ];
     for (yaml, want) in cases {

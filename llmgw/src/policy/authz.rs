@@ -10,6 +10,7 @@ use std::{
 
 use http::HeaderMap;
 use ipnet::IpNet;
+use regex::Regex;
 use serde::Serialize;
 
 use crate::config::{
@@ -71,8 +72,8 @@ pub struct Source {
     pub not_ip_blocks: Vec<IpNet>,
     pub remote_ip_blocks: Vec<IpNet>,
     pub not_remote_ip_blocks: Vec<IpNet>,
-    pub request_principals: Vec<Pattern>,
-    pub not_request_principals: Vec<Pattern>,
+    pub request_principals: Vec<PrincipalPattern>,
+    pub not_request_principals: Vec<PrincipalPattern>,
 }
 
 #[derive(Debug, Default)]
@@ -113,6 +114,7 @@ pub enum Key {
 #[derive(Debug)]
 pub enum Values {
     Strings(Vec<Pattern>),
+    Principals(Vec<PrincipalPattern>),
     Nets(Vec<IpNet>),
     Ports(Vec<u16>),
 }
@@ -121,6 +123,7 @@ impl Values {
     fn is_empty(&self) -> bool {
         match self {
             Values::Strings(v) => v.is_empty(),
+            Values::Principals(v) => v.is_empty(),
             Values::Nets(v) => v.is_empty(),
             Values::Ports(v) => v.is_empty(),
         }
@@ -163,78 +166,157 @@ impl Pattern {
             Pattern::Exact(e) => v == e,
         }
     }
+
+    /// [`Pattern::matches`] ignoring ASCII case; the pattern is lower case.
+    fn matches_ignore_case(&self, v: &str) -> bool {
+        let (v, p) = (
+            v.as_bytes(),
+            match self {
+                Pattern::Present => return !v.is_empty(),
+                Pattern::Prefix(p) | Pattern::Suffix(p) | Pattern::Exact(p) => p.as_bytes(),
+            },
+        );
+        match self {
+            Pattern::Prefix(_) => v.len() >= p.len() && v[..p.len()].eq_ignore_ascii_case(p),
+            Pattern::Suffix(_) => {
+                v.len() >= p.len() && v[v.len() - p.len()..].eq_ignore_ascii_case(p)
+            }
+            _ => v.eq_ignore_ascii_case(p),
+        }
+    }
 }
 
-/// `paths`: exact, `prefix*`, `*suffix`, `*`, or a template with `{*}` (one
-/// segment) and `{**}` (the rest, last only).
+/// A `requestPrincipals` (or `request.auth.principal`) value, as Istio
+/// compiles it: split at the last `/` into a matcher of the token's `iss`
+/// and one of its `sub`, where `*` alone means "present and non-empty". A
+/// token without `sub` matches nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrincipalPattern {
+    iss: Pattern,
+    sub: Pattern,
+}
+
+impl PrincipalPattern {
+    fn parse(value: &str) -> PrincipalPattern {
+        let split = value.rfind('/').map(|i| (&value[..i], &value[i + 1..]));
+        let (iss, sub) = if value == "*" {
+            (Pattern::Present, Pattern::Present)
+        } else if let Some(rest) = value.strip_prefix('*') {
+            match split {
+                Some(("*", sub)) => (Pattern::Present, Pattern::Exact(sub.into())),
+                Some((iss, sub)) => (
+                    Pattern::Suffix(iss.trim_start_matches('*').into()),
+                    Pattern::Exact(sub.into()),
+                ),
+                None => (Pattern::Present, Pattern::Suffix(rest.into())),
+            }
+        } else if let Some(rest) = value.strip_suffix('*') {
+            match split {
+                Some((iss, "*")) => (Pattern::Exact(iss.into()), Pattern::Present),
+                Some((iss, sub)) => (
+                    Pattern::Exact(iss.into()),
+                    Pattern::Prefix(sub.trim_end_matches('*').into()),
+                ),
+                None => (Pattern::Prefix(rest.into()), Pattern::Present),
+            }
+        } else {
+            let (iss, sub) = split.unwrap_or((value, ""));
+            (Pattern::Exact(iss.into()), Pattern::Exact(sub.into()))
+        };
+        PrincipalPattern { iss, sub }
+    }
+
+    pub fn matches(&self, id: &Identity) -> bool {
+        self.iss.matches(&id.issuer)
+            && id
+                .subject
+                .as_deref()
+                .is_some_and(|sub| self.sub.matches(sub))
+    }
+}
+
+/// `paths`: exact, `prefix*`, `*suffix`, `*`, or a template of whole
+/// segments `{*}` (one segment) and `{**}` (any number of segments, the last
+/// operator), matched as Envoy's `uri_template` does.
+#[derive(Debug, Clone)]
 pub enum PathPattern {
     Glob(Pattern),
-    Template(Vec<Segment>),
+    Template { source: String, re: Regex },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Segment {
-    Literal(String),
-    One,
-    Rest,
+impl PartialEq for PathPattern {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (PathPattern::Glob(a), PathPattern::Glob(b)) => a == b,
+            (PathPattern::Template { source: a, .. }, PathPattern::Template { source: b, .. }) => {
+                a == b
+            }
+            _ => false,
+        }
+    }
 }
+
+/// RFC 3986 `pchar` without `/`: what a template's literal and `{*}` may hold.
+const PCHAR: &str = "A-Za-z0-9\\-._~%!$&'()*+,;:@=";
 
 impl PathPattern {
     fn parse(s: &str) -> Result<PathPattern, String> {
-        if !s.contains('{') {
+        if !s.contains("{*}") && !s.contains("{**}") {
             if s.is_empty() {
                 return Err("empty path".into());
+            }
+            if s.contains(['{', '}']) {
+                return Err(format!(
+                    "{s:?}: '{{' and '}}' only appear in the templates {{*}} and {{**}}"
+                ));
             }
             return Ok(PathPattern::Glob(Pattern::parse(s, false)));
         }
         if !s.starts_with('/') {
             return Err(format!("path template {s:?} must start with /"));
         }
-        let parts: Vec<&str> = s[1..].split('/').collect();
-        let mut segs = Vec::with_capacity(parts.len());
-        for (i, p) in parts.iter().enumerate() {
-            let seg = match *p {
-                "{*}" => Segment::One,
-                "{**}" if i + 1 == parts.len() => Segment::Rest,
-                "{**}" => return Err(format!("{s:?}: {{**}} must be the last segment")),
-                lit if lit.contains(['{', '}', '*']) => {
+        let mut re = String::from("^");
+        let mut any_seen = false;
+        for (i, seg) in s.split('/').enumerate() {
+            if i > 0 {
+                re.push('/');
+            }
+            match seg {
+                "{*}" | "{**}" if any_seen => {
+                    return Err(format!("{s:?}: {{**}} must be the last operator"));
+                }
+                "{*}" => re.push_str(&format!("[{PCHAR}]+")),
+                "{**}" => {
+                    any_seen = true;
+                    re.push_str(&format!("[{PCHAR}/]*"));
+                }
+                lit if lit.contains(['{', '}']) => {
                     return Err(format!(
-                        "{s:?}: a segment is either literal, {{*}} or {{**}}; got {lit:?}"
+                        "{s:?}: a segment is literal, {{*}} or {{**}}; got {lit:?}"
                     ));
                 }
-                lit => Segment::Literal(lit.to_string()),
-            };
-            segs.push(seg);
+                lit if !lit
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;:@=".contains(&b)) =>
+                {
+                    return Err(format!("{s:?}: {lit:?} is not a valid path segment"));
+                }
+                lit => re.push_str(&regex::escape(lit)),
+            }
         }
-        Ok(PathPattern::Template(segs))
+        re.push('$');
+        let re = Regex::new(&re).map_err(|e| format!("{s:?}: {e}"))?;
+        Ok(PathPattern::Template {
+            source: s.to_string(),
+            re,
+        })
     }
 
     /// `path` is normalised and without its query.
     pub fn matches(&self, path: &str) -> bool {
         match self {
             PathPattern::Glob(p) => p.matches(path),
-            PathPattern::Template(segs) => {
-                let Some(rest) = path.strip_prefix('/') else {
-                    return false;
-                };
-                let mut parts = rest.split('/');
-                for seg in segs {
-                    match seg {
-                        Segment::Rest => return true,
-                        Segment::One => match parts.next() {
-                            Some(p) if !p.is_empty() => {}
-                            _ => return false,
-                        },
-                        Segment::Literal(l) => {
-                            if parts.next() != Some(l.as_str()) {
-                                return false;
-                            }
-                        }
-                    }
-                }
-                parts.next().is_none()
-            }
+            PathPattern::Template { re, .. } => re.is_match(path),
         }
     }
 }
@@ -242,8 +324,12 @@ impl PathPattern {
 /// A validated JWT's identity, as `RequestAuthentication` produces it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Identity {
-    /// `iss/sub`.
+    /// `iss/sub`, as logged and sent to authorizers.
     pub principal: String,
+    /// The rule's issuer (the token's `iss`).
+    pub issuer: String,
+    /// The token's `sub`, when it has one.
+    pub subject: Option<String>,
     pub audiences: Vec<String>,
     /// `azp`.
     pub presenter: Option<String>,
@@ -260,8 +346,9 @@ pub struct RequestContext<'a> {
     /// The local socket the request arrived on (`destination.ip`/`.port`).
     pub local: SocketAddr,
     pub sni: Option<&'a str>,
-    /// Lower-case, without port.
-    pub host: &'a str,
+    /// The request's authority (`Host` / `:authority`) as sent, port
+    /// included: what `hosts` and `notHosts` compare, case-insensitively.
+    pub authority: &'a str,
     pub method: &'a str,
     /// Normalised, without query.
     pub path: &'a str,
@@ -356,9 +443,10 @@ impl Rule {
 
 impl Source {
     fn matches(&self, ctx: &RequestContext<'_>) -> bool {
-        let principal = ctx.identity.map(|i| i.principal.as_str());
-        let principal_in =
-            |ps: &[Pattern]| principal.is_some_and(|p| ps.iter().any(|x| x.matches(p)));
+        let principal_in = |ps: &[PrincipalPattern]| {
+            ctx.identity
+                .is_some_and(|id| ps.iter().any(|x| x.matches(id)))
+        };
         (self.ip_blocks.is_empty() || in_nets(&self.ip_blocks, ctx.peer))
             && !in_nets(&self.not_ip_blocks, ctx.peer)
             && (self.remote_ip_blocks.is_empty() || in_nets(&self.remote_ip_blocks, ctx.remote))
@@ -381,8 +469,9 @@ impl Source {
 impl Operation {
     fn matches(&self, ctx: &RequestContext<'_>) -> bool {
         let port = ctx.local.port();
-        any_or_empty(&self.hosts, |h| h.matches(ctx.host))
-            && none(&self.not_hosts, |h| h.matches(ctx.host))
+        let host_is = |h: &Pattern| h.matches_ignore_case(ctx.authority);
+        any_or_empty(&self.hosts, host_is)
+            && none(&self.not_hosts, host_is)
             && (self.ports.is_empty() || self.ports.contains(&port))
             && !self.not_ports.contains(&port)
             && any_or_empty(&self.methods, |m| m.matches(ctx.method))
@@ -428,7 +517,9 @@ impl Condition {
                 if joined.is_empty() {
                     return false;
                 }
-                strings(&[&joined.join(",")])
+                // `*` is Envoy's present match: an empty value counts.
+                matches!(values, Values::Strings(ps) if ps.contains(&Pattern::Present))
+                    || strings(&[&joined.join(",")])
             }
             Key::SourceIp => nets(ctx.peer),
             Key::RemoteIp => nets(ctx.remote),
@@ -437,7 +528,9 @@ impl Condition {
                 matches!(values, Values::Ports(p) if p.contains(&ctx.local.port()))
             }
             Key::Sni => ctx.sni.is_some_and(|s| strings(&[s])),
-            Key::AuthPrincipal => ctx.identity.is_some_and(|i| strings(&[&i.principal])),
+            Key::AuthPrincipal => ctx.identity.is_some_and(
+                |id| matches!(values, Values::Principals(ps) if ps.iter().any(|p| p.matches(id))),
+            ),
             Key::AuthAudiences => ctx.identity.is_some_and(|i| {
                 let a: Vec<&str> = i.audiences.iter().map(String::as_str).collect();
                 strings(&a)
@@ -454,19 +547,16 @@ impl Condition {
                         None => return false,
                     }
                 }
-                let mut vals: Vec<String> = Vec::new();
-                match v {
-                    serde_json::Value::String(s) => vals.push(s.clone()),
-                    serde_json::Value::Array(items) => vals.extend(items.iter().map(|x| match x {
-                        serde_json::Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    })),
-                    serde_json::Value::Bool(_) | serde_json::Value::Number(_) => {
-                        vals.push(v.to_string())
+                // String matchers see strings only (as Envoy's metadata
+                // matcher does): a claim or list element that is a number
+                // or a boolean matches nothing.
+                let refs: Vec<&str> = match v {
+                    serde_json::Value::String(s) => vec![s.as_str()],
+                    serde_json::Value::Array(items) => {
+                        items.iter().filter_map(serde_json::Value::as_str).collect()
                     }
-                    _ => {}
-                }
-                let refs: Vec<&str> = vals.iter().map(String::as_str).collect();
+                    _ => Vec::new(),
+                };
                 strings(&refs)
             }),
         }
@@ -552,6 +642,8 @@ pub(crate) fn compile(
     errors: &mut ErrorList,
 ) -> Policies {
     let mut out = Policies::default();
+    // Istio: one extension provider per workload.
+    let mut custom_provider: Option<(String, &Document<AuthorizationPolicySpec>)> = None;
     for doc in docs {
         let spec = &doc.spec;
         let targeted = spec.target_ref.is_some() || !spec.target_refs.is_empty();
@@ -559,6 +651,23 @@ pub(crate) fn compile(
             continue;
         }
         if let Some(p) = compile_policy(doc, errors) {
+            if let Some(name) = &p.provider {
+                match &custom_provider {
+                    Some((first, by)) if first != name => {
+                        errors.push(doc.error(
+                            "spec.provider.name",
+                            format!(
+                                "CUSTOM policies for one workload must use one extension provider \
+                                 (as in Istio); {} ({}) already uses {first:?}, this one {name:?}",
+                                by.id, by.source
+                            ),
+                        ));
+                        continue;
+                    }
+                    Some(_) => {}
+                    None => custom_provider = Some((name.clone(), doc)),
+                }
+            }
             match p.action {
                 Action::Custom => out.custom.push(p),
                 Action::Deny => out.deny.push(p),
@@ -607,21 +716,44 @@ fn compile_policy(
         }
         (_, None) => None,
     };
+    if action == Action::Deny && spec.rules.as_ref().is_none_or(Vec::is_empty) {
+        errors.push(doc.error(
+            "spec.rules",
+            "DENY without rules never matches; add an empty rule {} to deny every request",
+        ));
+    }
     let mut rules = Vec::new();
     for (i, r) in spec.rules.iter().flatten().enumerate() {
         let f = format!("spec.rules[{i}]");
         let mut c = Ctx { doc, errors };
-        let from: Vec<Source> = r
-            .from
-            .iter()
-            .enumerate()
-            .map(|(j, s)| c.source(&s.source, &format!("{f}.from[{j}].source")))
-            .collect();
-        let to: Vec<Operation> =
-            r.to.iter()
-                .enumerate()
-                .map(|(j, o)| c.operation(&o.operation, &format!("{f}.to[{j}].operation")))
-                .collect();
+        if r.from.as_ref().is_some_and(Vec::is_empty) {
+            c.err(
+                format!("{f}.from"),
+                "must not be empty (leave it out to match any source)",
+            );
+        }
+        if r.to.as_ref().is_some_and(Vec::is_empty) {
+            c.err(
+                format!("{f}.to"),
+                "must not be empty (leave it out to match any operation)",
+            );
+        }
+        let mut from = Vec::new();
+        for (j, s) in r.from.iter().flatten().enumerate() {
+            let field = format!("{f}.from[{j}].source");
+            match &s.source {
+                Some(s) => from.push(c.source(s, &field)),
+                None => c.err(field, "is required"),
+            }
+        }
+        let mut to = Vec::new();
+        for (j, o) in r.to.iter().flatten().enumerate() {
+            let field = format!("{f}.to[{j}].operation");
+            match &o.operation {
+                Some(o) => to.push(c.operation(o, &field)),
+                None => c.err(field, "is required"),
+            }
+        }
         let when: Vec<Condition> = r
             .when
             .iter()
@@ -741,6 +873,18 @@ impl Ctx<'_> {
         out
     }
 
+    fn principals(&mut self, items: &[String], field: &str) -> Vec<PrincipalPattern> {
+        let mut out = Vec::new();
+        for (i, s) in items.iter().enumerate() {
+            if s.is_empty() {
+                self.err(format!("{field}[{i}]"), "empty value");
+            } else {
+                out.push(PrincipalPattern::parse(s));
+            }
+        }
+        out
+    }
+
     fn ports(&mut self, items: &[Scalar], field: &str) -> Vec<u16> {
         let mut out = Vec::new();
         for (i, s) in items.iter().enumerate() {
@@ -768,21 +912,37 @@ impl Ctx<'_> {
                 self.err(format!("{f}.{name}"), MESH_ONLY);
             }
         }
+        let fields = [
+            &s.principals,
+            &s.not_principals,
+            &s.namespaces,
+            &s.not_namespaces,
+            &s.service_accounts,
+            &s.not_service_accounts,
+            &s.ip_blocks,
+            &s.not_ip_blocks,
+            &s.remote_ip_blocks,
+            &s.not_remote_ip_blocks,
+            &s.request_principals,
+            &s.not_request_principals,
+        ];
+        if fields.iter().all(|v| v.is_empty()) {
+            self.err(
+                f.to_string(),
+                "must not be empty (it would match every source)",
+            );
+        }
         Source {
             ip_blocks: self.nets(&s.ip_blocks, &format!("{f}.ipBlocks")),
             not_ip_blocks: self.nets(&s.not_ip_blocks, &format!("{f}.notIpBlocks")),
             remote_ip_blocks: self.nets(&s.remote_ip_blocks, &format!("{f}.remoteIpBlocks")),
             not_remote_ip_blocks: self
                 .nets(&s.not_remote_ip_blocks, &format!("{f}.notRemoteIpBlocks")),
-            request_principals: self.patterns(
-                &s.request_principals,
-                &format!("{f}.requestPrincipals"),
-                false,
-            ),
-            not_request_principals: self.patterns(
+            request_principals: self
+                .principals(&s.request_principals, &format!("{f}.requestPrincipals")),
+            not_request_principals: self.principals(
                 &s.not_request_principals,
                 &format!("{f}.notRequestPrincipals"),
-                false,
             ),
         }
     }
@@ -798,6 +958,20 @@ impl Ctx<'_> {
             }
             out
         };
+        let texts = [
+            &o.hosts,
+            &o.not_hosts,
+            &o.methods,
+            &o.not_methods,
+            &o.paths,
+            &o.not_paths,
+        ];
+        if texts.iter().all(|v| v.is_empty()) && o.ports.is_empty() && o.not_ports.is_empty() {
+            self.err(
+                f.to_string(),
+                "must not be empty (it would match every request)",
+            );
+        }
         Operation {
             hosts: self.patterns(&o.hosts, &format!("{f}.hosts"), true),
             not_hosts: self.patterns(&o.not_hosts, &format!("{f}.notHosts"), true),
@@ -829,6 +1003,7 @@ impl Ctx<'_> {
                     Values::Nets(this.nets(&strs(v), &field))
                 }
                 Key::DestinationPort => Values::Ports(this.ports(v, &field)),
+                Key::AuthPrincipal => Values::Principals(this.principals(&strs(v), &field)),
                 _ => Values::Strings(this.patterns(&strs(v), &field, false)),
             }
         };

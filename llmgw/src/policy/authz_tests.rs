@@ -40,8 +40,16 @@ impl Default for Req {
 }
 
 fn jwt(principal: &str, claims: serde_json::Value) -> Option<Identity> {
+    // Tests write `iss/sub`; a principal without `/` stands for a token
+    // without `sub`.
+    let (issuer, subject) = match principal.rsplit_once('/') {
+        Some((iss, sub)) => (iss.to_string(), Some(sub.to_string())),
+        None => (principal.to_string(), None),
+    };
     Some(Identity {
         principal: principal.into(),
+        issuer,
+        subject,
         audiences: claims["aud"]
             .as_array()
             .map(|a| {
@@ -85,7 +93,7 @@ fn decide(p: &Policies, r: &Req) -> bool {
         remote: r.remote.parse::<IpAddr>().unwrap(),
         local: format!("10.9.9.9:{}", r.port).parse().unwrap(),
         sni: r.sni,
-        host: r.host,
+        authority: r.host,
         method: r.method,
         path: r.path,
         headers: &headers,
@@ -143,17 +151,119 @@ fn allow_nothing_and_deny_all_and_allow_all() {
         "deny-all",
     );
     case(
-        "action: DENY",
-        Req::default(),
-        true,
-        "DENY without rules denies nothing",
-    );
-    case(
         "action: AUDIT\nrules: [{}]",
         Req::default(),
         true,
         "AUDIT never decides",
     );
+    // Nor does it count as an ALLOW: with an ALLOW policy that does not
+    // match, a request AUDIT matches is still denied.
+    let audit_and_allow = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit-all, namespace: istio-system}
+spec: {action: AUDIT, rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-other, namespace: istio-system}
+spec: {action: ALLOW, rules: [{to: [{operation: {paths: ["/other"]}}]}]}
+"#;
+    assert!(!decide(&policies(audit_and_allow), &Req::default()));
+}
+
+/// The errors compiling one AuthorizationPolicy (spec body as in `case`).
+fn rejected(policy: &str) -> String {
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: istio-system}}\nspec:\n{}",
+        policy
+            .lines()
+            .map(|l| format!("  {l}\n"))
+            .collect::<String>()
+    );
+    let mut raw = RawConfig::default();
+    let mut errors = ErrorList::default();
+    load_text(
+        Path::new("p.yaml"),
+        &yaml,
+        &HashMap::<String, String>::new(),
+        &mut raw,
+        &mut errors,
+    );
+    assert!(errors.is_empty(), "{errors}");
+    super::authz::compile(
+        &raw.authorization_policies,
+        &Settings::default(),
+        &mut errors,
+    );
+    assert!(!errors.is_empty(), "accepted:\n{yaml}");
+    errors.to_string()
+}
+
+/// What Istio's validation refuses, because it would silently match
+/// everything or nothing.
+#[test]
+fn policies_istio_refuses_are_errors() {
+    for (policy, field, why) in [
+        (
+            "action: DENY",
+            "spec.rules: DENY without rules never matches",
+            "a DENY without rules",
+        ),
+        (
+            "action: DENY\nrules: []",
+            "spec.rules: DENY without rules",
+            "rules: []",
+        ),
+        (
+            "rules: [{from: []}]",
+            "spec.rules[0].from: must not be empty",
+            "from: []",
+        ),
+        (
+            "rules: [{to: []}]",
+            "spec.rules[0].to: must not be empty",
+            "to: []",
+        ),
+        (
+            "rules: [{from: [{source: {}}]}]",
+            "spec.rules[0].from[0].source: must not be empty",
+            "an empty source",
+        ),
+        (
+            "rules: [{from: [{}]}]",
+            "spec.rules[0].from[0].source: is required",
+            "from without a source",
+        ),
+        (
+            "action: DENY\nrules: [{to: [{operation: {}}]}]",
+            "spec.rules[0].to[0].operation: must not be empty",
+            "an empty operation",
+        ),
+        (
+            "rules: [{to: [{}]}]",
+            "spec.rules[0].to[0].operation: is required",
+            "to without an operation",
+        ),
+        (
+            "rules: [{to: [{operation: {paths: [\"/a/{**}/{*}\"]}}]}]",
+            "{**} must be the last operator",
+            "an operator after {**}",
+        ),
+        (
+            "rules: [{to: [{operation: {paths: [\"/a/{x}\"]}}]}]",
+            "'{' and '}' only appear in the templates",
+            "braces that are no template",
+        ),
+        (
+            "rules: [{to: [{operation: {paths: [\"/a/b{*}\"]}}]}]",
+            "a segment is literal, {*} or {**}",
+            "a template inside a segment",
+        ),
+    ] {
+        let err = rejected(policy);
+        assert!(err.contains(field), "{why}: {err}");
+    }
 }
 
 #[test]
@@ -401,6 +511,52 @@ fn request_principals_patterns() {
         false,
         "prefix miss",
     );
+    // Istio splits a value at its last `/` and matches `iss` and `sub`
+    // apart; `*` alone is "both present and non-empty".
+    for (pattern, principal, want) in [
+        ("*", "https://issuer/alice", true),
+        ("*", "https://issuer", false), // no `sub`
+        ("https://issuer/*", "https://issuer", false),
+        ("https://issuer/al*", "https://issuer/alice", true),
+        ("https://issuer/al*", "https://issuerX/alice", false),
+        ("htt*", "https://issuer/alice", true), // no `/`: iss prefix, any sub
+        // Split at the last `/`: iss exactly "https:/", sub prefix "iss".
+        ("https://iss*", "https://issuer/alice", false),
+        ("*/alice", "https://issuer/alice", true),
+        ("*/alice", "https://issuer/alice/x", false),
+        ("*suer/alice", "https://issuer/alice", true),
+        ("*ice", "https://issuer/alice", true), // sub suffix, any iss
+        ("https://issuer/alice", "https://issuer/alice", true),
+        // A `sub` holding a `/` is split where Istio splits it.
+        ("https://issuer/a/b", "https://issuer/a/b", false),
+    ] {
+        let (iss, sub) = principal.split_at(
+            principal
+                .strip_prefix("https://")
+                .and_then(|r| r.find('/'))
+                .map_or(principal.len(), |i| i + "https://".len()),
+        );
+        let identity = Some(Identity {
+            principal: principal.to_string(),
+            issuer: iss.to_string(),
+            subject: sub.strip_prefix('/').map(str::to_string),
+            ..Identity::default()
+        });
+        for how in [
+            "from: [{source: {requestPrincipals: [\"@\"]}}]",
+            "when: [{key: request.auth.principal, values: [\"@\"]}]",
+        ] {
+            case(
+                &allow_if(&how.replace('@', pattern)),
+                Req {
+                    identity: identity.clone(),
+                    ..Req::default()
+                },
+                want,
+                &format!("{pattern} vs iss {iss:?} sub {sub:?} ({how})"),
+            );
+        }
+    }
     let p = "action: DENY\nrules:\n- from: [{source: {notRequestPrincipals: [\"*\"]}}]";
     case(
         p,
@@ -452,6 +608,18 @@ fn hosts_are_case_insensitive_with_prefix_and_suffix() {
     );
     let p = allow_if("to: [{operation: {notHosts: [test.com]}}]");
     case(&p, Req::default(), false, "notHosts");
+    // The whole authority is compared, port included, as Istio does (its
+    // docs advise `hosts: [x, "x:*"]`).
+    let with_port = Req {
+        host: "Test.com:8080",
+        ..Req::default()
+    };
+    let p = allow_if("to: [{operation: {hosts: [test.com]}}]");
+    case(&p, with_port.clone(), false, "a port is part of the host");
+    let p = allow_if("to: [{operation: {hosts: [test.com, \"test.com:*\"]}}]");
+    case(&p, with_port.clone(), true, "host:* takes any port");
+    let p = "action: DENY\nrules:\n- to: [{operation: {hosts: [\"test.com:*\"]}}]";
+    case(p, with_port, false, "DENY host:* with a port");
 }
 
 #[test]
@@ -518,6 +686,14 @@ fn ports_methods_and_paths() {
         ("/v1/{*}/completions", "/v1//completions", false),
         ("/v1/{**}", "/v1/a/b/c", true),
         ("/v1/{**}", "/v2/a", false),
+        // Envoy's uri_template: `/v1/{**}` needs the slash after v1.
+        ("/v1/{**}", "/v1", false),
+        ("/v1/{**}", "/v1/", true),
+        ("/v1/{**}/models", "/v1/a/b/models", true),
+        ("/v1/{**}/models", "/v1/models", false),
+        ("/v1/{**}/", "/v1/a/", true),
+        ("/v1/{**}/", "/v1/a", false),
+        ("/{*}/chat/{**}", "/v1/chat/completions", true),
     ] {
         let p = allow_if(&format!("to: [{{operation: {{paths: [\"{pat}\"]}}}}]"));
         case(
@@ -546,7 +722,7 @@ fn ports_methods_and_paths() {
 fn when_keys() {
     let id = jwt(
         "iss/sub",
-        json!({"aud": ["a1", "a2"], "azp": "cli", "groups": ["dev", "ops"], "scope": ["read", "write"], "team": "ml infra", "nested": {"team": "x"}}),
+        json!({"aud": ["a1", "a2"], "azp": "cli", "groups": ["dev", "ops"], "scope": ["read", "write"], "team": "ml infra", "nested": {"team": "x"}, "admin": true, "level": 3, "mixed": [1, "a"]}),
     );
     let base = Req {
         identity: id,
@@ -599,6 +775,20 @@ fn when_keys() {
         ("{key: destination.port, values: [81]}", false),
         ("{key: connection.sni, values: [\"*.test\"]}", true),
         ("{key: \"request.headers[x-user]\", values: [\"*\"]}", false),
+        // Claims that are not strings match no string (Envoy's matcher).
+        (
+            "{key: \"request.auth.claims[admin]\", values: [\"true\"]}",
+            false,
+        ),
+        (
+            "{key: \"request.auth.claims[level]\", values: [\"3\"]}",
+            false,
+        ),
+        (
+            "{key: \"request.auth.claims[mixed]\", values: [\"1\"]}",
+            false,
+        ),
+        ("{key: \"request.auth.claims[mixed]\", values: [a]}", true),
         ("{key: \"request.headers[x-user]\", notValues: [bob]}", true),
     ] {
         case(
@@ -612,6 +802,15 @@ fn when_keys() {
         headers: vec![("x-user", "bob")],
         ..base.clone()
     };
+    case(
+        &allow_if("when: [{key: \"request.headers[x-e]\", values: [\"*\"]}]"),
+        Req {
+            headers: vec![("x-e", "")],
+            ..base.clone()
+        },
+        true,
+        "`*` is a present match: an empty header counts",
+    );
     case(
         &allow_if("when: [{key: \"request.headers[X-User]\", values: [bo*]}]"),
         with_header.clone(),
@@ -707,4 +906,48 @@ fn path_normalisation() {
     ] {
         assert_eq!(normalize_path(raw), want, "{raw}");
     }
+}
+
+/// Istio serves one extension provider per workload: CUSTOM policies that
+/// name two are refused, not half-applied.
+#[test]
+fn custom_policies_must_share_one_provider() {
+    let yaml = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: c1, namespace: istio-system}
+spec: {action: CUSTOM, provider: {name: p1}, rules: [{to: [{operation: {paths: ["/c/*"]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: c2, namespace: istio-system}
+spec: {action: CUSTOM, provider: {name: p2}, rules: [{to: [{operation: {paths: ["/c/admin*"]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: c3, namespace: istio-system}
+spec: {action: CUSTOM, provider: {name: p1}, rules: [{to: [{operation: {paths: ["/d/*"]}}]}]}
+"#;
+    let mut raw = RawConfig::default();
+    let mut errors = ErrorList::default();
+    load_text(
+        Path::new("p.yaml"),
+        yaml,
+        &HashMap::<String, String>::new(),
+        &mut raw,
+        &mut errors,
+    );
+    assert!(errors.is_empty(), "{errors}");
+    super::authz::compile(
+        &raw.authorization_policies,
+        &Settings::default(),
+        &mut errors,
+    );
+    let text = errors.to_string();
+    assert_eq!(errors.0.len(), 1, "{text}");
+    assert!(
+        text.contains("istio-system/c2: spec.provider.name: CUSTOM policies for one workload must use one extension provider"),
+        "{text}"
+    );
+    assert!(text.contains("istio-system/c1"), "{text}");
 }

@@ -467,7 +467,7 @@ impl Authenticator {
 struct Verified {
     rule: usize,
     payload_b64: String,
-    sub: String,
+    sub: Option<String>,
     audiences: Vec<String>,
     claims: Value,
 }
@@ -492,7 +492,13 @@ impl Verified {
             }
         }
         Identity {
-            principal: format!("{}/{}", rule.issuer, self.sub),
+            principal: format!(
+                "{}/{}",
+                rule.issuer,
+                self.sub.as_deref().unwrap_or_default()
+            ),
+            issuer: rule.issuer.clone(),
+            subject: self.sub.clone(),
             audiences: self.audiences.clone(),
             presenter: self
                 .claims
@@ -680,7 +686,7 @@ struct ParsedJwt<'a> {
     alg: Alg,
     kid: Option<String>,
     iss: String,
-    sub: String,
+    sub: Option<String>,
     nbf: u64,
     exp: u64,
     audiences: Vec<String>,
@@ -720,7 +726,9 @@ fn opt_string(
 
 impl<'a> ParsedJwt<'a> {
     fn parse(token: &'a str) -> Result<Self, JwtError> {
-        let parts: Vec<&str> = token.split('.').filter(|p| !p.is_empty()).collect();
+        // Exactly three sections, as jwt_verify_lib splits them; an empty
+        // one fails its own decoding below.
+        let parts: Vec<&str> = token.split('.').collect();
         let [h, p, s] = parts[..] else {
             return Err(JwtError::BadFormat);
         };
@@ -741,7 +749,7 @@ impl<'a> ParsedJwt<'a> {
             return Err(JwtError::PayloadBadJson);
         };
         let iss = opt_string(obj, "iss", JwtError::IssNotString)?.unwrap_or_default();
-        let sub = opt_string(obj, "sub", JwtError::SubNotString)?.unwrap_or_default();
+        let sub = opt_string(obj, "sub", JwtError::SubNotString)?;
         let int = |name, not_int, range| match num(obj, name) {
             Num::Missing => Ok(0),
             Num::Ok(v) => Ok(v),

@@ -34,15 +34,10 @@ pub fn remote_addr(headers: &HeaderMap, peer: IpAddr, trusted_hops: usize) -> Ip
     peer
 }
 
-/// `1.2.3.4`, `1.2.3.4:567`, `2001:db8::1`, `[2001:db8::1]:567`.
+/// A bare IPv4 or IPv6 address, as Envoy reads an X-Forwarded-For entry:
+/// anything else (a port, brackets, a name) leaves the peer as the client.
 fn parse_xff_entry(s: &str) -> Option<IpAddr> {
-    if let Ok(ip) = s.parse() {
-        return Some(ip);
-    }
-    if let Some(rest) = s.strip_prefix('[') {
-        return rest.split_once(']').and_then(|(ip, _)| ip.parse().ok());
-    }
-    s.rsplit_once(':').and_then(|(ip, _)| ip.parse().ok())
+    s.parse().ok()
 }
 
 /// Hop-by-hop headers (and proxy credentials) that never cross the proxy.
@@ -89,7 +84,7 @@ mod tests {
     #[test]
     fn envoy_trusted_hops() {
         let peer: IpAddr = "10.0.0.9".parse().unwrap();
-        let h = xff(&["192.0.2.10, 198.51.100.2", "203.0.113.7:4444"]);
+        let h = xff(&["192.0.2.10, 198.51.100.2", "203.0.113.7"]);
         assert_eq!(remote_addr(&h, peer, 0), peer);
         assert_eq!(
             remote_addr(&h, peer, 1),
@@ -107,9 +102,12 @@ mod tests {
         assert_eq!(remote_addr(&h, peer, 4), peer);
         assert_eq!(remote_addr(&xff(&["garbage"]), peer, 1), peer);
         assert_eq!(
-            remote_addr(&xff(&["[2001:db8::1]:80"]), peer, 1),
+            remote_addr(&xff(&["2001:db8::1"]), peer, 1),
             "2001:db8::1".parse::<IpAddr>().unwrap()
         );
+        // Envoy parses an entry as a bare address: with a port it is no address.
+        assert_eq!(remote_addr(&xff(&["[2001:db8::1]:80"]), peer, 1), peer);
+        assert_eq!(remote_addr(&xff(&["192.0.2.1:80"]), peer, 1), peer);
     }
 
     #[test]

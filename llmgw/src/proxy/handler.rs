@@ -184,7 +184,7 @@ async fn pipeline(
                 remote,
                 local: conn.local,
                 sni: conn.sni.as_deref(),
-                host: &host,
+                authority: &authority,
                 method: parts.method.as_str(),
                 path: &path,
                 headers: $headers,

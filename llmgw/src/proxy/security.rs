@@ -68,7 +68,7 @@ pub fn custom_provider(snapshot: &Snapshot, ctx: &RequestContext<'_>) -> Option<
 /// AuthorizationPolicy DENY, then ALLOW.
 pub fn authorize(snapshot: &Snapshot, ctx: &RequestContext<'_>) -> Result<(), ProxyError> {
     for p in snapshot.policies.audited(ctx) {
-        tracing::info!(policy = %p.id, host = ctx.host, path = ctx.path, "AUDIT policy matched");
+        tracing::info!(policy = %p.id, authority = ctx.authority, path = ctx.path, "AUDIT policy matched");
     }
     match snapshot.policies.evaluate(ctx) {
         Decision::Allow => Ok(()),
