@@ -180,15 +180,38 @@ fn init_logging(format: LogFormat) {
 /// asked for or the privileges are missing (one log line says so).
 fn start_l4(opts: &ServeOptions, run: &RunArgs) -> Result<Option<l4::Follower>> {
     if run.xdp_ifaces.is_empty() {
-        tracing::info!("L4 plane off: no --xdp-iface; the L7 plane enforces every rule");
+        // A program pinned by an earlier run stays attached (its pins keep it)
+        // and keeps enforcing the rules it was last given: say so.
+        match l4::status(&run.bpf_root) {
+            Ok(st) if !st.links.is_empty() => {
+                let ifaces: Vec<&str> = st.links.iter().map(|l| l.iface.as_str()).collect();
+                tracing::warn!(
+                    pinned = %st.dir.display(),
+                    prefixes = st.prefixes.len(),
+                    "L4 plane not managed: no --xdp-iface, but XDP pinned by an earlier run is \
+                     still attached to {} with its last rules, which this run does not update; \
+                     pass --xdp-iface to manage it or run `llmgw xdp detach` to remove it",
+                    ifaces.join(", ")
+                );
+            }
+            _ => tracing::info!("L4 plane off: no --xdp-iface; the L7 plane enforces every rule"),
+        }
         return Ok(None);
     }
     // The rules of the configuration as it is now; serving compiles it again
     // and the follower catches up with any difference.
     let rules = match config::raw_to_snapshot(&opts.config, &opts.settings, &ProcessEnv) {
         Ok(s) => llmgw::policy::l4::rules(&s),
-        // `serve` reports the errors and exits.
-        Err(_) => L4Rules::default(),
+        Err(_) => {
+            // `serve` reports the errors and exits. Pinned XDP state from an
+            // earlier run is left alone: it keeps its rules until a
+            // configuration that compiles replaces them.
+            tracing::warn!(
+                "L4 plane untouched: the configuration has errors; XDP state pinned by an \
+                 earlier run, if any, keeps its rules"
+            );
+            return Ok(None);
+        }
     };
     let plane_opts = PlaneOptions {
         bpf_root: run.bpf_root.clone(),
@@ -380,11 +403,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Xdp { bpf_root, command } => match command {
-            XdpCommand::Status { max_prefixes } => {
-                let status = l4::status(&bpf_root)?;
-                print!("{}", status.render(max_prefixes));
-                Ok(ExitCode::SUCCESS)
-            }
+            XdpCommand::Status { max_prefixes } => match l4::status(&bpf_root) {
+                Ok(status) => {
+                    print!("{}", status.render(max_prefixes));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(l4::L4Error::NotPinned(_)) => {
+                    println!("not attached: nothing pinned under {}", bpf_root.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Err(e.into()),
+            },
             XdpCommand::Detach => {
                 if l4::detach(&bpf_root)? {
                     println!("detached; pins under {} removed", bpf_root.display());

@@ -312,22 +312,67 @@ fn xdp_drops_denied_networks_while_l7_answers_host_policies() {
         }
     }
 
-    // kill -9 and restart while the denied client keeps trying.
+    // kill -9, a restart that fails on a bad configuration, and a good
+    // restart, while the denied client keeps trying. With nothing listening
+    // on the port, a SYN that got past XDP would be refused (RST) at once;
+    // one XDP drops just times out. So a refusal is a lapse too.
     let stop = Arc::new(AtomicBool::new(false));
     let through = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
     let tries = Arc::new(AtomicU64::new(0));
     let probe = {
-        let (stop, through, tries) = (stop.clone(), through.clone(), tries.clone());
+        let (stop, through, refused, tries) = (
+            stop.clone(),
+            through.clone(),
+            refused.clone(),
+            tries.clone(),
+        );
         topo.deny.spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 tries.fetch_add(1, Ordering::Relaxed);
-                if TcpStream::connect_timeout(&deny4, Duration::from_millis(100)).is_ok() {
-                    through.fetch_add(1, Ordering::Relaxed);
+                match TcpStream::connect_timeout(&deny4, Duration::from_millis(100)) {
+                    Ok(_) => {
+                        through.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {}
                 }
             }
         })
     };
     gw.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    let prefixes = || {
+        llmgw::l4::status(&bpf_root)
+            .map(|s| s.prefixes.len())
+            .unwrap_or(0)
+    };
+    let pinned = prefixes();
+    assert!(pinned > 0, "no prefixes pinned after kill -9");
+    // A configuration that does not compile (API_KEY unset): the gateway
+    // exits non-zero and leaves the pinned rules as they are.
+    let bad = Command::new("nsenter")
+        .arg(format!("--net={}", topo.gw.path()))
+        .arg(workspace_bin("llmgw"))
+        .arg("run")
+        .args(&args)
+        .env_remove("API_KEY")
+        .env("LLMGW_BPF_ROOT", &bpf_root)
+        .output()
+        .expect("llmgw runs");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success(),
+        "a bad configuration was served: {stderr}"
+    );
+    assert!(stderr.contains("API_KEY"), "{stderr}");
+    assert_eq!(
+        prefixes(),
+        pinned,
+        "a failed start changed the pinned rules"
+    );
     std::thread::sleep(Duration::from_millis(500));
     let mut gw = Gw::start(&topo.gw, &args, &bpf_root);
     std::thread::sleep(Duration::from_millis(500));
@@ -338,6 +383,11 @@ fn xdp_drops_denied_networks_while_l7_answers_host_policies() {
         through.load(Ordering::Relaxed),
         0,
         "a denied connection got through during the restart"
+    );
+    assert_eq!(
+        refused.load(Ordering::Relaxed),
+        0,
+        "a denied SYN reached the host while the gateway was down"
     );
     let ok = topo.allow.run(move || post(allow4, "test.com", patient));
     assert_eq!(ok.map(|(s, _)| s), Some(200), "served after the restart");

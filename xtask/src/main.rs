@@ -158,7 +158,10 @@ fn run(release: bool, args: Vec<String>) -> Result<()> {
     }
     build(release)?;
     let bin = bin_path(release, "llmgw");
-    let wants_xdp = args.iter().any(|a| a.starts_with("--xdp-iface"));
+    // Attaching XDP, and the `xdp` subcommands (status, detach, serve), need
+    // root for bpf() and bpffs.
+    let wants_xdp = args.first().is_some_and(|a| a == "xdp")
+        || args.iter().any(|a| a.starts_with("--xdp-iface"));
     let mut cmd = if wants_xdp && !is_root() {
         let mut c = Command::new("sudo");
         c.arg("-E").arg(&bin);
