@@ -16,6 +16,7 @@ pub const MAP_HOST_V4: &str = "LLMGW_HOST_V4";
 pub const MAP_DENY_V6: &str = "LLMGW_DENY_V6";
 /// Listener ports: `Array<u8>` of 65536 entries indexed by destination port
 /// (host byte order); non-zero means "the gateway listens on this port".
+/// Slot [`DST_CHECK_SLOT`] (port 0) is the destination-check switch instead.
 pub const MAP_LISTEN: &str = "LLMGW_LISTEN";
 /// Per-class port sets: `HashMap<ClassPortKey, u32>`, value = the rule id to
 /// charge for a drop.
@@ -36,9 +37,19 @@ pub const MAP_HOST_V6: &str = "LLMGW_HOST_V6";
 /// Rule names: `HashMap<u32, RuleName>` (rule id to name). Written and read by
 /// userspace only; pinned with the other maps so names survive restarts.
 pub const MAP_RULE_NAME: &str = "LLMGW_RULE_NAME";
+/// The gateway's own addresses: `HashMap<[u8; 16], u8>`, IPv4 as
+/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`). When `LISTEN[DST_CHECK_SLOT]` is set,
+/// a packet is dropped only if its destination is one of them, so traffic
+/// the node forwards (to pods, to other hosts) is never touched.
+pub const MAP_LOCAL: &str = "LLMGW_LOCAL";
+/// Index of the listener array that holds the destination-check switch
+/// rather than a port (port 0 is never listened on).
+pub const DST_CHECK_SLOT: u32 = 0;
+/// Entries of `MAP_LOCAL`.
+pub const LOCAL_ENTRIES: u32 = 1024;
 
 /// Every map the program defines, in the order userspace pins them.
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 11] = [
     MAP_DENY_V4,
     MAP_HOST_V4,
     MAP_DENY_V6,
@@ -49,6 +60,7 @@ pub const ALL_MAPS: [&str; 10] = [
     MAP_STATS,
     MAP_V4_FILTER,
     MAP_RULE_NAME,
+    MAP_LOCAL,
 ];
 
 /// Name of the XDP program in the object.
@@ -155,8 +167,11 @@ pub mod stat {
     /// Dropped: non-first fragment or over-long IPv6 header chain from a
     /// source denied on every listener port (counted in `DROPPED` too).
     pub const DROP_UNKNOWN_PORT: usize = 11;
+    /// Passed: denied source, but addressed to none of the gateway's own
+    /// addresses (the destination check is on).
+    pub const PASS_NOT_LOCAL: usize = 12;
     /// Number of counters.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
     /// Names, for userspace output.
     pub const NAMES: [&str; COUNT] = [
         "seen",
@@ -171,6 +186,7 @@ pub mod stat {
         "pass_port_allowed",
         "pass_unknown_port",
         "drop_unknown_port",
+        "pass_not_local",
     ];
 }
 

@@ -47,6 +47,7 @@ mod prog {
     const _: () = assert!(same(common::MAP_STATS, "LLMGW_STATS"));
     const _: () = assert!(same(common::MAP_V4_FILTER, "LLMGW_V4_FILT"));
     const _: () = assert!(same(common::MAP_RULE_NAME, "LLMGW_RULE_NAME"));
+    const _: () = assert!(same(common::MAP_LOCAL, "LLMGW_LOCAL"));
     const _: () = assert!(same(common::GLOBAL_V4_FILTER_ON, "LLMGW_V4_FILTER_ON"));
     const _: () = assert!(same(common::PROGRAM_NAME, "llmgw_xdp"));
 
@@ -84,6 +85,9 @@ mod prog {
     static RULE_NAME: HashMap<u32, common::RuleName> =
         HashMap::with_max_entries(common::MAX_RULES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
+    #[map(name = "LLMGW_LOCAL")]
+    static LOCAL: HashMap<[u8; 16], u8> = HashMap::with_max_entries(common::LOCAL_ENTRIES, 0);
+
     #[unsafe(no_mangle)]
     static LLMGW_V4_FILTER_ON: Global<u8> = Global::new(1);
 
@@ -108,13 +112,37 @@ mod prog {
 
     /// What to do with a packet: pass (counted under a `stat::PASS_*`
     /// reason) or drop (charged to a rule id).
+    ///
+    /// A struct whose every field is set on every path, not an enum: with
+    /// an enum, LLVM may carry the unused variant's fields as undefined
+    /// registers into the merged tail, which the verifier rejects.
     #[derive(Clone, Copy)]
-    enum Verdict {
-        Pass(usize),
-        Drop { rule: u32, unknown_port: bool },
+    struct Verdict {
+        drop: bool,
+        /// The `stat::PASS_*` reason of a pass, the rule id of a drop.
+        code: u32,
+        unknown_port: bool,
     }
 
-    const MALFORMED: Verdict = Verdict::Pass(stat::PASS_MALFORMED);
+    impl Verdict {
+        const fn pass(reason: usize) -> Verdict {
+            Verdict {
+                drop: false,
+                code: reason as u32,
+                unknown_port: false,
+            }
+        }
+
+        const fn drop(rule: u32, unknown_port: bool) -> Verdict {
+            Verdict {
+                drop: true,
+                code: rule,
+                unknown_port,
+            }
+        }
+    }
+
+    const MALFORMED: Verdict = Verdict::pass(stat::PASS_MALFORMED);
 
     #[xdp]
     pub fn llmgw_xdp(ctx: XdpContext) -> u32 {
@@ -131,38 +159,34 @@ mod prog {
             // preempted while it runs, so nobody else writes it.
             unsafe { (*s).counters[stat::SEEN] += 1 };
         }
-        match verdict {
-            Verdict::Pass(reason) => {
-                if let Some(s) = stats {
-                    // SAFETY: as above.
-                    let c = unsafe { &mut (*s).counters };
-                    c[stat::PASSED] += 1;
-                    if let Some(r) = c.get_mut(reason) {
-                        *r += 1;
-                    }
+        if !verdict.drop {
+            if let Some(s) = stats {
+                // SAFETY: as above.
+                let c = unsafe { &mut (*s).counters };
+                c[stat::PASSED] += 1;
+                if let Some(r) = c.get_mut(verdict.code as usize) {
+                    *r += 1;
                 }
-                xdp_action::XDP_PASS
             }
-            Verdict::Drop { rule, unknown_port } => {
-                if let Some(s) = stats {
-                    // SAFETY: as above.
-                    let c = unsafe { &mut (*s).counters };
-                    c[stat::DROPPED] += 1;
-                    if unknown_port {
-                        c[stat::DROP_UNKNOWN_PORT] += 1;
-                    }
-                }
-                if let Some(r) = RULE_CTR.get_ptr_mut(rule) {
-                    let len = (ctx.data_end() - ctx.data()) as u64;
-                    // SAFETY: a per-CPU array slot of this CPU.
-                    unsafe {
-                        (*r).packets += 1;
-                        (*r).bytes += len;
-                    }
-                }
-                xdp_action::XDP_DROP
+            return xdp_action::XDP_PASS;
+        }
+        if let Some(s) = stats {
+            // SAFETY: as above.
+            let c = unsafe { &mut (*s).counters };
+            c[stat::DROPPED] += 1;
+            if verdict.unknown_port {
+                c[stat::DROP_UNKNOWN_PORT] += 1;
             }
         }
+        if let Some(r) = RULE_CTR.get_ptr_mut(verdict.code) {
+            let len = (ctx.data_end() - ctx.data()) as u64;
+            // SAFETY: a per-CPU array slot of this CPU.
+            unsafe {
+                (*r).packets += 1;
+                (*r).bytes += len;
+            }
+        }
+        xdp_action::XDP_DROP
     }
 
     #[inline(always)]
@@ -184,7 +208,7 @@ mod prog {
         match proto {
             ETH_P_IP => ipv4(ctx, off),
             ETH_P_IPV6 => ipv6(ctx, off),
-            _ => Verdict::Pass(stat::PASS_NOT_IP),
+            _ => Verdict::pass(stat::PASS_NOT_IP),
         }
     }
 
@@ -198,25 +222,29 @@ mod prog {
             return MALFORMED;
         }
         let src = [h[12], h[13], h[14], h[15]];
+        let mut dst = [0u8; 16];
+        dst[10] = 0xff;
+        dst[11] = 0xff;
+        dst[12..16].copy_from_slice(&h[16..20]);
         let frag_offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
         if frag_offset != 0 {
             // A non-first fragment carries no port.
-            return unknown_port(lookup_v4(src));
+            return unknown_port(lookup_v4(src), &dst);
         }
         let proto = h[9];
         if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-            return Verdict::Pass(stat::PASS_NOT_TCP_UDP);
+            return Verdict::pass(stat::PASS_NOT_TCP_UDP);
         }
         let Some(port) = be16_at(ctx, off + ihl * 4 + 2) else {
             return MALFORMED;
         };
         if !is_listener(port) {
-            return Verdict::Pass(stat::PASS_NOT_LISTENER);
+            return Verdict::pass(stat::PASS_NOT_LISTENER);
         }
         if !filter_may_match(src[0], src[1], src[2]) {
-            return Verdict::Pass(stat::PASS_FILTER);
+            return Verdict::pass(stat::PASS_FILTER);
         }
-        decide(longest_match_v4(src), port)
+        decide(longest_match_v4(src), port, &dst)
     }
 
     #[inline(always)]
@@ -224,8 +252,11 @@ mod prog {
         let Some(h) = bytes_at::<24>(ctx, off) else {
             return MALFORMED;
         };
-        // The fixed header is 40 bytes; make sure the rest is there too.
-        if bytes_at::<16>(ctx, off + 24).is_none() || h[0] >> 4 != 6 {
+        // The fixed header is 40 bytes: the rest is the destination.
+        let Some(dst) = bytes_at::<16>(ctx, off + 24) else {
+            return MALFORMED;
+        };
+        if h[0] >> 4 != 6 {
             return MALFORMED;
         }
         let mut src = [0u8; 16];
@@ -256,12 +287,12 @@ mod prog {
                     };
                     let n = e[0];
                     if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
-                        return unknown_port(lookup_v6(src));
+                        return unknown_port(lookup_v6(src), &dst);
                     }
                     next = n;
                     off += 8;
                 }
-                _ => return Verdict::Pass(stat::PASS_NOT_TCP_UDP),
+                _ => return Verdict::pass(stat::PASS_NOT_TCP_UDP),
             }
             if off > MAX_OFFSET {
                 return MALFORMED;
@@ -271,20 +302,20 @@ mod prog {
             IPPROTO_TCP | IPPROTO_UDP => {}
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
                 // More extension headers than we walk: the port is unknown.
-                return unknown_port(lookup_v6(src));
+                return unknown_port(lookup_v6(src), &dst);
             }
-            _ => return Verdict::Pass(stat::PASS_NOT_TCP_UDP),
+            _ => return Verdict::pass(stat::PASS_NOT_TCP_UDP),
         }
         let Some(port) = be16_at(ctx, off + 2) else {
             return MALFORMED;
         };
         if !is_listener(port) {
-            return Verdict::Pass(stat::PASS_NOT_LISTENER);
+            return Verdict::pass(stat::PASS_NOT_LISTENER);
         }
         if !filter_may_match(src[0], src[1], src[2]) {
-            return Verdict::Pass(stat::PASS_FILTER);
+            return Verdict::pass(stat::PASS_FILTER);
         }
-        decide(longest_match_v6(src), port)
+        decide(longest_match_v6(src), port, &dst)
     }
 
     #[inline(always)]
@@ -305,6 +336,19 @@ mod prog {
             return Some(*v);
         }
         DENY_V6.get(Key::new(128, src)).copied()
+    }
+
+    /// Whether a packet to `dst` is the gateway's: always, unless the
+    /// destination check is on and `dst` is none of its addresses (then the
+    /// node forwards it, to a pod or another host, and it must pass).
+    /// Asked only when a packet would drop, so passes cost nothing more.
+    #[inline(always)]
+    fn ours(dst: &[u8; 16]) -> bool {
+        if !matches!(LISTEN.get(common::DST_CHECK_SLOT), Some(on) if *on != 0) {
+            return true;
+        }
+        // SAFETY: only the entry's presence is read.
+        unsafe { LOCAL.get(dst) }.is_some()
     }
 
     #[inline(always)]
@@ -351,40 +395,39 @@ mod prog {
     /// Drop decision for a packet to listener port `port` whose source's
     /// longest matching deny prefix has value `value`.
     #[inline(always)]
-    fn decide(value: Option<DenyValue>, port: u16) -> Verdict {
+    fn decide(value: Option<DenyValue>, port: u16, dst: &[u8; 16]) -> Verdict {
         let Some(v) = value else {
-            return Verdict::Pass(stat::PASS_NO_MATCH);
+            return Verdict::pass(stat::PASS_NO_MATCH);
         };
+        if !ours(dst) {
+            return Verdict::pass(stat::PASS_NOT_LOCAL);
+        }
         if v.class != common::NONE {
             // SAFETY: the value is a plain u32 read once; userspace never
             // rewrites a value in place (it inserts, then deletes).
             if let Some(rule) = unsafe { PORTSET.get(ClassPortKey::new(v.class, port)) } {
-                return Verdict::Drop {
-                    rule: *rule,
-                    unknown_port: false,
-                };
+                return Verdict::drop(*rule, false);
             }
         }
         if v.all_ports_rule != common::NONE {
-            return Verdict::Drop {
-                rule: v.all_ports_rule,
-                unknown_port: false,
-            };
+            return Verdict::drop(v.all_ports_rule, false);
         }
-        Verdict::Pass(stat::PASS_PORT_ALLOWED)
+        Verdict::pass(stat::PASS_PORT_ALLOWED)
     }
 
     /// A packet whose port we cannot know (non-first fragment, header chain
     /// beyond the walk bound): dropped only if its source is denied on every
     /// listener port.
     #[inline(always)]
-    fn unknown_port(value: Option<DenyValue>) -> Verdict {
+    fn unknown_port(value: Option<DenyValue>, dst: &[u8; 16]) -> Verdict {
         match value {
-            Some(v) if v.all_ports_rule != common::NONE => Verdict::Drop {
-                rule: v.all_ports_rule,
-                unknown_port: true,
-            },
-            _ => Verdict::Pass(stat::PASS_UNKNOWN_PORT),
+            Some(v) if v.all_ports_rule != common::NONE => {
+                if !ours(dst) {
+                    return Verdict::pass(stat::PASS_NOT_LOCAL);
+                }
+                Verdict::drop(v.all_ports_rule, true)
+            }
+            _ => Verdict::pass(stat::PASS_UNKNOWN_PORT),
         }
     }
 

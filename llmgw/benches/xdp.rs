@@ -82,6 +82,7 @@ impl PrefixSet {
                 .chain(self.hosts.iter().map(|a| net(*a, 32)))
                 .collect(),
             listener_ports: vec![PORT, 80],
+            destinations: Default::default(),
         }
     }
 
@@ -164,6 +165,7 @@ impl PrefixSet6 {
                 })
                 .collect(),
             listener_ports: vec![PORT, 80],
+            destinations: Default::default(),
         }
     }
 

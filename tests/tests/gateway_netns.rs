@@ -292,6 +292,15 @@ fn xdp_drops_denied_networks_while_l7_answers_host_policies() {
         .expect("llmgw xdp status");
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains(XDP_RULE) && text.contains("native"), "{text}");
+    // Listeners on `::` take the namespace's addresses: XDP drops only
+    // packets sent to them.
+    let dests = text
+        .lines()
+        .find(|l| l.starts_with("destinations: "))
+        .unwrap_or_default();
+    for a in [netns::GW_V4_DENY_SIDE, netns::GW_V6_DENY_SIDE, "127.0.0.1"] {
+        assert!(dests.split(' ').any(|d| d == a), "{a} not in {dests:?}");
+    }
 
     // Removing the rule from the configuration restores the client.
     reconfigure(&topo.gw, &policy, L7_POLICY);

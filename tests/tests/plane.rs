@@ -48,6 +48,7 @@ fn rules_a() -> L4Rules {
             entry("2001:db8::/32", "ns/c[0]", None),
         ],
         listener_ports: vec![80, 443],
+        destinations: Default::default(),
     }
 }
 

@@ -442,3 +442,59 @@ fn auto_mode_falls_back_to_generic() {
     assert_eq!(st.links.len(), 1);
     assert!(st.links[0].ifindex != 0 && st.links[0].ifindex != old_ifindex);
 }
+
+/// A gateway of an older pin layout left its link on an interface: a new
+/// one takes that link over (the program swapped in place, so the
+/// interface is never without XDP) and removes the old layout.
+#[test]
+fn links_of_an_older_pin_layout_are_taken_over_in_place() {
+    if !privileged("links_of_an_older_pin_layout_are_taken_over_in_place") {
+        return;
+    }
+    use llmgw::l4::{self, DenyEntry, L4Rules, Plane, PlaneOptions, XdpMode};
+    let name = unique("layout");
+    let ns = Netns::new(&name);
+    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+    ns.ip(&["link", "set", "d0", "up"]);
+    ns.ip(&["link", "set", "d1", "up"]);
+    let root = PathBuf::from("/sys/fs/bpf").join(&name);
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = l4::detach(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(root.clone());
+    let opts = PlaneOptions {
+        bpf_root: root.clone(),
+        v4_filter: true,
+    };
+    let rules = L4Rules {
+        entries: vec![DenyEntry {
+            net: "10.0.0.0/8".parse().unwrap(),
+            rule: "ns/old[0]".into(),
+            ports: None,
+        }],
+        listener_ports: vec![80],
+        destinations: Default::default(),
+    };
+    let ifaces = vec!["d0".to_string()];
+    let (o, i, r) = (opts.clone(), ifaces.clone(), rules.clone());
+    ns.run(move || drop(Plane::start_with(&o, &i, XdpMode::Auto, &r).expect("first start")));
+    let link_before = l4::status(&root).unwrap().links[0].link_id;
+    // Make the pins look like another layout's.
+    let current = l4::pin_dir(&root);
+    let older = root.join("v1");
+    std::fs::rename(&current, &older).expect("rename the layout directory");
+
+    let (o, i, r) = (opts.clone(), ifaces.clone(), rules.clone());
+    ns.run(move || drop(Plane::start_with(&o, &i, XdpMode::Auto, &r).expect("second start")));
+    assert!(!older.exists(), "the older layout was left behind");
+    let st = l4::status(&root).unwrap();
+    assert_eq!(st.links.len(), 1, "{:?}", st.links);
+    assert_eq!(st.links[0].iface, "d0");
+    assert_eq!(st.links[0].link_id, link_before, "not the same link");
+    assert_eq!(st.prefixes.len(), 1);
+    assert!(l4::detach(&root).unwrap());
+    assert!(!root.exists());
+}

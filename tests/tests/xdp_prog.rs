@@ -6,7 +6,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use llmgw::l4::{
-    DenyEntry, L4Rules, XdpProgram,
+    DenyEntry, Destinations, L4Rules, XdpProgram,
     frames::{self, V4Opts},
 };
 use llmgw_tests::privileged;
@@ -33,6 +33,7 @@ fn rules() -> L4Rules {
             entry("2001:db8:5c0::/48", "ns/v6scoped[0]", Some(&[80])),
         ],
         listener_ports: vec![80, 443, 8080],
+        destinations: Default::default(),
     }
 }
 
@@ -670,6 +671,7 @@ fn default_route_prefix() {
             entry("::/0", "all6", None),
         ],
         listener_ports: vec![443, 80],
+        destinations: Default::default(),
     })
     .unwrap();
     assert_eq!(
@@ -678,4 +680,63 @@ fn default_route_prefix() {
     );
     assert_eq!(run(&mut p, &frames::tcp4(v4("1.2.3.4"), v4(GW4), 80)), PASS);
     assert_eq!(run(&mut p, &frames::tcp6(v6("2001::1"), v6(GW6), 80)), DROP);
+}
+
+/// With the gateway's addresses known, a denied source's packets to another
+/// destination on a listener port (traffic the node forwards, to a pod or
+/// another host) pass; to the gateway's own addresses they drop. Turning the
+/// check off again restores "any destination".
+#[test]
+fn only_packets_to_the_gateways_addresses_drop() {
+    let Some(mut p) = loaded("only_packets_to_the_gateways_addresses_drop") else {
+        return;
+    };
+    let mut r = rules();
+    r.destinations = Destinations::Only(vec![GW4.parse().unwrap(), GW6.parse().unwrap()]);
+    p.sync(&r).expect("sync with destinations");
+    let (denied4, denied6) = (v4("10.0.0.1"), v6("2001:db8:bad::9"));
+    let (pod4, pod6) = (v4("10.244.1.5"), v6("fd00:244::5"));
+    assert_eq!(run(&mut p, &frames::tcp4(denied4, v4(GW4), 80)), DROP);
+    assert_eq!(run(&mut p, &frames::tcp4(denied4, pod4, 80)), PASS);
+    assert_eq!(run(&mut p, &frames::udp4(denied4, pod4, 443)), PASS);
+    assert_eq!(run(&mut p, &frames::tcp6(denied6, v6(GW6), 80)), DROP);
+    assert_eq!(run(&mut p, &frames::tcp6(denied6, pod6, 80)), PASS);
+    // A non-first fragment to another destination passes too.
+    let frag = |dst: Ipv4Addr| {
+        let opts = V4Opts {
+            frag_offset: 185,
+            ..V4Opts::default()
+        };
+        frames::eth(
+            frames::ETH_P_IP,
+            &[],
+            &frames::ipv4(denied4, dst, frames::UDP, opts, &[0u8; 32]),
+        )
+    };
+    assert_eq!(run(&mut p, &frag(v4(GW4))), DROP);
+    assert_eq!(run(&mut p, &frag(pod4)), PASS);
+    assert_eq!(p.stats().unwrap().counter("pass_not_local"), 4);
+    // What is not denied still passes to the gateway.
+    assert_eq!(
+        run(&mut p, &frames::tcp4(v4("172.16.0.1"), v4(GW4), 80)),
+        PASS
+    );
+
+    // The host's own addresses: 127.0.0.1 is one of them.
+    r.destinations = Destinations::Host;
+    p.sync(&r).expect("sync with the host's addresses");
+    assert_eq!(
+        run(&mut p, &frames::tcp4(denied4, v4("127.0.0.1"), 80)),
+        DROP
+    );
+    assert_eq!(
+        run(&mut p, &frames::tcp4(denied4, v4("192.0.2.222"), 80)),
+        PASS
+    );
+
+    // Any destination again.
+    r.destinations = Destinations::Any;
+    p.sync(&r).expect("sync without destinations");
+    assert_eq!(run(&mut p, &frames::tcp4(denied4, pod4, 80)), DROP);
+    assert_eq!(run(&mut p, &frames::tcp6(denied6, pod6, 80)), DROP);
 }

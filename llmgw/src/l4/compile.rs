@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use ipnet::IpNet;
 use llmgw_common::{self as common, DenyValue};
 
-use super::{L4Error, L4Rules};
+use super::{Destinations, L4Error, L4Rules};
 
 /// An IPv4 trie key: network address (host order, host bits clear), length.
 pub(crate) type V4Key = (u32, u8);
@@ -25,6 +25,18 @@ pub(crate) struct State {
     pub v6: HashMap<V6Key, DenyValue>,
     pub classes: BTreeMap<u32, ClassContent>,
     pub listeners: BTreeSet<u16>,
+    /// Drops need a destination in `local` (`LISTEN[DST_CHECK_SLOT]`).
+    pub dst_check: bool,
+    /// The gateway's own addresses, IPv4 as IPv4-mapped IPv6.
+    pub local: BTreeSet<u128>,
+}
+
+/// An address as `MAP_LOCAL` keys it: IPv4 as IPv4-mapped IPv6.
+pub(crate) fn local_key(ip: std::net::IpAddr) -> u128 {
+    match ip {
+        std::net::IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        std::net::IpAddr::V6(v6) => u128::from(v6),
+    }
 }
 
 impl State {
@@ -179,8 +191,31 @@ fn effective(own: BTreeMap<(u128, u8), Own>, width: u8) -> Vec<((u128, u8), Effe
 /// still holds, so during a sync old and new entries never disagree on what
 /// an id means.
 pub(crate) fn compile(rules: &L4Rules, current: &State) -> Result<State, L4Error> {
+    let (dst_check, local) = match &rules.destinations {
+        Destinations::Any => (false, BTreeSet::new()),
+        Destinations::Only(ips) => (true, ips.iter().map(|ip| local_key(*ip)).collect()),
+        Destinations::Host => {
+            let ips = super::host_addresses()
+                .map_err(|e| L4Error::io("reading interface addresses", e))?;
+            (true, ips.into_iter().map(local_key).collect())
+        }
+    };
+    if local.len() > common::LOCAL_ENTRIES as usize {
+        return Err(L4Error::TooMany {
+            what: "local addresses",
+            got: local.len(),
+            limit: common::LOCAL_ENTRIES as usize,
+        });
+    }
     let mut next = State {
-        listeners: rules.listener_ports.iter().copied().collect(),
+        listeners: rules
+            .listener_ports
+            .iter()
+            .copied()
+            .filter(|p| *p != 0)
+            .collect(),
+        dst_check,
+        local,
         ..State::default()
     };
 
@@ -332,6 +367,7 @@ mod tests {
                 entry("10.1.2.0/24", "b", None),
             ],
             listener_ports: vec![80],
+            destinations: Default::default(),
         };
         let s = compile(&rules, &State::default()).unwrap();
         assert_eq!(s.v4.len(), 1);
@@ -350,6 +386,7 @@ mod tests {
                 entry("10.9.1.0/24", "inner", Some(&[8080])),
             ],
             listener_ports: vec![80, 443, 8080],
+            destinations: Default::default(),
         };
         let s = compile(&rules, &State::default()).unwrap();
         let host = v4(&s, "10.0.0.7/32");
@@ -372,6 +409,7 @@ mod tests {
                 entry("10.9.1.0/24", "all", None),
             ],
             listener_ports: vec![80],
+            destinations: Default::default(),
         };
         let s = compile(&rules, &State::default()).unwrap();
         let all = v4(&s, "10.9.1.0/24");
@@ -386,6 +424,7 @@ mod tests {
         let rules = L4Rules {
             entries: entries.clone(),
             listener_ports: vec![443],
+            destinations: Default::default(),
         };
         let s1 = compile(&rules, &State::default()).unwrap();
         assert_eq!(s1.classes.len(), 1);
@@ -394,6 +433,7 @@ mod tests {
         let rules2 = L4Rules {
             entries,
             listener_ports: vec![443],
+            destinations: Default::default(),
         };
         let s2 = compile(&rules2, &s1).unwrap();
         assert_eq!(rule_id(&s2, "r"), rule_id(&s1, "r"));
@@ -407,6 +447,7 @@ mod tests {
             &L4Rules {
                 entries: vec![entry("10.0.0.0/8", "old", Some(&[1]))],
                 listener_ports: vec![],
+                destinations: Default::default(),
             },
             &State::default(),
         )
@@ -415,6 +456,7 @@ mod tests {
             &L4Rules {
                 entries: vec![entry("10.0.0.0/8", "new", Some(&[2]))],
                 listener_ports: vec![],
+                destinations: Default::default(),
             },
             &cur,
         )
@@ -429,6 +471,7 @@ mod tests {
             &L4Rules {
                 entries: vec![entry("10.0.0.0/8", "r", Some(&[]))],
                 listener_ports: vec![80],
+                destinations: Default::default(),
             },
             &State::default(),
         )
@@ -443,6 +486,7 @@ mod tests {
             &L4Rules {
                 entries: vec![entry("10.0.0.0/8", &name, None)],
                 listener_ports: vec![],
+                destinations: Default::default(),
             },
             &State::default(),
         )
@@ -460,6 +504,7 @@ mod tests {
                     entry("0.0.0.0/0", "c", Some(&[1])),
                 ],
                 listener_ports: vec![],
+                destinations: Default::default(),
             },
             &State::default(),
         )
@@ -470,6 +515,7 @@ mod tests {
             &L4Rules {
                 entries: vec![entry("10.0.0.0/22", "a", None)],
                 listener_ports: vec![],
+                destinations: Default::default(),
             },
             &State::default(),
         )

@@ -30,7 +30,7 @@ struct Spec {
     max_entries: u32,
 }
 
-const SPECS: [Spec; 10] = [
+const SPECS: [Spec; 11] = [
     Spec {
         name: common::MAP_HOST_V4,
         kind: MapType::Hash,
@@ -80,6 +80,11 @@ const SPECS: [Spec; 10] = [
         name: common::MAP_RULE_NAME,
         kind: MapType::Hash,
         max_entries: common::MAX_RULES,
+    },
+    Spec {
+        name: common::MAP_LOCAL,
+        kind: MapType::Hash,
+        max_entries: common::LOCAL_ENTRIES,
     },
 ];
 
@@ -203,6 +208,7 @@ pub(crate) struct Maps {
     stats: PerCpuArray<MapData, Stats>,
     pub(crate) filter: FilterMap,
     rule_name: HashMap<MapData, u32, RuleName>,
+    local: HashMap<MapData, [u8; 16], u8>,
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(name: &'static str, map: Map) -> Result<T, L4Error> {
@@ -293,6 +299,7 @@ impl Maps {
                 get(common::MAP_V4_FILTER)?,
             )?)?,
             rule_name: typed(common::MAP_RULE_NAME, get(common::MAP_RULE_NAME)?)?,
+            local: typed(common::MAP_LOCAL, get(common::MAP_LOCAL)?)?,
         })
     }
 
@@ -335,10 +342,19 @@ impl Maps {
         }
         for (port, v) in self.listen.iter().enumerate() {
             let v = v.map_err(|e| L4Error::map(common::MAP_LISTEN, "reading", e))?;
-            if v != 0 {
+            if v == 0 {
+                continue;
+            }
+            if port == common::DST_CHECK_SLOT as usize {
+                s.dst_check = true;
+            } else {
                 // `port` < LISTEN_ENTRIES = 65536.
                 s.listeners.insert(port as u16);
             }
+        }
+        for item in self.local.iter() {
+            let (addr, _) = item.map_err(|e| L4Error::map(common::MAP_LOCAL, "iterating", e))?;
+            s.local.insert(u128::from_be_bytes(addr));
         }
         Ok(s)
     }
@@ -512,6 +528,18 @@ impl Target for Maps {
                 .listen
                 .set(u32::from(*p), 0, 0)
                 .map_err(|e| L4Error::map(common::MAP_LISTEN, format!("removing port {p}"), e)),
+            Op::DstCheck(on) => self
+                .listen
+                .set(common::DST_CHECK_SLOT, u8::from(*on), 0)
+                .map_err(|e| L4Error::map(common::MAP_LISTEN, "setting the destination check", e)),
+            Op::LocalAdd(a) => self
+                .local
+                .insert(a.to_be_bytes(), 1, 0)
+                .map_err(|e| L4Error::map(common::MAP_LOCAL, "adding an address", e)),
+            Op::LocalRemove(a) => self
+                .local
+                .remove(&a.to_be_bytes())
+                .map_err(|e| L4Error::map(common::MAP_LOCAL, "removing an address", e)),
             Op::ClassAdd { class, content } => {
                 for (port, rule) in content {
                     self.portset

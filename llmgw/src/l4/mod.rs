@@ -31,7 +31,7 @@ pub(crate) static XDP_OBJECT: &[u8] =
 
 /// Layout version of the pinned objects: bumped whenever a map's key, value
 /// or meaning changes, so that a new binary never adopts maps it misreads.
-pub const PIN_LAYOUT: &str = "v1";
+pub const PIN_LAYOUT: &str = "v2";
 
 /// Default bpffs directory under which `PIN_LAYOUT` is created.
 pub const DEFAULT_BPF_ROOT: &str = "/sys/fs/bpf/llmgw";
@@ -60,6 +60,27 @@ pub struct L4Rules {
     /// Local TCP/UDP ports the gateway listens on; XDP only drops packets
     /// addressed to one of them.
     pub listener_ports: Vec<u16>,
+    /// Which destination addresses count as the gateway's.
+    pub destinations: Destinations,
+}
+
+/// The destination addresses a dropped packet must be sent to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Destinations {
+    /// Any address (the destination is not checked).
+    #[default]
+    Any,
+    /// Every address of this host's network namespace, read when the maps
+    /// are synced (and re-read every few seconds by the follower): what a
+    /// listener bound to `0.0.0.0` or `::` accepts.
+    Host,
+    /// These addresses only (listeners bound to them).
+    Only(Vec<std::net::IpAddr>),
+}
+
+/// The addresses of every interface of this network namespace.
+pub fn host_addresses() -> std::io::Result<Vec<std::net::IpAddr>> {
+    sys::interface_addresses()
 }
 
 /// How to attach the program to an interface.

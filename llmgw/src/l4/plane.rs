@@ -213,7 +213,19 @@ impl Plane {
             if !ifaces.contains(iface) {
                 continue;
             }
-            plane.adopt_link(iface, pinned_mode, path, mode)?;
+            plane.adopt_link(iface, pinned_mode, path, mode, false)?;
+        }
+        // Links an older binary pinned under another layout: the program in
+        // them is swapped for this one in place (no moment without XDP) and
+        // their pins move here; what is left of the old layout goes.
+        for old in older_layouts(&opts.bpf_root) {
+            for (iface, pinned_mode, path) in pinned_links(&old)? {
+                if ifaces.contains(&iface) && !plane.links.iter().any(|l| l.iface == iface) {
+                    tracing::info!("XDP: taking over {iface} from layout {}", old.display());
+                    plane.adopt_link(&iface, &pinned_mode, &path, mode, true)?;
+                }
+            }
+            detach_dir(&old)?;
         }
         for iface in ifaces {
             if plane.links.iter().any(|l| &l.iface == iface) {
@@ -236,6 +248,7 @@ impl Plane {
         pinned_mode: &str,
         path: &Path,
         wanted: XdpMode,
+        repin: bool,
     ) -> Result<(), L4Error> {
         let mode: &'static str = if pinned_mode == "skb" {
             "skb"
@@ -263,7 +276,18 @@ impl Plane {
         let link = prog
             .take_link(id)
             .map_err(|e| L4Error::program("taking the link", e))?;
-        let fd_link = FdLink::try_from(link).map_err(|e| link_err("converting", e))?;
+        let mut fd_link = FdLink::try_from(link).map_err(|e| link_err("converting", e))?;
+        if repin {
+            // Pinned here first, then unpinned there: the link always has a pin.
+            let here = self.dir.join("links").join(link_file_name(iface, mode));
+            let pinned = fd_link.pin(&here).map_err(|source| L4Error::Pin {
+                path: here.clone(),
+                source,
+            })?;
+            fd_link = FdLink::from(pinned);
+            std::fs::remove_file(path)
+                .map_err(|e| L4Error::io(format!("removing {}", path.display()), e))?;
+        }
         tracing::info!("XDP: adopted {iface} ({mode}), program replaced in place");
         self.links.push(Attached {
             iface: iface.into(),
@@ -405,15 +429,49 @@ fn detach_link(path: &Path) -> Result<(), L4Error> {
     std::fs::remove_file(path).map_err(|e| L4Error::io(format!("removing {}", path.display()), e))
 }
 
-/// Removes the plane pinned under `bpf_root`: detaches every link (even one
-/// still held by a running process), unpins the maps, removes the
-/// directories. Returns whether anything was there.
+/// Removes the plane pinned under `bpf_root`, in this layout and any older
+/// one: detaches every link (even one still held by a running process),
+/// unpins the maps, removes the directories. Returns whether anything was
+/// there.
 pub fn detach(bpf_root: &Path) -> Result<bool, L4Error> {
-    let dir = pin_dir(bpf_root);
-    if !dir.exists() {
-        return Ok(false);
+    let mut found = false;
+    for dir in std::iter::once(pin_dir(bpf_root)).chain(older_layouts(bpf_root)) {
+        if dir.exists() {
+            found = true;
+            detach_dir(&dir)?;
+        }
     }
-    for (_, _, path) in pinned_links(&dir)? {
+    // The root itself goes too when nothing else is left in it.
+    let _ = std::fs::remove_dir(bpf_root);
+    Ok(found)
+}
+
+/// Layout directories under `bpf_root` other than this binary's
+/// (`v<N>`, see [`super::PIN_LAYOUT`]).
+fn older_layouts(bpf_root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(bpf_root) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name != super::PIN_LAYOUT
+                && name
+                    .strip_prefix('v')
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Detaches the links pinned in one layout directory, unpins its maps and
+/// removes it.
+fn detach_dir(dir: &Path) -> Result<(), L4Error> {
+    for (_, _, path) in pinned_links(dir)? {
         detach_link(&path)?;
     }
     let maps_dir = dir.join("maps");
@@ -423,14 +481,12 @@ pub fn detach(bpf_root: &Path) -> Result<bool, L4Error> {
                 .map_err(|err| L4Error::io(format!("removing {}", e.path().display()), err))?;
         }
     }
-    for d in [dir.join("links"), maps_dir, dir.clone()] {
+    for d in [dir.join("links"), maps_dir, dir.to_path_buf()] {
         match std::fs::remove_dir(&d) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(L4Error::io(format!("removing {}", d.display()), e)),
         }
     }
-    // The root itself goes too when nothing else (another layout) is left.
-    let _ = std::fs::remove_dir(bpf_root);
-    Ok(true)
+    Ok(())
 }

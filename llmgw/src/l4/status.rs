@@ -101,6 +101,9 @@ pub struct Status {
     pub dir: PathBuf,
     pub links: Vec<LinkStatus>,
     pub listeners: Vec<u16>,
+    /// The gateway's addresses a dropped packet must be sent to; `None`
+    /// when any destination counts.
+    pub destinations: Option<Vec<std::net::IpAddr>>,
     pub prefixes: Vec<PrefixStatus>,
     pub stats: PlaneStats,
 }
@@ -191,6 +194,17 @@ pub fn status(bpf_root: &Path) -> Result<Status, L4Error> {
     Ok(Status {
         links,
         listeners: state.listeners.iter().copied().collect(),
+        destinations: state.dst_check.then(|| {
+            state
+                .local
+                .iter()
+                .map(|a| {
+                    let v6 = std::net::Ipv6Addr::from(*a);
+                    v6.to_ipv4_mapped()
+                        .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4)
+                })
+                .collect()
+        }),
         prefixes: state_prefixes(&state),
         stats: plane_stats(&maps, &state.rules)?,
         dir,
@@ -222,6 +236,13 @@ impl Status {
                 }
                 let ports: Vec<String> = s.listeners.iter().map(u16::to_string).collect();
                 writeln!(f, "listener ports: {}", ports.join(" "))?;
+                match &s.destinations {
+                    None => writeln!(f, "destinations: any")?,
+                    Some(ips) => {
+                        let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
+                        writeln!(f, "destinations: {}", ips.join(" "))?;
+                    }
+                }
                 writeln!(f, "prefixes: {}", s.prefixes.len())?;
                 for p in s.prefixes.iter().take(max) {
                     write!(f, "  {}", p.net)?;

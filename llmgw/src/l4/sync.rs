@@ -19,6 +19,10 @@ pub(crate) enum Op {
         id: u32,
         name: String,
     },
+    /// Add one of the gateway's addresses (IPv4-mapped for IPv4).
+    LocalAdd(u128),
+    /// Turn the destination check on or off.
+    DstCheck(bool),
     ListenerAdd(u16),
     ClassAdd {
         class: u32,
@@ -42,6 +46,7 @@ pub(crate) enum Op {
     },
     ListenerRemove(u16),
     RuleRemove(u32),
+    LocalRemove(u128),
 }
 
 /// Where the ops go: the real maps, or a recorder in tests.
@@ -88,6 +93,15 @@ pub(crate) fn plan(cur: &State, next: &State, cur_filter: &[u64]) -> (Vec<Op>, S
                 name: name.clone(),
             });
         }
+    }
+    // The gateway's new addresses before the check that needs them; the
+    // check itself may change at once (a packet both states deny is to an
+    // address both hold).
+    for a in next.local.difference(&cur.local) {
+        ops.push(Op::LocalAdd(*a));
+    }
+    if next.dst_check != cur.dst_check {
+        ops.push(Op::DstCheck(next.dst_check));
     }
     for p in next.listeners.difference(&cur.listeners) {
         ops.push(Op::ListenerAdd(*p));
@@ -174,6 +188,9 @@ pub(crate) fn plan(cur: &State, next: &State, cur_filter: &[u64]) -> (Vec<Op>, S
             ops.push(Op::RuleRemove(*id));
         }
     }
+    for a in cur.local.difference(&next.local) {
+        ops.push(Op::LocalRemove(*a));
+    }
     (ops, report)
 }
 
@@ -212,6 +229,7 @@ mod tests {
                 })
                 .collect(),
             listener_ports: listen.to_vec(),
+            destinations: crate::l4::Destinations::Any,
         }
     }
 
@@ -291,6 +309,13 @@ mod tests {
                 Op::ListenerRemove(p) => {
                     s.listeners.remove(p);
                 }
+                Op::LocalAdd(a) => {
+                    s.local.insert(*a);
+                }
+                Op::LocalRemove(a) => {
+                    s.local.remove(a);
+                }
+                Op::DstCheck(on) => s.dst_check = *on,
                 Op::ClassAdd { class, content } => {
                     s.classes.insert(*class, content.clone());
                 }

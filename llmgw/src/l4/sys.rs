@@ -1,6 +1,7 @@
 //! The few system calls aya does not wrap: BPF_OBJ_GET / BPF_LINK_DETACH /
 //! link info on pinned links, BPF_MAP_UPDATE_BATCH, capability and bpffs
-//! checks, the bpffs mount and the (optional) RLIMIT_MEMLOCK raise.
+//! checks, the bpffs mount, the (optional) RLIMIT_MEMLOCK raise, and the
+//! host's interface addresses.
 
 use std::{
     ffi::CString,
@@ -206,4 +207,50 @@ pub(crate) fn raise_memlock() -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Every IPv4 and IPv6 address of this network namespace's interfaces
+/// (getifaddrs), deduplicated.
+pub(crate) fn interface_addresses() -> io::Result<Vec<std::net::IpAddr>> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points at a sockaddr whose family says how
+            // long it is.
+            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+            let ip = match family {
+                libc::AF_INET => {
+                    // SAFETY: an AF_INET sockaddr is a sockaddr_in.
+                    let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                    Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                        sin.sin_addr.s_addr,
+                    ))))
+                }
+                libc::AF_INET6 => {
+                    // SAFETY: an AF_INET6 sockaddr is a sockaddr_in6.
+                    let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                    Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+                }
+                _ => None,
+            };
+            if let Some(ip) = ip
+                && !out.contains(&ip)
+            {
+                out.push(ip);
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: the list from getifaddrs, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
 }
