@@ -47,9 +47,29 @@ pub const MAP_LOCAL: &str = "LLMGW_LOCAL";
 pub const DST_CHECK_SLOT: u32 = 0;
 /// Entries of `MAP_LOCAL`.
 pub const LOCAL_ENTRIES: u32 = 1024;
+/// Generation of `MAP_LOCAL`: `Array<u32>` of one entry, bumped by
+/// userspace after every change to it, so the program's per-CPU cache of
+/// the last destination it looked up (`MAP_DST_CACHE`) is never stale.
+pub const MAP_DST_GEN: &str = "LLMGW_DST_GEN";
+/// The program's per-CPU cache of its last destination lookup:
+/// `PerCpuArray<DstCache>` of one entry (not pinned: each program has its
+/// own). A flood from denied sources to one address looks it up once.
+pub const MAP_DST_CACHE: &str = "LLMGW_DST_CACHE";
+
+/// One cached destination lookup: valid while `generation` equals
+/// `MAP_DST_GEN`'s value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DstCache {
+    pub generation: u32,
+    /// 1 when `addr` is one of the gateway's addresses.
+    pub ours: u32,
+    /// The destination (16 bytes as in `MAP_LOCAL`), as two words.
+    pub addr: [u64; 2],
+}
 
 /// Every map the program defines, in the order userspace pins them.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 12] = [
     MAP_DENY_V4,
     MAP_HOST_V4,
     MAP_DENY_V6,
@@ -61,6 +81,7 @@ pub const ALL_MAPS: [&str; 11] = [
     MAP_V4_FILTER,
     MAP_RULE_NAME,
     MAP_LOCAL,
+    MAP_DST_GEN,
 ];
 
 /// Name of the XDP program in the object.
@@ -230,4 +251,5 @@ mod user {
     unsafe impl aya::Pod for RuleCounters {}
     unsafe impl aya::Pod for Stats {}
     unsafe impl aya::Pod for RuleName {}
+    unsafe impl aya::Pod for DstCache {}
 }

@@ -16,7 +16,9 @@ mod prog {
         maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
         programs::XdpContext,
     };
-    use llmgw_common::{self as common, ClassPortKey, DenyValue, RuleCounters, Stats, stat};
+    use llmgw_common::{
+        self as common, ClassPortKey, DenyValue, DstCache, RuleCounters, Stats, stat,
+    };
 
     use crate::parse::{MAX_OFFSET, be16_at, bytes_at};
 
@@ -48,6 +50,8 @@ mod prog {
     const _: () = assert!(same(common::MAP_V4_FILTER, "LLMGW_V4_FILT"));
     const _: () = assert!(same(common::MAP_RULE_NAME, "LLMGW_RULE_NAME"));
     const _: () = assert!(same(common::MAP_LOCAL, "LLMGW_LOCAL"));
+    const _: () = assert!(same(common::MAP_DST_GEN, "LLMGW_DST_GEN"));
+    const _: () = assert!(same(common::MAP_DST_CACHE, "LLMGW_DST_CACHE"));
     const _: () = assert!(same(common::GLOBAL_V4_FILTER_ON, "LLMGW_V4_FILTER_ON"));
     const _: () = assert!(same(common::PROGRAM_NAME, "llmgw_xdp"));
 
@@ -87,6 +91,10 @@ mod prog {
 
     #[map(name = "LLMGW_LOCAL")]
     static LOCAL: HashMap<[u8; 16], u8> = HashMap::with_max_entries(common::LOCAL_ENTRIES, 0);
+    #[map(name = "LLMGW_DST_GEN")]
+    static DST_GEN: Array<u32> = Array::with_max_entries(1, 0);
+    #[map(name = "LLMGW_DST_CACHE")]
+    static DST_CACHE: PerCpuArray<DstCache> = PerCpuArray::with_max_entries(1, 0);
 
     #[unsafe(no_mangle)]
     static LLMGW_V4_FILTER_ON: Global<u8> = Global::new(1);
@@ -222,14 +230,15 @@ mod prog {
             return MALFORMED;
         }
         let src = [h[12], h[13], h[14], h[15]];
-        let mut dst = [0u8; 16];
-        dst[10] = 0xff;
-        dst[11] = 0xff;
-        dst[12..16].copy_from_slice(&h[16..20]);
+        let dst = Dst {
+            ctx,
+            off: off + 16,
+            v6: false,
+        };
         let frag_offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
         if frag_offset != 0 {
             // A non-first fragment carries no port.
-            return unknown_port(lookup_v4(src), &dst);
+            return unknown_port(lookup_v4(src), dst);
         }
         let proto = h[9];
         if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
@@ -244,7 +253,7 @@ mod prog {
         if !filter_may_match(src[0], src[1], src[2]) {
             return Verdict::pass(stat::PASS_FILTER);
         }
-        decide(longest_match_v4(src), port, &dst)
+        decide(longest_match_v4(src), port, dst)
     }
 
     #[inline(always)]
@@ -252,13 +261,16 @@ mod prog {
         let Some(h) = bytes_at::<24>(ctx, off) else {
             return MALFORMED;
         };
-        // The fixed header is 40 bytes: the rest is the destination.
-        let Some(dst) = bytes_at::<16>(ctx, off + 24) else {
-            return MALFORMED;
-        };
-        if h[0] >> 4 != 6 {
+        // The fixed header is 40 bytes; make sure the rest (the
+        // destination) is there too.
+        if bytes_at::<16>(ctx, off + 24).is_none() || h[0] >> 4 != 6 {
             return MALFORMED;
         }
+        let dst = Dst {
+            ctx,
+            off: off + 24,
+            v6: true,
+        };
         let mut src = [0u8; 16];
         src.copy_from_slice(&h[8..24]);
         let mut next = h[6];
@@ -287,7 +299,7 @@ mod prog {
                     };
                     let n = e[0];
                     if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
-                        return unknown_port(lookup_v6(src), &dst);
+                        return unknown_port(lookup_v6(src), dst);
                     }
                     next = n;
                     off += 8;
@@ -302,7 +314,7 @@ mod prog {
             IPPROTO_TCP | IPPROTO_UDP => {}
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
                 // More extension headers than we walk: the port is unknown.
-                return unknown_port(lookup_v6(src), &dst);
+                return unknown_port(lookup_v6(src), dst);
             }
             _ => return Verdict::pass(stat::PASS_NOT_TCP_UDP),
         }
@@ -315,7 +327,7 @@ mod prog {
         if !filter_may_match(src[0], src[1], src[2]) {
             return Verdict::pass(stat::PASS_FILTER);
         }
-        decide(longest_match_v6(src), port, &dst)
+        decide(longest_match_v6(src), port, dst)
     }
 
     #[inline(always)]
@@ -338,17 +350,70 @@ mod prog {
         DENY_V6.get(Key::new(128, src)).copied()
     }
 
+    /// Where a packet's destination address is, read only when a packet
+    /// would drop (so passes cost nothing for it).
+    #[derive(Clone, Copy)]
+    struct Dst<'a> {
+        ctx: &'a XdpContext,
+        off: usize,
+        v6: bool,
+    }
+
     /// Whether a packet to `dst` is the gateway's: always, unless the
     /// destination check is on and `dst` is none of its addresses (then the
     /// node forwards it, to a pod or another host, and it must pass).
-    /// Asked only when a packet would drop, so passes cost nothing more.
     #[inline(always)]
-    fn ours(dst: &[u8; 16]) -> bool {
+    fn ours(dst: Dst<'_>) -> bool {
         if !matches!(LISTEN.get(common::DST_CHECK_SLOT), Some(on) if *on != 0) {
             return true;
         }
+        let mut key = [0u8; 16];
+        if dst.v6 {
+            match bytes_at::<16>(dst.ctx, dst.off) {
+                Some(a) => key = a,
+                // Checked by the caller; dropping stays the safe side.
+                None => return true,
+            }
+        } else {
+            match bytes_at::<4>(dst.ctx, dst.off) {
+                Some(a) => {
+                    key[10] = 0xff;
+                    key[11] = 0xff;
+                    key[12..].copy_from_slice(&a);
+                }
+                None => return true,
+            }
+        }
+        let words = [
+            u64::from_ne_bytes([
+                key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7],
+            ]),
+            u64::from_ne_bytes([
+                key[8], key[9], key[10], key[11], key[12], key[13], key[14], key[15],
+            ]),
+        ];
+        let generation = DST_GEN.get(0).copied().unwrap_or(0);
+        let cache = DST_CACHE.get_ptr_mut(0);
+        if let Some(c) = cache {
+            // SAFETY: this CPU's slot; the program is not preempted.
+            let c = unsafe { &*c };
+            if c.generation == generation && c.addr == words {
+                return c.ours != 0;
+            }
+        }
         // SAFETY: only the entry's presence is read.
-        unsafe { LOCAL.get(dst) }.is_some()
+        let ours = unsafe { LOCAL.get(key) }.is_some();
+        if let Some(c) = cache {
+            // SAFETY: as above.
+            unsafe {
+                *c = DstCache {
+                    generation,
+                    ours: ours.into(),
+                    addr: words,
+                };
+            }
+        }
+        ours
     }
 
     #[inline(always)]
@@ -395,31 +460,32 @@ mod prog {
     /// Drop decision for a packet to listener port `port` whose source's
     /// longest matching deny prefix has value `value`.
     #[inline(always)]
-    fn decide(value: Option<DenyValue>, port: u16, dst: &[u8; 16]) -> Verdict {
+    fn decide(value: Option<DenyValue>, port: u16, dst: Dst<'_>) -> Verdict {
         let Some(v) = value else {
             return Verdict::pass(stat::PASS_NO_MATCH);
         };
-        if !ours(dst) {
-            return Verdict::pass(stat::PASS_NOT_LOCAL);
-        }
+        let mut rule = v.all_ports_rule;
         if v.class != common::NONE {
             // SAFETY: the value is a plain u32 read once; userspace never
             // rewrites a value in place (it inserts, then deletes).
-            if let Some(rule) = unsafe { PORTSET.get(ClassPortKey::new(v.class, port)) } {
-                return Verdict::drop(*rule, false);
+            if let Some(r) = unsafe { PORTSET.get(ClassPortKey::new(v.class, port)) } {
+                rule = *r;
             }
         }
-        if v.all_ports_rule != common::NONE {
-            return Verdict::drop(v.all_ports_rule, false);
+        if rule == common::NONE {
+            return Verdict::pass(stat::PASS_PORT_ALLOWED);
         }
-        Verdict::pass(stat::PASS_PORT_ALLOWED)
+        if !ours(dst) {
+            return Verdict::pass(stat::PASS_NOT_LOCAL);
+        }
+        Verdict::drop(rule, false)
     }
 
     /// A packet whose port we cannot know (non-first fragment, header chain
     /// beyond the walk bound): dropped only if its source is denied on every
     /// listener port.
     #[inline(always)]
-    fn unknown_port(value: Option<DenyValue>, dst: &[u8; 16]) -> Verdict {
+    fn unknown_port(value: Option<DenyValue>, dst: Dst<'_>) -> Verdict {
         match value {
             Some(v) if v.all_ports_rule != common::NONE => {
                 if !ours(dst) {

@@ -722,6 +722,22 @@ fn only_packets_to_the_gateways_addresses_drop() {
         PASS
     );
 
+    // The program remembers its last lookup per CPU; a change of the
+    // address set must not leave it stale, either way.
+    let other = v4("192.0.2.222");
+    for _ in 0..3 {
+        assert_eq!(run(&mut p, &frames::tcp4(denied4, other, 80)), PASS);
+    }
+    r.destinations = Destinations::Only(vec![GW4.parse().unwrap(), other.into()]);
+    p.sync(&r).expect("sync with one more address");
+    for _ in 0..3 {
+        assert_eq!(run(&mut p, &frames::tcp4(denied4, other, 80)), DROP);
+    }
+    r.destinations = Destinations::Only(vec![GW4.parse().unwrap()]);
+    p.sync(&r).expect("sync without it");
+    assert_eq!(run(&mut p, &frames::tcp4(denied4, other, 80)), PASS);
+    assert_eq!(run(&mut p, &frames::tcp4(denied4, v4(GW4), 80)), DROP);
+
     // The host's own addresses: 127.0.0.1 is one of them.
     r.destinations = Destinations::Host;
     p.sync(&r).expect("sync with the host's addresses");

@@ -352,6 +352,23 @@ pub fn compile(raw: &RawConfig, settings: &Settings) -> Result<Snapshot, ErrorLi
         &mut listeners,
     );
     let security = policy::compile(raw, settings, &mut c.errors, &mut c.warnings);
+    // `ports` are the ports the gateway listens on (after --port-map), as
+    // Istio's are the proxy's: a list naming none of them never matches.
+    let local_ports: Vec<u16> = listeners.iter().map(|l| l.local.port()).collect();
+    for p in security.policies.all() {
+        for r in &p.rules {
+            for o in &r.to {
+                if !o.ports.is_empty() && !o.ports.iter().any(|port| local_ports.contains(port)) {
+                    c.warnings.push(format!(
+                        "AuthorizationPolicy {} rule {}: none of ports {:?} is a port the gateway \
+                         listens on ({local_ports:?}; with --port-map, policies name the local \
+                         port), so that operation never matches",
+                        p.id, r.index, o.ports
+                    ));
+                }
+            }
+        }
+    }
     let Compiler {
         errors,
         warnings,

@@ -244,6 +244,37 @@ fn port_map_and_selection_by_labels() {
     assert_eq!(snap.listeners[0].local.port(), 18080);
     let l4 = crate::policy::l4::rules(&snap);
     assert_eq!(l4.listener_ports, vec![18080]);
+    // Listeners on 0.0.0.0: XDP takes every address of the host as ours;
+    // bound to an address, that address only.
+    assert_eq!(l4.destinations, crate::l4::Destinations::Host);
+    let bound = Settings {
+        bind_address: "127.0.0.1".parse().unwrap(),
+        ..settings.clone()
+    };
+    let l4 = crate::policy::l4::rules(&compile(&seed(), &bound).unwrap());
+    assert_eq!(
+        l4.destinations,
+        crate::l4::Destinations::Only(vec!["127.0.0.1".parse().unwrap()])
+    );
+
+    // Policies name the port the gateway listens on; one naming only the
+    // Gateway's port behind a --port-map is warned about.
+    let mut raw = seed();
+    let extra = parse(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ports, namespace: istio-system}\nspec: {action: DENY, rules: [{from: [{source: {ipBlocks: [192.0.2.0/24]}}], to: [{operation: {ports: [\"80\"]}}]}]}\n",
+    );
+    raw.authorization_policies
+        .extend(extra.authorization_policies);
+    let snap = compile(&raw, &settings).unwrap();
+    assert!(
+        snap.warnings.iter().any(|w| w.contains(
+            "AuthorizationPolicy istio-system/ports rule 0: none of ports [80] is a port the gateway listens on ([18080]"
+        )),
+        "{:?}",
+        snap.warnings
+    );
+    let snap = compile(&raw, &Settings::default()).unwrap();
+    assert!(!snap.warnings.iter().any(|w| w.contains("none of ports")));
 
     // A gateway with other labels selects neither the Gateway nor the provider;
     // the route's backend then resolves to nothing, which is an error.

@@ -30,7 +30,7 @@ struct Spec {
     max_entries: u32,
 }
 
-const SPECS: [Spec; 11] = [
+const SPECS: [Spec; 12] = [
     Spec {
         name: common::MAP_HOST_V4,
         kind: MapType::Hash,
@@ -85,6 +85,11 @@ const SPECS: [Spec; 11] = [
         name: common::MAP_LOCAL,
         kind: MapType::Hash,
         max_entries: common::LOCAL_ENTRIES,
+    },
+    Spec {
+        name: common::MAP_DST_GEN,
+        kind: MapType::Array,
+        max_entries: 1,
     },
 ];
 
@@ -209,6 +214,10 @@ pub(crate) struct Maps {
     pub(crate) filter: FilterMap,
     rule_name: HashMap<MapData, u32, RuleName>,
     local: HashMap<MapData, [u8; 16], u8>,
+    /// `local`'s generation (see `MAP_DST_GEN`).
+    dst_gen: Array<MapData, u32>,
+    /// `local` changed since the generation was last bumped.
+    local_changed: bool,
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(name: &'static str, map: Map) -> Result<T, L4Error> {
@@ -300,6 +309,8 @@ impl Maps {
             )?)?,
             rule_name: typed(common::MAP_RULE_NAME, get(common::MAP_RULE_NAME)?)?,
             local: typed(common::MAP_LOCAL, get(common::MAP_LOCAL)?)?,
+            dst_gen: typed(common::MAP_DST_GEN, get(common::MAP_DST_GEN)?)?,
+            local_changed: false,
         })
     }
 
@@ -485,7 +496,20 @@ impl Maps {
 
 impl Target for Maps {
     fn flush(&mut self) -> Result<(), L4Error> {
-        self.write_pending_hosts()
+        self.write_pending_hosts()?;
+        if self.local_changed {
+            // After every change to `local`: the program's cached lookups
+            // of the old generation are dropped from here on.
+            let g = self
+                .dst_gen
+                .get(&0, 0)
+                .map_err(|e| L4Error::map(common::MAP_DST_GEN, "reading", e))?;
+            self.dst_gen
+                .set(0, g.wrapping_add(1), 0)
+                .map_err(|e| L4Error::map(common::MAP_DST_GEN, "bumping", e))?;
+            self.local_changed = false;
+        }
+        Ok(())
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), L4Error> {
@@ -532,14 +556,18 @@ impl Target for Maps {
                 .listen
                 .set(common::DST_CHECK_SLOT, u8::from(*on), 0)
                 .map_err(|e| L4Error::map(common::MAP_LISTEN, "setting the destination check", e)),
-            Op::LocalAdd(a) => self
-                .local
-                .insert(a.to_be_bytes(), 1, 0)
-                .map_err(|e| L4Error::map(common::MAP_LOCAL, "adding an address", e)),
-            Op::LocalRemove(a) => self
-                .local
-                .remove(&a.to_be_bytes())
-                .map_err(|e| L4Error::map(common::MAP_LOCAL, "removing an address", e)),
+            Op::LocalAdd(a) => {
+                self.local_changed = true;
+                self.local
+                    .insert(a.to_be_bytes(), 1, 0)
+                    .map_err(|e| L4Error::map(common::MAP_LOCAL, "adding an address", e))
+            }
+            Op::LocalRemove(a) => {
+                self.local_changed = true;
+                self.local
+                    .remove(&a.to_be_bytes())
+                    .map_err(|e| L4Error::map(common::MAP_LOCAL, "removing an address", e))
+            }
             Op::ClassAdd { class, content } => {
                 for (port, rule) in content {
                     self.portset
