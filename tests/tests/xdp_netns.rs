@@ -498,3 +498,88 @@ fn links_of_an_older_pin_layout_are_taken_over_in_place() {
     assert!(l4::detach(&root).unwrap());
     assert!(!root.exists());
 }
+
+/// `llmgw run` with `--xdp-iface`: without privileges the L4 plane is off
+/// (one log line) and the gateway serves anyway; as root, an interface that
+/// does not exist is a startup error that names it.
+#[test]
+fn gateway_runs_without_xdp_privileges_and_refuses_an_unknown_interface() {
+    if !privileged("gateway_runs_without_xdp_privileges_and_refuses_an_unknown_interface") {
+        return;
+    }
+    use llmgw_tests::gateway::{admin_get, examples};
+    let name = unique("run");
+    let bpf_root = PathBuf::from("/sys/fs/bpf").join(&name);
+    let (port, admin) = (llmgw_tests::free_port(), llmgw_tests::free_port());
+    let args = |iface: &str| -> Vec<String> {
+        [
+            "run",
+            "--config",
+            &examples().join("quickstart").display().to_string(),
+            "--bind-address",
+            "127.0.0.1",
+            "--port-map",
+            &format!("80={port}"),
+            "--admin-address",
+            &format!("127.0.0.1:{admin}"),
+            "--access-log",
+            "off",
+            "--xdp-iface",
+            iface,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+
+    let mut child = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(workspace_bin("llmgw"))
+        .args(args("lo"))
+        .env("API_KEY", "sk-unprivileged")
+        .env("LLMGW_BPF_ROOT", &bpf_root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv llmgw run");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ready = loop {
+        if matches!(admin_get(sa("127.0.0.1", admin), "/ready"), Ok((200, _))) {
+            break true;
+        }
+        if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("llmgw output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(ready, "the unprivileged gateway did not serve: {err}");
+    assert_eq!(
+        err.lines().filter(|l| l.contains("L4 plane off")).count(),
+        1,
+        "{err}"
+    );
+    assert!(!bpf_root.exists());
+
+    let out = Command::new(workspace_bin("llmgw"))
+        .args(args("llmgw-nope0"))
+        .env("API_KEY", "sk-root")
+        .env("LLMGW_BPF_ROOT", &bpf_root)
+        .output()
+        .expect("llmgw run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let _ = llmgw::l4::detach(&bpf_root);
+    assert!(
+        !out.status.success(),
+        "started without its interface: {err}"
+    );
+    assert!(err.contains("llmgw-nope0"), "{err}");
+}
