@@ -41,6 +41,19 @@ fn sa(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
+/// `setpriv` dropping to nobody with no capabilities, to run what follows.
+fn as_nobody() -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+    ]);
+    c
+}
+
 /// A running `llmgw xdp serve`, with its stdout lines on a channel.
 struct Serve {
     child: Child,
@@ -339,14 +352,7 @@ fn without_privileges_the_plane_is_off() {
         .expect("chmod");
     std::fs::set_permissions(&rules, std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .expect("chmod");
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
+    let out = as_nobody()
         .arg(workspace_bin("llmgw"))
         .args(["xdp", "serve", "--iface", "lo", "--rules"])
         .arg(&rules)
@@ -532,14 +538,7 @@ fn gateway_runs_without_xdp_privileges_and_refuses_an_unknown_interface() {
         .collect()
     };
 
-    let mut child = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
+    let mut child = as_nobody()
         .arg(workspace_bin("llmgw"))
         .args(args("lo"))
         .env("API_KEY", "sk-unprivileged")

@@ -68,6 +68,13 @@ fn policies(yaml: &str) -> Policies {
 }
 
 fn policies_for(yaml: &str, settings: &Settings) -> Policies {
+    let (p, errors) = compile_yaml(yaml, settings);
+    assert!(errors.is_empty(), "{errors}");
+    p
+}
+
+/// The policies of `yaml` (which must load) and the errors compiling them.
+fn compile_yaml(yaml: &str, settings: &Settings) -> (Policies, ErrorList) {
     let mut raw = RawConfig::default();
     let mut errors = ErrorList::default();
     load_text(
@@ -79,8 +86,15 @@ fn policies_for(yaml: &str, settings: &Settings) -> Policies {
     );
     assert!(errors.is_empty(), "{errors}");
     let p = super::authz::compile(&raw.authorization_policies, settings, &mut errors);
-    assert!(errors.is_empty(), "{errors}");
-    p
+    (p, errors)
+}
+
+/// One AuthorizationPolicy in istio-system whose spec body is `spec`.
+fn policy_yaml(spec: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: istio-system}}\nspec:\n{}",
+        spec.lines().map(|l| format!("  {l}\n")).collect::<String>()
+    )
 }
 
 fn decide(p: &Policies, r: &Req) -> bool {
@@ -104,13 +118,7 @@ fn decide(p: &Policies, r: &Req) -> bool {
 
 /// `policy` is the spec body of one AuthorizationPolicy in istio-system.
 fn case(policy: &str, req: Req, allowed: bool, why: &str) {
-    let yaml = format!(
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: istio-system}}\nspec:\n{}",
-        policy
-            .lines()
-            .map(|l| format!("  {l}\n"))
-            .collect::<String>()
-    );
+    let yaml = policy_yaml(policy);
     let p = policies(&yaml);
     assert_eq!(decide(&p, &req), allowed, "{why}\npolicy:\n{yaml}");
 }
@@ -174,28 +182,8 @@ spec: {action: ALLOW, rules: [{to: [{operation: {paths: ["/other"]}}]}]}
 
 /// The errors compiling one AuthorizationPolicy (spec body as in `case`).
 fn rejected(policy: &str) -> String {
-    let yaml = format!(
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: istio-system}}\nspec:\n{}",
-        policy
-            .lines()
-            .map(|l| format!("  {l}\n"))
-            .collect::<String>()
-    );
-    let mut raw = RawConfig::default();
-    let mut errors = ErrorList::default();
-    load_text(
-        Path::new("p.yaml"),
-        &yaml,
-        &HashMap::<String, String>::new(),
-        &mut raw,
-        &mut errors,
-    );
-    assert!(errors.is_empty(), "{errors}");
-    super::authz::compile(
-        &raw.authorization_policies,
-        &Settings::default(),
-        &mut errors,
-    );
+    let yaml = policy_yaml(policy);
+    let (_, errors) = compile_yaml(&yaml, &Settings::default());
     assert!(!errors.is_empty(), "accepted:\n{yaml}");
     errors.to_string()
 }
@@ -928,21 +916,7 @@ kind: AuthorizationPolicy
 metadata: {name: c3, namespace: istio-system}
 spec: {action: CUSTOM, provider: {name: p1}, rules: [{to: [{operation: {paths: ["/d/*"]}}]}]}
 "#;
-    let mut raw = RawConfig::default();
-    let mut errors = ErrorList::default();
-    load_text(
-        Path::new("p.yaml"),
-        yaml,
-        &HashMap::<String, String>::new(),
-        &mut raw,
-        &mut errors,
-    );
-    assert!(errors.is_empty(), "{errors}");
-    super::authz::compile(
-        &raw.authorization_policies,
-        &Settings::default(),
-        &mut errors,
-    );
+    let (_, errors) = compile_yaml(yaml, &Settings::default());
     let text = errors.to_string();
     assert_eq!(errors.0.len(), 1, "{text}");
     assert!(
