@@ -358,6 +358,13 @@ async fn malformed_tokens_get_envoys_texts() {
     let cases = [
         ("abc".to_string(), JwtError::BadFormat),
         ("a.b".to_string(), JwtError::BadFormat),
+        // Exactly three sections, as jwt_verify_lib splits: an empty one is
+        // a section too, and four (an extra dot) are not a JWT.
+        (
+            format!("{}..{p}.c2ln", h(json!({"alg": "ES256"}))),
+            JwtError::BadFormat,
+        ),
+        (format!(".{p}.c2ln"), JwtError::HeaderBadJson),
         (format!("A.{p}.c2ln"), JwtError::HeaderBadBase64),
         (
             format!("{}.{p}.c2ln", b64url(b"not json")),
