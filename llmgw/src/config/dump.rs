@@ -41,6 +41,11 @@ pub fn dump(s: &Snapshot) -> Value {
         "extensionProviders": s.ext_authz.describe(),
         "xdp": {
             "listenerPorts": l4.listener_ports,
+            "destinations": match &l4.destinations {
+                crate::l4::Destinations::Any => json!("any"),
+                crate::l4::Destinations::Host => json!("host"),
+                crate::l4::Destinations::Only(ips) => json!(ips),
+            },
             "deny": l4.entries.iter().map(|e| json!({
                 "net": e.net.to_string(),
                 "rule": e.rule,
@@ -261,9 +266,18 @@ pub fn describe(s: &Snapshot) -> String {
         }
     }
     let l4 = l4::rules(s);
+    let destinations = match &l4.destinations {
+        crate::l4::Destinations::Any => "any address".to_string(),
+        crate::l4::Destinations::Host => "every address of this host".to_string(),
+        crate::l4::Destinations::Only(ips) => ips
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
     let _ = writeln!(
         w,
-        "xdp deny entries (listener ports {:?}):",
+        "xdp deny entries (listener ports {:?}, addressed to {destinations}):",
         l4.listener_ports
     );
     if l4.entries.is_empty() {
