@@ -45,8 +45,9 @@ pub const MAP_LOCAL: &str = "LLMGW_LOCAL";
 /// Index of the listener array that holds the destination-check switch
 /// rather than a port (port 0 is never listened on).
 pub const DST_CHECK_SLOT: u32 = 0;
-/// Entries of `MAP_LOCAL`.
-pub const LOCAL_ENTRIES: u32 = 1024;
+/// Entries of `MAP_LOCAL` (a host with kube-proxy in IPVS mode carries
+/// every ClusterIP on a dummy interface).
+pub const LOCAL_ENTRIES: u32 = 16384;
 /// Generation of `MAP_LOCAL`: `Array<u32>` of one entry, bumped by
 /// userspace after every change to it, so the program's per-CPU cache of
 /// the last destination it looked up (`MAP_DST_CACHE`) is never stale.

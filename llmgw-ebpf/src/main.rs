@@ -90,7 +90,8 @@ mod prog {
         HashMap::with_max_entries(common::MAX_RULES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
     #[map(name = "LLMGW_LOCAL")]
-    static LOCAL: HashMap<[u8; 16], u8> = HashMap::with_max_entries(common::LOCAL_ENTRIES, 0);
+    static LOCAL: HashMap<[u8; 16], u8> =
+        HashMap::with_max_entries(common::LOCAL_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
     #[map(name = "LLMGW_DST_GEN")]
     static DST_GEN: Array<u32> = Array::with_max_entries(1, 0);
     #[map(name = "LLMGW_DST_CACHE")]

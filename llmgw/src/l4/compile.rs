@@ -200,13 +200,18 @@ pub(crate) fn compile(rules: &L4Rules, current: &State) -> Result<State, L4Error
             (true, ips.into_iter().map(local_key).collect())
         }
     };
-    if local.len() > common::LOCAL_ENTRIES as usize {
-        return Err(L4Error::TooMany {
-            what: "local addresses",
-            got: local.len(),
-            limit: common::LOCAL_ENTRIES as usize,
-        });
-    }
+    // More addresses than the map holds: drop by port alone, as before the
+    // check existed, rather than refuse to protect the gateway.
+    let (dst_check, local) = if local.len() > common::LOCAL_ENTRIES as usize {
+        tracing::warn!(
+            addresses = local.len(),
+            limit = common::LOCAL_ENTRIES,
+            "XDP: too many local addresses to check destinations; dropping by source and port alone"
+        );
+        (false, BTreeSet::new())
+    } else {
+        (dst_check, local)
+    };
     let mut next = State {
         listeners: rules
             .listener_ports
@@ -524,5 +529,41 @@ mod tests {
         let base = 10usize << 16;
         assert_eq!(words[base / 64], 0b1111);
         assert_eq!(words.iter().map(|w| w.count_ones()).sum::<u32>(), 4);
+    }
+
+    #[test]
+    fn destinations_become_the_local_set_or_turn_the_check_off() {
+        let with = |d: Destinations| {
+            let rules = L4Rules {
+                entries: vec![entry("10.0.0.0/8", "ns/p[0]", None)],
+                listener_ports: vec![80],
+                destinations: d,
+            };
+            compile(&rules, &State::default()).unwrap()
+        };
+        let s = with(Destinations::Any);
+        assert!(!s.dst_check && s.local.is_empty());
+        let s = with(Destinations::Only(vec![
+            "192.0.2.1".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+        ]));
+        assert!(s.dst_check);
+        assert_eq!(
+            s.local,
+            [
+                u128::from("::ffff:192.0.2.1".parse::<std::net::Ipv6Addr>().unwrap()),
+                u128::from("2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap()),
+            ]
+            .into()
+        );
+        // The host's own addresses include loopback.
+        let s = with(Destinations::Host);
+        assert!(s.dst_check && s.local.contains(&local_key("127.0.0.1".parse().unwrap())));
+        // More than the map holds: no check rather than no protection.
+        let many = (0..=common::LOCAL_ENTRIES)
+            .map(|i| std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)))
+            .collect();
+        let s = with(Destinations::Only(many));
+        assert!(!s.dst_check && s.local.is_empty());
     }
 }
