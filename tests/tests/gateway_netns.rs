@@ -301,6 +301,42 @@ fn xdp_drops_denied_networks_while_l7_answers_host_policies() {
     for a in [netns::GW_V4_DENY_SIDE, netns::GW_V6_DENY_SIDE, "127.0.0.1"] {
         assert!(dests.split(' ').any(|d| d == a), "{a} not in {dests:?}");
     }
+    // An address added to the gateway's host is followed (the L4 thread
+    // re-reads the addresses every 5 s), and the denied client is dropped
+    // on it too.
+    let extra = "10.201.1.77";
+    topo.gw.ip(&[
+        "addr",
+        "add",
+        &format!("{extra}/24"),
+        "dev",
+        netns::GW_DENY_IF,
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let followed = llmgw::l4::status(&bpf_root).is_ok_and(|s| {
+            s.destinations
+                .as_ref()
+                .is_some_and(|d| d.iter().any(|ip| ip.to_string() == extra))
+        });
+        if followed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "new address not followed");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let to_extra = sa(extra, PORT);
+    assert_eq!(
+        topo.deny.run(move || post(to_extra, "test.com", quick)),
+        None,
+        "denied client reached the new address"
+    );
+    let ok = topo.allow.run(move || post(allow4, "test.com", patient));
+    assert_eq!(
+        ok.map(|(s, _)| s),
+        Some(200),
+        "allowed client after the new address"
+    );
 
     // Removing the rule from the configuration restores the client.
     reconfigure(&topo.gw, &policy, L7_POLICY);
