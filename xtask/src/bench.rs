@@ -144,6 +144,34 @@ fn cpu(pids: &[u32]) -> (u64, u64) {
     (ns, ticks)
 }
 
+/// Context switches of every thread of `pids` so far: (voluntary, when the
+/// thread waited; involuntary, when it was preempted).
+fn switches(pids: &[u32]) -> (u64, u64) {
+    let (mut vol, mut inv) = (0, 0);
+    for pid in pids {
+        let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in rd.flatten() {
+            let Ok(st) = std::fs::read_to_string(t.path().join("status")) else {
+                continue;
+            };
+            for line in st.lines() {
+                let n = |prefix: &str| {
+                    line.strip_prefix(prefix)
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                };
+                if let Some(v) = n("voluntary_ctxt_switches:") {
+                    vol += v;
+                } else if let Some(v) = n("nonvoluntary_ctxt_switches:") {
+                    inv += v;
+                }
+            }
+        }
+    }
+    (vol, inv)
+}
+
 /// Resident memory (kB) of `pids`.
 fn rss_kb(pids: &[u32]) -> u64 {
     pids.iter()
@@ -192,6 +220,9 @@ struct Sample {
     p50_200: f64,
     rps_max: f64,
     cpu_us_200: f64,
+    /// Context switches per request at 200 req/s: waits, preemptions.
+    waits_200: f64,
+    preempted_200: f64,
     cpu_us_max: f64,
     cpu_us_max_ticks: f64,
     ttfc_1: f64,
@@ -290,9 +321,14 @@ fn measure(t: &Target, secs: u64) -> Result<Sample> {
     let (v, _) = run(&["-z", &dur, "-q", "20", "-c", "4", "--latency-correction"])?;
     s.p50_20 = v["latencyPercentiles"]["p50"].as_f64().unwrap_or(f64::NAN) * 1e3;
     s.errors += non_200(&v);
+    let (vol0, inv0) = switches(&t.pids);
     let (v, (ns, _)) = run(&["-z", &dur, "-q", "200", "-c", "16", "--latency-correction"])?;
+    let (vol1, inv1) = switches(&t.pids);
+    let n200 = requests(&v).max(1) as f64;
     s.p50_200 = v["latencyPercentiles"]["p50"].as_f64().unwrap_or(f64::NAN) * 1e3;
-    s.cpu_us_200 = ns as f64 / 1e3 / requests(&v).max(1) as f64;
+    s.cpu_us_200 = ns as f64 / 1e3 / n200;
+    s.waits_200 = vol1.saturating_sub(vol0) as f64 / n200;
+    s.preempted_200 = inv1.saturating_sub(inv0) as f64 / n200;
     s.errors += non_200(&v);
     let (v, (ns, ticks)) = run(&["-z", &dur, "-c", "64"])?;
     s.rps_max = v["summary"]["requestsPerSec"].as_f64().unwrap_or(f64::NAN);
@@ -602,6 +638,14 @@ fn proxy(a: ProxyArgs) -> Result<()> {
         false,
     ));
     table.push_str(&row(
+        "proxy context switches per request at 200 req/s: waits",
+        |s| s.waits_200,
+        "",
+        2,
+        false,
+    ));
+    table.push_str(&row("same: preemptions", |s| s.preempted_200, "", 2, false));
+    table.push_str(&row(
         "proxy CPU per request at max load",
         |s| s.cpu_us_max,
         " µs",
@@ -695,7 +739,9 @@ fn write_section(table: &str, a: &ProxyArgs) -> Result<()> {
          `--upstream-http1-only`; nginx is a keep-alive (HTTP/1.1) reverse proxy that sets Host and Authorization, buffering off, no body \
          rewrite. Load: oha, `--latency-correction` at fixed rates (4 and 16 connections), \
          64 connections for max throughput. CPU: the proxy's threads (all nginx processes) \
-         from /proc/PID/task/*/schedstat, per request answered. Time to first chunk: a fresh \
+         from /proc/PID/task/*/schedstat, per request answered; context switches from \
+         /proc/PID/task/*/status (waits: voluntary, the thread slept; preemptions: \
+         involuntary, a woken process took its CPU). Time to first chunk: a fresh \
          HTTP/1.1 connection per stream, to the first `data:`.\n\n{table}\n",
         a.rounds, a.seconds, a.rounds
     );
