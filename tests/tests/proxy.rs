@@ -618,16 +618,10 @@ spec:
             )
         })
         .collect();
-    let rewritten = (
-        "rewritten.provider.test".to_string(),
-        "rewritten.provider.test".to_string(),
-        "model-ab".to_string(),
-    );
-    let plain = (
-        "a.provider.test".to_string(),
-        "a.provider.test".to_string(),
-        "model-default".to_string(),
-    );
+    // (Host, SNI, model) as the provider saw them.
+    let via = |host: &str, model: &str| (host.to_string(), host.to_string(), model.to_string());
+    let rewritten = via("rewritten.provider.test", "model-ab");
+    let plain = via("a.provider.test", "model-default");
     assert_eq!(
         seen,
         [rewritten.clone(), plain.clone(), rewritten, plain],

@@ -238,22 +238,10 @@ impl PrincipalPattern {
 /// `paths`: exact, `prefix*`, `*suffix`, `*`, or a template of whole
 /// segments `{*}` (one segment) and `{**}` (any number of segments, the last
 /// operator), matched as Envoy's `uri_template` does.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum PathPattern {
     Glob(Pattern),
     Template { source: String, re: Regex },
-}
-
-impl PartialEq for PathPattern {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (PathPattern::Glob(a), PathPattern::Glob(b)) => a == b,
-            (PathPattern::Template { source: a, .. }, PathPattern::Template { source: b, .. }) => {
-                a == b
-            }
-            _ => false,
-        }
-    }
 }
 
 /// RFC 3986 `pchar` without `/`: what a template's literal and `{*}` may hold.
