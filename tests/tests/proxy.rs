@@ -204,6 +204,61 @@ async fn bad_bodies_are_400_and_big_ones_413() {
     assert!(s.mock.requests().is_empty());
 }
 
+/// Writes `request` on a fresh connection and reads the answer's status line.
+async fn raw_status(addr: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The gateway may answer (and close) before it has read everything.
+    let _ = c.write_all(request).await;
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !got.windows(2).any(|w| w == b"\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test]
+async fn two_host_headers_are_400_and_oversized_headers_431() {
+    let s = quickstart(&[]).await;
+    let addr = s.gw.url().trim_start_matches("http://").to_string();
+    let body = SEED_REQUEST;
+    let two_hosts = format!(
+        "POST / HTTP/1.1\r\nHost: a.example\r\nHost: test.com\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(
+        raw_status(&addr, two_hosts.as_bytes()).await,
+        "HTTP/1.1 400 Bad Request"
+    );
+    let big = format!(
+        "POST / HTTP/1.1\r\nHost: test.com\r\nx-big: {}\r\ncontent-length: {}\r\n\r\n{body}",
+        "a".repeat(70 * 1024),
+        body.len()
+    );
+    assert_eq!(
+        raw_status(&addr, big.as_bytes()).await,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    // That answer was the gateway's own: no request was forwarded or counted.
+    let (_, metrics) = s.gw.admin_get("/metrics");
+    assert!(!metrics.contains("code=\"431\""), "{metrics}");
+    let fits = format!(
+        "POST / HTTP/1.1\r\nHost: test.com\r\nx-big: {}\r\ncontent-length: {}\r\n\r\n{body}",
+        "a".repeat(8 * 1024),
+        body.len()
+    );
+    assert_eq!(raw_status(&addr, fits.as_bytes()).await, "HTTP/1.1 200 OK");
+    assert_eq!(s.mock.requests().len(), 1);
+}
+
 fn chunked() -> (tokio::sync::mpsc::Sender<Bytes>, ChannelBody) {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     (tx, ChannelBody(rx))

@@ -319,15 +319,22 @@ fn load_value(
         }
     }
 
-    if let Err((field, message)) = expand_env(&mut value, "", env) {
-        errors.push(invalid(resource, &field, message));
+    let mut expanded = Expansion::default();
+    expand_env(&mut value, "", env, &mut expanded);
+    if !expanded.errors.is_empty() {
+        for (field, message) in expanded.errors {
+            errors.push(invalid(resource.clone(), &field, message));
+        }
         return;
     }
+    // A type error quotes the value it read, which may come from a variable
+    // (a key in the wrong field): name the variable instead of its value.
+    let redacted = |(field, message): (String, String)| (field, expanded.redact(message));
     let Value::Mapping(mut map) = value else {
         unreachable!("checked above")
     };
     let meta_value = map.remove("metadata").unwrap_or(Value::Null);
-    let meta: ObjectMeta = match typed(meta_value, "metadata") {
+    let meta: ObjectMeta = match typed(meta_value, "metadata").map_err(redacted) {
         Ok(m) => m,
         Err((field, message)) => {
             errors.push(invalid(resource, &field, message));
@@ -349,7 +356,7 @@ fn load_value(
     macro_rules! push {
         ($list:expr) => {{
             let id = ResourceId::of(&meta);
-            match typed(spec, "spec") {
+            match typed(spec, "spec").map_err(redacted) {
                 Ok(spec) => $list.push(Document {
                     source: source.clone(),
                     api_version: api_version.clone(),
@@ -386,22 +393,52 @@ fn typed<T: DeserializeOwned>(value: Value, prefix: &str) -> Result<T, (String, 
     })
 }
 
-/// Replaces `${NAME}` (and `${NAME:-default}`) in every string value;
-/// `$${` writes a literal `${`. An unset variable without a default is an
-/// error naming it and the field.
-fn expand_env(value: &mut Value, path: &str, env: &dyn Env) -> Result<(), (String, String)> {
-    match value {
-        Value::String(s) => {
-            if s.contains("${") {
-                *s = expand_str(s, env).map_err(|m| (path.to_string(), m))?;
+/// What expanding `${...}` in one document did.
+#[derive(Default)]
+struct Expansion {
+    /// `(variable, value)` for every variable substituted.
+    substituted: Vec<(String, String)>,
+    /// `(field, message)` for every variable that could not be.
+    errors: Vec<(String, String)>,
+}
+
+impl Expansion {
+    /// `message` with every substituted value replaced by `${NAME}`: values
+    /// of four characters or more wherever they appear, shorter ones only as
+    /// a whole quoted string (so `"1"` does not mangle `u16`).
+    fn redact(&self, mut message: String) -> String {
+        let mut subs: Vec<&(String, String)> = self.substituted.iter().collect();
+        subs.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+        for (name, value) in subs {
+            if value.is_empty() {
+                continue;
             }
-            Ok(())
+            let quoted = format!("{value:?}");
+            message = if value.chars().count() >= 4 {
+                message.replace(&quoted[1..quoted.len() - 1], &format!("${{{name}}}"))
+            } else {
+                message.replace(&quoted, &format!("\"${{{name}}}\""))
+            };
         }
+        message
+    }
+}
+
+/// Replaces `${NAME}` (and `${NAME:-default}`) in every string value;
+/// `$${` writes a literal `${`. Every unset variable without a default is an
+/// error naming it and the field.
+fn expand_env(value: &mut Value, path: &str, env: &dyn Env, out: &mut Expansion) {
+    match value {
+        Value::String(s) if s.contains("${") => match expand_str(s, env, &mut out.substituted) {
+            Ok(v) => *s = v,
+            Err(messages) => out
+                .errors
+                .extend(messages.into_iter().map(|m| (path.to_string(), m))),
+        },
         Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                expand_env(item, &format!("{path}[{i}]"), env)?;
+                expand_env(item, &format!("{path}[{i}]"), env, out);
             }
-            Ok(())
         }
         Value::Mapping(map) => {
             for (k, v) in map.iter_mut() {
@@ -411,17 +448,23 @@ fn expand_env(value: &mut Value, path: &str, env: &dyn Env) -> Result<(), (Strin
                 } else {
                     format!("{path}.{key}")
                 };
-                expand_env(v, &p, env)?;
+                expand_env(v, &p, env, out);
             }
-            Ok(())
         }
-        Value::Tagged(t) => expand_env(&mut t.value, path, env),
-        _ => Ok(()),
+        Value::Tagged(t) => expand_env(&mut t.value, path, env, out),
+        _ => {}
     }
 }
 
-fn expand_str(s: &str, env: &dyn Env) -> Result<String, String> {
+/// Expands one string, recording what it substituted; on failure, one
+/// message per problem found in it.
+fn expand_str(
+    s: &str,
+    env: &dyn Env,
+    substituted: &mut Vec<(String, String)>,
+) -> Result<String, Vec<String>> {
     let mut out = String::with_capacity(s.len());
+    let mut errors = Vec::new();
     let mut rest = s;
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
@@ -431,7 +474,8 @@ fn expand_str(s: &str, env: &dyn Env) -> Result<String, String> {
             rest = tail;
         } else if let Some(tail) = after.strip_prefix('{') {
             let Some(end) = tail.find('}') else {
-                return Err("unterminated ${...} (write $${ for a literal ${)".into());
+                errors.push("unterminated ${...} (write $${ for a literal ${)".into());
+                return Err(errors);
             };
             let expr = &tail[..end];
             let (name, default) = match expr.split_once(":-") {
@@ -442,17 +486,19 @@ fn expand_str(s: &str, env: &dyn Env) -> Result<String, String> {
                 && !name.starts_with(|c: char| c.is_ascii_digit())
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                return Err(format!(
+                errors.push(format!(
                     "invalid variable name {name:?} in ${{{expr}}} (letters, digits and _ only)"
                 ));
-            }
-            match (env.var(name), default) {
-                (Some(v), _) => out.push_str(&v),
-                (None, Some(d)) => out.push_str(d),
-                (None, None) => {
-                    return Err(format!(
+            } else {
+                match (env.var(name), default) {
+                    (Some(v), _) => {
+                        out.push_str(&v);
+                        substituted.push((name.to_string(), v));
+                    }
+                    (None, Some(d)) => out.push_str(d),
+                    (None, None) => errors.push(format!(
                         "environment variable {name} is not set (referenced as ${{{name}}})"
-                    ));
+                    )),
                 }
             }
             rest = &tail[end + 1..];
@@ -462,7 +508,11 @@ fn expand_str(s: &str, env: &dyn Env) -> Result<String, String> {
         }
     }
     out.push_str(rest);
-    Ok(out)
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 fn check_duplicates(raw: &RawConfig, errors: &mut ErrorList) {
@@ -508,22 +558,59 @@ mod tests {
     #[test]
     fn expands_variables_and_defaults() {
         let e = env(&[("KEY", "sk-1"), ("M", "qwen")]);
-        assert_eq!(expand_str("${KEY}", &e).unwrap(), "sk-1");
-        assert_eq!(expand_str("a-${M}-b", &e).unwrap(), "a-qwen-b");
-        assert_eq!(expand_str("${NOPE:-x}", &e).unwrap(), "x");
-        assert_eq!(expand_str("$${KEY}", &e).unwrap(), "${KEY}");
-        assert_eq!(expand_str("^a$", &e).unwrap(), "^a$");
+        let x = |s: &str| expand_str(s, &e, &mut Vec::new());
+        assert_eq!(x("${KEY}").unwrap(), "sk-1");
+        assert_eq!(x("a-${M}-b").unwrap(), "a-qwen-b");
+        assert_eq!(x("${NOPE:-x}").unwrap(), "x");
+        assert_eq!(x("$${KEY}").unwrap(), "${KEY}");
+        assert_eq!(x("^a$").unwrap(), "^a$");
+        assert_eq!(
+            x("${NOPE}").unwrap_err(),
+            ["environment variable NOPE is not set (referenced as ${NOPE})"]
+        );
+        assert!(x("${KEY").unwrap_err()[0].contains("unterminated"));
+        assert!(x("${1X}").unwrap_err()[0].contains("invalid"));
+        // Every unset variable of a string is named, not just the first.
+        let errs = x("${A}-${KEY}-${B}").unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
         assert!(
-            expand_str("${NOPE}", &e)
-                .unwrap_err()
-                .contains("NOPE is not set")
+            errs[0].contains(" A ") && errs[1].contains(" B "),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn every_unset_variable_of_a_document_is_reported() {
+        let text = "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMProvider\nmetadata: {name: p}\nspec: {host: \"${HOSTX}\", path: \"${P}\"}\n";
+        let errs = load(text, &env(&[])).expect_err("should fail").to_string();
+        assert!(
+            errs.contains("HOSTX is not set") && errs.contains("spec.host"),
+            "{errs}"
         );
         assert!(
-            expand_str("${KEY", &e)
-                .unwrap_err()
-                .contains("unterminated")
+            errs.contains("P is not set") && errs.contains("spec.path"),
+            "{errs}"
         );
-        assert!(expand_str("${1X}", &e).unwrap_err().contains("invalid"));
+    }
+
+    #[test]
+    fn a_variable_in_the_wrong_field_is_named_not_quoted() {
+        let text = PROVIDER.replace("stream: false", "stream: ${API_KEY}");
+        let errs = load(&text, &env(&[("API_KEY", "sk-LEAKME-123")]))
+            .expect_err("a key is not a boolean")
+            .to_string();
+        assert!(!errs.contains("LEAKME"), "{errs}");
+        assert!(
+            errs.contains("invalid type: string \"${API_KEY}\", expected a boolean"),
+            "{errs}"
+        );
+        assert!(errs.contains("openAIConfig.stream"), "{errs}");
+        // Short values are replaced only as a whole quoted string.
+        let text = PROVIDER.replace("stream: false", "stream: ${S}");
+        let errs = load(&text, &env(&[("API_KEY", "k"), ("S", "u16")]))
+            .expect_err("not a boolean")
+            .to_string();
+        assert!(errs.contains("string \"${S}\""), "{errs}");
     }
 
     const PROVIDER: &str = r#"

@@ -180,7 +180,7 @@ impl HostPattern {
     }
 
     /// Exact names first, then longer suffixes, then `*` (Envoy's order).
-    fn specificity(&self) -> (u8, usize) {
+    pub fn specificity(&self) -> (u8, usize) {
         match self {
             HostPattern::Exact(e) => (2, e.len()),
             HostPattern::Suffix(s) => (1, s.len()),
@@ -226,16 +226,16 @@ pub struct RouteRule {
     /// Any match selects the rule; empty means always.
     pub matches: Vec<RequestMatch>,
     pub backends: Vec<Backend>,
-    /// Sum of backend weights (> 0).
-    pub total_weight: u32,
+    /// Sum of backend weights (> 0; a u64, as 2^31 - 1 each can overflow a u32).
+    pub total_weight: u64,
 }
 
 impl RouteRule {
     /// Picks a backend by weight; `roll` is uniform in `0..total_weight`.
-    pub fn pick(&self, roll: u32) -> &Backend {
-        let mut acc = 0;
+    pub fn pick(&self, roll: u64) -> &Backend {
+        let mut acc = 0u64;
         for b in &self.backends {
-            acc += b.weight;
+            acc += u64::from(b.weight);
             if roll < acc {
                 return b;
             }
@@ -343,6 +343,18 @@ pub fn compile(raw: &RawConfig, settings: &Settings) -> Result<Snapshot, ErrorLi
         .iter()
         .filter(|g| selector_matches(&g.spec.selector, &settings.workload_labels))
         .collect();
+    if gateways.is_empty() {
+        let labels: Vec<String> = settings
+            .workload_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        c.warnings.push(format!(
+            "no Gateway selects this gateway's labels ({}; see --workload-labels): \
+             nothing will be served",
+            labels.join(",")
+        ));
+    }
     let mut listeners = c.listeners(&gateways);
     c.bind_routes(
         &raw.routes,
@@ -816,6 +828,11 @@ impl Compiler<'_> {
                     .push(route.error("spec.rules", "at least one rule is required"));
                 continue;
             }
+            if bound_gateways.is_empty() {
+                // Bound only to Gateways another workload serves: its
+                // providers are that workload's business, not this one's.
+                continue;
+            }
             // Compile the rules once per route, then clone the match lists per
             // server (the `gateways` condition of a match differs per server).
             let Some(rules) = self.route_rules(route, providers, &known) else {
@@ -977,7 +994,7 @@ impl Compiler<'_> {
                     }
                 }
             }
-            let total_weight: u32 = backends.iter().map(|b| b.weight).sum();
+            let total_weight: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
             if !backends.is_empty() && total_weight == 0 {
                 self.errors.push(route.error(
                     format!("{field}.backendRefs"),
@@ -1019,7 +1036,7 @@ struct PendingRule {
     always: bool,
     matches: Vec<PendingMatch>,
     backends: Vec<Arc<Backend>>,
-    total_weight: u32,
+    total_weight: u64,
 }
 
 impl PendingRule {

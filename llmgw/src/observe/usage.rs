@@ -7,24 +7,46 @@ use memchr::memmem;
 use serde::Deserialize;
 
 /// Token counts as OpenAI-compatible providers report them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
-    #[serde(default, alias = "input_tokens")]
     pub prompt_tokens: Option<u64>,
-    #[serde(default, alias = "output_tokens")]
     pub completion_tokens: Option<u64>,
-    #[serde(default)]
     pub total_tokens: Option<u64>,
+}
+
+/// A usage object as sent: OpenAI's names, the Responses API's
+/// (`input_tokens`, `output_tokens`), or both at once. A count that is not a
+/// non-negative integer is ignored rather than spoiling the others.
+#[derive(Deserialize)]
+struct RawUsage {
+    #[serde(default, deserialize_with = "count")]
+    prompt_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "count")]
+    input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "count")]
+    completion_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "count")]
+    output_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "count")]
+    total_tokens: Option<u64>,
+}
+
+fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(serde_json::Value::deserialize(d)?.as_u64())
 }
 
 impl Usage {
     fn from_value(v: &[u8]) -> Option<Usage> {
-        let u: Usage = serde_json::from_slice(v).ok()?;
-        let mut u = u;
+        let r: RawUsage = serde_json::from_slice(v).ok()?;
+        let mut u = Usage {
+            prompt_tokens: r.prompt_tokens.or(r.input_tokens),
+            completion_tokens: r.completion_tokens.or(r.output_tokens),
+            total_tokens: r.total_tokens,
+        };
         if u.total_tokens.is_none()
             && let (Some(p), Some(c)) = (u.prompt_tokens, u.completion_tokens)
         {
-            u.total_tokens = Some(p + c);
+            u.total_tokens = Some(p.saturating_add(c));
         }
         (u != Usage::default()).then_some(u)
     }
@@ -503,6 +525,45 @@ mod tests {
             completion_tokens: Some(c),
             total_tokens: Some(t),
         })
+    }
+
+    #[test]
+    fn usage_objects_in_either_naming_or_both_with_odd_counts() {
+        let u = |s: &str| Usage::from_value(s.as_bytes());
+        let both = u(
+            r#"{"prompt_tokens":3,"input_tokens":3,"completion_tokens":5,"output_tokens":5,"total_tokens":8}"#,
+        );
+        assert_eq!(
+            both,
+            Some(Usage {
+                prompt_tokens: Some(3),
+                completion_tokens: Some(5),
+                total_tokens: Some(8)
+            })
+        );
+        let responses = u(r#"{"input_tokens":2,"output_tokens":4}"#);
+        assert_eq!(
+            responses,
+            Some(Usage {
+                prompt_tokens: Some(2),
+                completion_tokens: Some(4),
+                total_tokens: Some(6)
+            })
+        );
+        // The total of two huge counts saturates instead of overflowing.
+        let huge = u(r#"{"prompt_tokens":18446744073709551615,"completion_tokens":5}"#);
+        assert_eq!(huge.and_then(|u| u.total_tokens), Some(u64::MAX));
+        // A count that is not a non-negative integer is dropped, the rest kept.
+        let odd = u(r#"{"prompt_tokens":-1,"completion_tokens":2.5,"total_tokens":7}"#);
+        assert_eq!(
+            odd,
+            Some(Usage {
+                prompt_tokens: None,
+                completion_tokens: None,
+                total_tokens: Some(7)
+            })
+        );
+        assert_eq!(u(r#"{"prompt_tokens":null}"#), None);
     }
 
     #[test]

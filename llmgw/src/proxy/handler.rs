@@ -136,6 +136,10 @@ async fn pipeline(
     let live = proxy.live.load_full();
     let snapshot = &live.snapshot;
     let (mut parts, body) = req.into_parts();
+    if parts.headers.get_all(header::HOST).iter().nth(1).is_some() {
+        // RFC 9112 §3.2: more than one Host is a bad request (Envoy: 400).
+        return Err(ProxyError::BadRequest("more than one Host header".into()));
+    }
     let authority = parts
         .uri
         .authority()
@@ -233,7 +237,7 @@ async fn pipeline(
     }
     let routed = router::route(listener, &host, &parts.headers).map_err(no_route)?;
     let rule = routed.rule.clone();
-    let roll = fastrand::u32(..rule.total_weight.max(1));
+    let roll = fastrand::u64(..rule.total_weight.max(1));
     let picked = rule.pick(roll);
     rec.backend = rule
         .backends

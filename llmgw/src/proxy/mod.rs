@@ -147,15 +147,21 @@ pub struct Proxy {
     http: auto::Builder<TokioExecutor>,
 }
 
+/// The most request header bytes read (Envoy's default
+/// `max_request_headers_kb` is 60); past it the client gets 431.
+pub const MAX_REQUEST_HEADERS_BYTES: usize = 60 * 1024;
+
 impl Proxy {
     pub fn new(live: Live, observer: Arc<Observer>, opts: ProxyOptions) -> Self {
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
             .timer(TokioTimer::new())
             .header_read_timeout(opts.header_read_timeout)
+            .max_buf_size(MAX_REQUEST_HEADERS_BYTES)
             .keep_alive(true);
         http.http2()
             .timer(TokioTimer::new())
+            .max_header_list_size(MAX_REQUEST_HEADERS_BYTES as u32)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .max_concurrent_streams(256);
         Self {

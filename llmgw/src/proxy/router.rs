@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, header};
 
-use crate::config::snapshot::{Listener, RequestMatch, RouteRule, Server};
+use crate::config::snapshot::{HostPattern, Listener, RequestMatch, RouteRule, Server};
 
 /// Where a request goes.
 #[derive(Debug)]
@@ -41,42 +41,69 @@ pub fn normalize_host(authority: &str) -> String {
 }
 
 /// The server of `listener` for `host`: the one whose host list matches
-/// most specifically (an exact name beats `*.suffix` beats `*`).
+/// most specifically (an exact name beats `*.suffix` beats `*`); on a tie,
+/// the one declared first.
 pub fn server_for<'a>(listener: &'a Listener, host: &str) -> Option<&'a Arc<Server>> {
-    use crate::config::snapshot::HostPattern;
-    let score = |s: &Server| {
-        s.hosts
+    let mut best: Option<((u8, usize), &Arc<Server>)> = None;
+    for s in &listener.servers {
+        let Some(score) = s
+            .hosts
             .iter()
             .filter(|h| h.matches(host))
-            .map(|h| match h {
-                HostPattern::Exact(e) => (2, e.len()),
-                HostPattern::Suffix(x) => (1, x.len()),
-                HostPattern::Any => (0, 0),
-            })
+            .map(HostPattern::specificity)
             .max()
-    };
-    listener
-        .servers
-        .iter()
-        .filter_map(|s| score(s).map(|sc| (sc, s)))
-        .max_by_key(|(sc, _)| *sc)
-        .map(|(_, s)| s)
+        else {
+            continue;
+        };
+        if best.is_none_or(|(b, _)| score > b) {
+            best = Some((score, s));
+        }
+    }
+    best.map(|(_, s)| s)
 }
 
 /// Routes a request; `host` is normalised (see [`normalize_host`]).
+///
+/// On a plain-HTTP port every server that accepts the host shares one route
+/// table, as Istio builds one for all of a port's plain-HTTP servers: the
+/// most specific virtual host among them wins, and the rules of routes bound
+/// to different Gateways for that same host are tried in server order. An
+/// HTTPS server keeps its own table.
 pub fn route<'a>(
     listener: &'a Listener,
     host: &str,
     headers: &HeaderMap,
 ) -> Result<Routed<'a>, NoRoute> {
-    let server = server_for(listener, host).ok_or(NoRoute::Host)?;
-    let vhost = server.vhost(host).ok_or(NoRoute::Rule)?;
-    let rule = vhost
-        .rules
-        .iter()
-        .find(|r| r.matches.is_empty() || r.matches.iter().any(|m| matches(m, host, headers)))
+    let first = server_for(listener, host).ok_or(NoRoute::Host)?;
+    let shared = first.tls.is_none();
+    let candidates = || {
+        listener
+            .servers
+            .iter()
+            .filter(move |s| {
+                if shared {
+                    s.tls.is_none() && s.accepts_host(host)
+                } else {
+                    Arc::ptr_eq(s, first)
+                }
+            })
+            .filter_map(|s| s.vhost(host).map(|v| (s, v)))
+    };
+    let best = candidates()
+        .map(|(_, v)| v.host.specificity())
+        .max()
         .ok_or(NoRoute::Rule)?;
-    Ok(Routed { server, rule })
+    candidates()
+        .filter(|(_, v)| v.host.specificity() == best)
+        .find_map(|(server, v)| {
+            v.rules
+                .iter()
+                .find(|r| {
+                    r.matches.is_empty() || r.matches.iter().any(|m| matches(m, host, headers))
+                })
+                .map(|rule| Routed { server, rule })
+        })
+        .ok_or(NoRoute::Rule)
 }
 
 fn matches(m: &RequestMatch, host: &str, headers: &HeaderMap) -> bool {
