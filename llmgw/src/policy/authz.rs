@@ -147,12 +147,14 @@ impl Pattern {
         } else {
             s.to_string()
         };
+        // Istio's order: a leading `*` first, so `*x*` is a suffix match on
+        // `x*` (not a prefix match on `*x`).
         if s == "*" {
             Pattern::Present
-        } else if let Some(p) = s.strip_suffix('*') {
-            Pattern::Prefix(p.to_string())
         } else if let Some(p) = s.strip_prefix('*') {
             Pattern::Suffix(p.to_string())
+        } else if let Some(p) = s.strip_suffix('*') {
+            Pattern::Prefix(p.to_string())
         } else {
             Pattern::Exact(s)
         }
@@ -244,8 +246,9 @@ pub enum PathPattern {
     Template { source: String, re: Regex },
 }
 
-/// RFC 3986 `pchar` without `/`: what a template's literal and `{*}` may hold.
-const PCHAR: &str = "A-Za-z0-9\\-._~%!$&'()*+,;:@=";
+/// RFC 3986 `pchar` without `/` and `*`: what a template's literal and
+/// `{*}` may hold (Envoy's uri_template literal, Istio's `validLiteral`).
+const PCHAR: &str = "A-Za-z0-9\\-._~%!$&'()+,;:@=";
 
 impl PathPattern {
     fn parse(s: &str) -> Result<PathPattern, String> {
@@ -265,11 +268,15 @@ impl PathPattern {
         }
         let mut re = String::from("^");
         let mut any_seen = false;
+        let last = s.split('/').count() - 1;
         for (i, seg) in s.split('/').enumerate() {
             if i > 0 {
                 re.push('/');
             }
             match seg {
+                // Before the leading slash, and after a trailing one.
+                "" if i == 0 || i == last => {}
+                "" => return Err(format!("{s:?}: empty path segment (//) in a template")),
                 "{*}" | "{**}" if any_seen => {
                     return Err(format!("{s:?}: {{**}} must be the last operator"));
                 }
@@ -285,7 +292,7 @@ impl PathPattern {
                 }
                 lit if !lit
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;:@=".contains(&b)) =>
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()+,;:@=".contains(&b)) =>
                 {
                     return Err(format!("{s:?}: {lit:?} is not a valid path segment"));
                 }
@@ -569,7 +576,8 @@ pub fn normalize_path(path_and_query: &str) -> String {
     let path = path_and_query
         .split_once('?')
         .map_or(path_and_query, |(p, _)| p);
-    let decoded = decode_unreserved(path);
+    // Envoy's canonicaliser (Chromium's): a backslash is a slash.
+    let decoded = decode_unreserved(path).replace('\\', "/");
     let mut out: Vec<&str> = Vec::new();
     let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
     for seg in decoded.split('/').skip(1) {
@@ -604,9 +612,8 @@ fn decode_unreserved(p: &str) -> String {
                 if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
                     out.push(c as char);
                 } else {
-                    out.push('%');
-                    out.push((b[i + 1] as char).to_ascii_uppercase());
-                    out.push((b[i + 2] as char).to_ascii_uppercase());
+                    // Copied exactly: the server may care about the case.
+                    out.push_str(&p[i..i + 3]);
                 }
                 i += 3;
                 continue;
@@ -710,6 +717,9 @@ fn compile_policy(
             "DENY without rules never matches; add an empty rule {} to deny every request",
         ));
     }
+    if action == Action::Custom {
+        custom_limits(doc, errors);
+    }
     let mut rules = Vec::new();
     for (i, r) in spec.rules.iter().flatten().enumerate() {
         let f = format!("spec.rules[{i}]");
@@ -763,6 +773,46 @@ fn compile_policy(
         provider,
         rules,
     })
+}
+
+/// What Istio's validation refuses in a CUSTOM policy: no rules (it would
+/// never run) and JWT attributes (the authorizer runs before JWT
+/// authentication has an answer for it).
+fn custom_limits(doc: &Document<AuthorizationPolicySpec>, errors: &mut ErrorList) {
+    let rules = doc.spec.rules.as_deref().unwrap_or_default();
+    if rules.is_empty() {
+        errors.push(doc.error(
+            "spec.rules",
+            "CUSTOM without rules never runs; add an empty rule {} to check every request",
+        ));
+    }
+    for (i, r) in rules.iter().enumerate() {
+        for (j, from) in r.from.iter().flatten().enumerate() {
+            let Some(src) = &from.source else { continue };
+            for (field, list) in [
+                ("requestPrincipals", &src.request_principals),
+                ("notRequestPrincipals", &src.not_request_principals),
+            ] {
+                if !list.is_empty() {
+                    errors.push(doc.error(
+                        format!("spec.rules[{i}].from[{j}].source.{field}"),
+                        "is not supported with the CUSTOM action (as in Istio)",
+                    ));
+                }
+            }
+        }
+        for (j, w) in r.when.iter().enumerate() {
+            if w.key.starts_with("request.auth.") {
+                errors.push(doc.error(
+                    format!("spec.rules[{i}].when[{j}].key"),
+                    format!(
+                        "{} is not supported with the CUSTOM action (as in Istio)",
+                        w.key
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 fn placement(action: Action, from: &[Source], to: &[Operation], when: &[Condition]) -> Placement {

@@ -248,6 +248,31 @@ fn policies_istio_refuses_are_errors() {
             "a segment is literal, {*} or {**}",
             "a template inside a segment",
         ),
+        (
+            "rules: [{to: [{operation: {paths: [\"/a/*/{*}\"]}}]}]",
+            "\"*\" is not a valid path segment",
+            "a * segment beside a template",
+        ),
+        (
+            "rules: [{to: [{operation: {paths: [\"/a//{*}\"]}}]}]",
+            "empty path segment",
+            "an empty segment in a template",
+        ),
+        (
+            "action: CUSTOM\nprovider: {name: ext}",
+            "spec.rules: CUSTOM without rules never runs",
+            "a CUSTOM without rules",
+        ),
+        (
+            "action: CUSTOM\nprovider: {name: ext}\nrules: [{from: [{source: {requestPrincipals: [\"*\"]}}]}]",
+            "spec.rules[0].from[0].source.requestPrincipals: is not supported with the CUSTOM action",
+            "requestPrincipals in a CUSTOM policy",
+        ),
+        (
+            "action: CUSTOM\nprovider: {name: ext}\nrules: [{when: [{key: \"request.auth.claims[x]\", values: [a]}]}]",
+            "spec.rules[0].when[0].key: request.auth.claims[x] is not supported with the CUSTOM action",
+            "a request.auth condition in a CUSTOM policy",
+        ),
     ] {
         let err = rejected(policy);
         assert!(err.contains(field), "{why}: {err}");
@@ -594,6 +619,27 @@ fn hosts_are_case_insensitive_with_prefix_and_suffix() {
         false,
         "suffix needs the dot",
     );
+    // Istio reads a leading `*` first: `*aliyuncs*` is a suffix match on
+    // `aliyuncs*`, never a prefix match on `*aliyuncs`.
+    let p = allow_if("to: [{operation: {hosts: [\"*aliyuncs*\"]}}]");
+    case(
+        &p,
+        Req {
+            host: "*aliyuncs.com",
+            ..Req::default()
+        },
+        false,
+        "*x* is no prefix match",
+    );
+    case(
+        &p,
+        Req {
+            host: "a.aliyuncs*",
+            ..Req::default()
+        },
+        true,
+        "*x* is a suffix match",
+    );
     let p = allow_if("to: [{operation: {notHosts: [test.com]}}]");
     case(&p, Req::default(), false, "notHosts");
     // The whole authority is compared, port included, as Istio does (its
@@ -682,6 +728,12 @@ fn ports_methods_and_paths() {
         ("/v1/{**}/", "/v1/a/", true),
         ("/v1/{**}/", "/v1/a", false),
         ("/{*}/chat/{**}", "/v1/chat/completions", true),
+        // Neither a literal nor an operator takes a `*`.
+        ("/v1/{*}/x", "/v1/a*b/x", false),
+        ("/v1/{**}", "/v1/a/*", false),
+        // `*x*` is a suffix match on `x*` (a leading `*` is read first).
+        ("*v1*", "/a/v1*", true),
+        ("*v1*", "*v1/a", false),
     ] {
         let p = allow_if(&format!("to: [{{operation: {{paths: [\"{pat}\"]}}}}]"));
         case(
@@ -886,7 +938,14 @@ fn path_normalisation() {
         ("/v1/chat/completions?x=1", "/v1/chat/completions"),
         ("/v1/./chat/../models", "/v1/models"),
         ("/%76%31/models", "/v1/models"),
-        ("/a%2fb", "/a%2Fb"),
+        // Escapes that are not decoded are copied exactly, case and all.
+        ("/a%2fb", "/a%2fb"),
+        ("/a/%2F%2f/c", "/a/%2F%2f/c"),
+        ("/%5c%25", "/%5c%25"),
+        ("/a/b/%2E%2E/c", "/a/c"),
+        // A backslash is a slash (Envoy's canonicaliser).
+        ("/x\\..\\admin", "/admin"),
+        ("/a\\b", "/a/b"),
         ("/../..", "/"),
         ("/a/b/", "/a/b/"),
         ("/a/..", "/"),

@@ -108,7 +108,8 @@ impl JwtError {
     /// with the error text, and `www-authenticate: Bearer realm="URI"` (plus
     /// `, error="invalid_token"` unless the token was missing). `scheme` is
     /// the downstream scheme (`http`/`https`), `host` the request's authority,
-    /// `path_and_query` as the client sent it (truncated to 256 bytes).
+    /// `path_and_query` normalised as for authorization, with the query
+    /// (truncated to 256 bytes).
     pub fn local_reply(&self, scheme: &str, host: &str, path_and_query: &str) -> LocalReply {
         let mut path = path_and_query;
         if path.len() > MAX_REALM_PATH {
@@ -211,7 +212,6 @@ struct Token {
 #[derive(Debug, Default)]
 pub struct Authenticator {
     pub rules: Vec<Arc<Rule>>,
-    by_issuer: HashMap<String, usize>,
     locations: Locations,
     /// Output headers removed from every request so clients cannot forge them.
     sanitize: Vec<HeaderName>,
@@ -318,17 +318,26 @@ impl Authenticator {
     }
 
     /// Authenticates a request as Envoy's jwt_authn filter configured by
-    /// Istio does (each rule a provider, any may match, tokens optional):
+    /// Istio does. Each rule is a provider that reads tokens from its own
+    /// locations; Istio requires any one provider to succeed, or, for every
+    /// provider, its token to succeed or be missing:
     ///
     /// - output headers named by any rule are removed first;
     /// - no token anywhere: `Ok(None)` (an AuthorizationPolicy decides);
     /// - CORS preflights (`OPTIONS` with `Origin` and
     ///   `Access-Control-Request-Method`) are not checked: `Ok(None)`;
-    /// - every token found must verify, else the first failure is returned;
-    /// - on success each token is removed from where it was found (header,
-    ///   query parameter or cookie) unless its rule forwards it, and the
-    ///   rule's payload and claim headers are written. The identity is that
-    ///   of the first token found.
+    /// - a provider succeeds when it finds tokens and every one of them
+    ///   verifies (its issuer, time, audiences, signature); it fails with
+    ///   the first failure, checking the last token found first;
+    /// - one provider succeeding is enough: its tokens are removed from
+    ///   where they were found (a header, a query parameter; a cookie is
+    ///   left, as Envoy leaves it) unless the rule forwards them, and its
+    ///   payload and claim headers are written. The identity is that of the
+    ///   first succeeding provider's first token;
+    /// - no provider succeeding: with one rule, its failure (a missing token
+    ///   is no failure); with several, the request passes only if no rule
+    ///   found a token, else Envoy's choice of error: the last "real" error
+    ///   over `Jwt issuer is not configured` over `Jwt is missing`.
     pub async fn authenticate(
         &self,
         method: &Method,
@@ -348,35 +357,96 @@ impl Authenticator {
         if tokens.is_empty() {
             return Ok(None);
         }
+        let parsed: Vec<Result<ParsedJwt<'_>, JwtError>> =
+            tokens.iter().map(|t| ParsedJwt::parse(&t.value)).collect();
         let now = now_secs();
-        let mut verified = Vec::with_capacity(tokens.len());
-        for token in &tokens {
-            let v = self.verify(token, now).await.inspect_err(|e| {
-                tracing::debug!(error = %e, location = ?token.at, "JWT rejected");
-            })?;
-            verified.push(v);
+        let mut outcomes = Vec::with_capacity(self.rules.len());
+        for i in 0..self.rules.len() {
+            outcomes.push(self.provider(i, &tokens, &parsed, now).await);
         }
         let mut identity = None;
-        for (token, v) in tokens.iter().zip(verified) {
-            let rule = &self.rules[v.rule];
-            if let Some(h) = &rule.output_payload_to_header
-                && let Ok(value) = HeaderValue::from_str(&v.payload_b64)
-            {
-                headers.append(h.clone(), value);
-            }
-            for (h, path) in &rule.output_claim_to_headers {
-                if let Some(value) = claim_header_value(&v.claims, path) {
+        for outcome in &outcomes {
+            let Provider::Verified(list) = outcome else {
+                continue;
+            };
+            for (k, v) in list {
+                let rule = &self.rules[v.rule];
+                if let Some(h) = &rule.output_payload_to_header
+                    && let Ok(value) = HeaderValue::from_str(&v.payload_b64)
+                {
                     headers.append(h.clone(), value);
                 }
-            }
-            if !rule.forward_original_token {
-                remove_token(&token.at, uri, headers);
-            }
-            if identity.is_none() {
-                identity = Some(v.identity(rule));
+                for (h, path) in &rule.output_claim_to_headers {
+                    if let Some(value) = claim_header_value(&v.claims, path) {
+                        headers.append(h.clone(), value);
+                    }
+                }
+                if !rule.forward_original_token {
+                    remove_token(&tokens[*k].at, uri, headers);
+                }
+                if identity.is_none() {
+                    identity = Some(v.identity(rule));
+                }
             }
         }
-        Ok(identity)
+        if identity.is_some() {
+            return Ok(identity);
+        }
+        let failure = |o: &Provider| match o {
+            Provider::Failed(e) => Some(e.clone()),
+            _ => None,
+        };
+        if outcomes.len() == 1 {
+            return failure(&outcomes[0]).map_or(Ok(None), Err);
+        }
+        // requires_all{any{P, allow_missing}...}: the first failure, if any.
+        let Some(all) = outcomes.iter().find_map(failure) else {
+            return Ok(None);
+        };
+        // requires_any over every provider, then that: Envoy's final status.
+        let mut last = JwtError::Missing;
+        for e in outcomes.iter().filter_map(failure).chain([all]) {
+            if !matches!(e, JwtError::Missing | JwtError::UnknownIssuer)
+                || last == JwtError::Missing
+            {
+                last = e;
+            }
+        }
+        tracing::debug!(error = %last, "JWT rejected");
+        Err(last)
+    }
+
+    /// Rule `i` as one Envoy provider: the tokens found in its locations,
+    /// each verified against it, the last found first.
+    async fn provider(
+        &self,
+        i: usize,
+        tokens: &[Token],
+        parsed: &[Result<ParsedJwt<'_>, JwtError>],
+        now: u64,
+    ) -> Provider {
+        let mut verified = Vec::new();
+        for (k, token) in tokens.iter().enumerate().rev() {
+            if !token.issuers.contains(&i) {
+                continue;
+            }
+            let result = match &parsed[k] {
+                Ok(jwt) => self.verify(i, jwt, now).await,
+                Err(e) => Err(e.clone()),
+            };
+            match result {
+                Ok(v) => verified.push((k, v)),
+                Err(e) => {
+                    tracing::debug!(error = %e, location = ?token.at, rule = i, "JWT rejected");
+                    return Provider::Failed(e);
+                }
+            }
+        }
+        if verified.is_empty() {
+            return Provider::Missing;
+        }
+        verified.reverse();
+        Provider::Verified(verified)
     }
 
     fn extract(&self, uri: &Uri, headers: &HeaderMap) -> Vec<Token> {
@@ -426,15 +496,11 @@ impl Authenticator {
         tokens
     }
 
-    async fn verify(&self, token: &Token, now: u64) -> Result<Verified, JwtError> {
-        let jwt = ParsedJwt::parse(&token.value)?;
-        let rule_index = self
-            .by_issuer
-            .get(&jwt.iss)
-            .copied()
-            .filter(|i| token.issuers.contains(i))
-            .ok_or(JwtError::UnknownIssuer)?;
-        let rule = &self.rules[rule_index];
+    async fn verify(&self, i: usize, jwt: &ParsedJwt<'_>, now: u64) -> Result<Verified, JwtError> {
+        let rule = &self.rules[i];
+        if jwt.iss != rule.issuer {
+            return Err(JwtError::UnknownIssuer);
+        }
         jwt.check_time(now, CLOCK_SKEW_SECS)?;
         if !rule.sanitized_audiences.is_empty()
             && !jwt
@@ -455,13 +521,22 @@ impl Authenticator {
             &jwt.signature,
         )?;
         Ok(Verified {
-            rule: rule_index,
+            rule: i,
             payload_b64: jwt.payload_b64.to_string(),
-            sub: jwt.sub,
-            audiences: jwt.audiences,
-            claims: jwt.payload,
+            sub: jwt.sub.clone(),
+            audiences: jwt.audiences.clone(),
+            claims: jwt.payload.clone(),
         })
     }
+}
+
+/// What one provider (rule) made of the request's tokens.
+enum Provider {
+    /// No token in its locations.
+    Missing,
+    /// Every token it found verified: `(token index, result)`.
+    Verified(Vec<(usize, Verified)>),
+    Failed(JwtError),
 }
 
 struct Verified {
@@ -596,7 +671,9 @@ fn remove_token(at: &Found, uri: &mut Uri, headers: &mut HeaderMap) {
                 *uri = new;
             }
         }
-        Found::Cookie(c) => remove_cookie(headers, c),
+        // Envoy never removes a cookie token (its removeJwt for cookies is
+        // a TODO), so neither do we.
+        Found::Cookie(_) => {}
     }
 }
 
@@ -617,29 +694,6 @@ fn without_param(uri: &Uri, param: &str) -> Option<Uri> {
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(pq.parse().ok()?);
     Uri::from_parts(parts).ok()
-}
-
-fn remove_cookie(headers: &mut HeaderMap, name: &str) {
-    let values: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .map(str::trim)
-                .filter(|pair| pair.split_once('=').is_none_or(|(k, _)| k.trim() != name))
-                .filter(|pair| !pair.is_empty())
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
-        .filter(|v| !v.is_empty())
-        .collect();
-    headers.remove(header::COOKIE);
-    for v in values {
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            headers.append(header::COOKIE, v);
-        }
-    }
 }
 
 /// Envoy's claim-to-header conversion: strings as they are, numbers as an
@@ -888,7 +942,6 @@ impl Authenticator {
         for (h, _) in &rule.output_claim_to_headers {
             self.sanitize.push(h.clone());
         }
-        self.by_issuer.insert(rule.issuer.clone(), idx);
         self.rules.push(Arc::new(rule));
     }
 }

@@ -7,7 +7,10 @@ use http::request::Parts;
 use super::error::ProxyError;
 use crate::{
     config::Snapshot,
-    policy::{CheckRequest, CheckResult, Decision, Identity, RequestContext, extauthz::Allowed},
+    policy::{
+        CheckRequest, CheckResult, Decision, Identity, RequestContext, authz::normalize_path,
+        extauthz::Allowed,
+    },
 };
 
 /// Verifies a JWT if the request carries one: `Ok(None)` without a token
@@ -23,10 +26,13 @@ pub async fn authenticate(
     if snapshot.authn.is_empty() {
         return Ok(None);
     }
-    let original = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+    // Envoy's realm shows `:path` as its connection manager normalised it,
+    // query included.
+    let mut original = normalize_path(parts.uri.path());
+    if let Some(q) = parts.uri.query() {
+        original.push('?');
+        original.push_str(q);
+    }
     snapshot
         .authn
         .authenticate(&parts.method, &mut parts.uri, &mut parts.headers)
