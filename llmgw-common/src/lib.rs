@@ -45,6 +45,11 @@ pub const MAP_LOCAL: &str = "LLMGW_LOCAL";
 /// Index of the listener array that holds the destination-check switch
 /// rather than a port (port 0 is never listened on).
 pub const DST_CHECK_SLOT: u32 = 0;
+/// The port under which a port-set class keeps the rule to charge for a
+/// packet whose port is unknown (a non-first fragment, an IPv6 header chain
+/// longer than the program walks): the lowest rule id of the class. No
+/// listener has port 0.
+pub const UNKNOWN_PORT: u16 = 0;
 /// Entries of `MAP_LOCAL` (a host with kube-proxy in IPVS mode carries
 /// every ClusterIP on a dummy interface).
 pub const LOCAL_ENTRIES: u32 = 16384;

@@ -307,8 +307,10 @@ mod prog {
                 }
                 _ => return Verdict::pass(stat::PASS_NOT_TCP_UDP),
             }
-            if off > MAX_OFFSET {
-                return MALFORMED;
+            if off > MAX_OFFSET - 4 {
+                // A chain longer than we read (the kernel takes it): the
+                // port is unknown, not the packet malformed.
+                return unknown_port(lookup_v6(src), dst);
             }
         }
         match next {
@@ -482,20 +484,33 @@ mod prog {
         Verdict::drop(rule, false)
     }
 
-    /// A packet whose port we cannot know (non-first fragment, header chain
-    /// beyond the walk bound): dropped only if its source is denied on every
-    /// listener port.
+    /// A packet whose port we cannot know (non-first fragment, a header
+    /// chain longer than the walk reads): dropped when its source is denied
+    /// at all, on every listener port or on some (charged to the class's
+    /// lowest rule, kept under port [`common::UNKNOWN_PORT`]), and it is
+    /// addressed to the gateway. A denied source must not get past a
+    /// port-scoped rule by hiding its port.
     #[inline(always)]
     fn unknown_port(value: Option<DenyValue>, dst: Dst<'_>) -> Verdict {
-        match value {
-            Some(v) if v.all_ports_rule != common::NONE => {
-                if !ours(dst) {
-                    return Verdict::pass(stat::PASS_NOT_LOCAL);
-                }
-                Verdict::drop(v.all_ports_rule, true)
+        let Some(v) = value else {
+            return Verdict::pass(stat::PASS_UNKNOWN_PORT);
+        };
+        let mut rule = v.all_ports_rule;
+        if rule == common::NONE && v.class != common::NONE {
+            // SAFETY: as in `decide`.
+            if let Some(r) =
+                unsafe { PORTSET.get(ClassPortKey::new(v.class, common::UNKNOWN_PORT)) }
+            {
+                rule = *r;
             }
-            _ => Verdict::pass(stat::PASS_UNKNOWN_PORT),
         }
+        if rule == common::NONE {
+            return Verdict::pass(stat::PASS_UNKNOWN_PORT);
+        }
+        if !ours(dst) {
+            return Verdict::pass(stat::PASS_NOT_LOCAL);
+        }
+        Verdict::drop(rule, true)
     }
 
     #[panic_handler]

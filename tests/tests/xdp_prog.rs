@@ -274,11 +274,12 @@ fn ipv4_fragments() {
     let junk = [0u8; 32];
     assert_eq!(run(&mut p, &frag("10.0.0.5", 185, true, &junk)), DROP);
     assert_eq!(run(&mut p, &frag("10.0.0.5", 185, false, &junk)), DROP);
-    assert_eq!(p.stats().unwrap().counter("drop_unknown_port"), 2);
-    // ... but not from port-scoped or clean sources.
-    assert_eq!(run(&mut p, &frag("10.9.0.5", 185, false, &junk)), PASS);
+    // ... and from sources denied on some ports (a fragment hides its
+    // port), charged to that source's rule; not from clean sources.
+    assert_eq!(run(&mut p, &frag("10.9.0.5", 185, false, &junk)), DROP);
+    assert_eq!(p.stats().unwrap().counter("drop_unknown_port"), 3);
     assert_eq!(run(&mut p, &frag("172.16.0.1", 185, false, &junk)), PASS);
-    assert_eq!(p.stats().unwrap().counter("pass_unknown_port"), 2);
+    assert_eq!(p.stats().unwrap().counter("pass_unknown_port"), 1);
 }
 
 #[test]
@@ -329,12 +330,14 @@ fn ipv6_extension_headers() {
     assert_eq!(run(&mut p, &pkt(denied, &six, 22)), PASS);
     assert_eq!(run(&mut p, &pkt(scoped, &six, 80)), DROP);
     assert_eq!(run(&mut p, &pkt(scoped, &six, 443)), PASS);
-    // Seven: beyond the bound, the port is unknown: dropped only from a
-    // source denied on every listener port (whatever the real port).
+    // Seven: beyond the bound, the port is unknown: dropped from any
+    // denied source (whatever the real port), so a port-scoped rule cannot
+    // be slipped past with more headers; a clean source passes.
     let mut seven = six.clone();
     seven.push(one(DSTOPTS, 0));
     assert_eq!(run(&mut p, &pkt(denied, &seven, 22)), DROP);
-    assert_eq!(run(&mut p, &pkt(scoped, &seven, 80)), PASS);
+    assert_eq!(run(&mut p, &pkt(scoped, &seven, 80)), DROP);
+    assert_eq!(run(&mut p, &pkt(scoped, &seven, 22)), DROP);
     assert_eq!(run(&mut p, &pkt(v6("2001:db8::2"), &seven, 80)), PASS);
     // Non-first fragments.
     let nonfirst = |src| {
@@ -351,7 +354,8 @@ fn ipv6_extension_headers() {
         )
     };
     assert_eq!(run(&mut p, &nonfirst(denied)), DROP);
-    assert_eq!(run(&mut p, &nonfirst(scoped)), PASS);
+    assert_eq!(run(&mut p, &nonfirst(scoped)), DROP);
+    assert_eq!(run(&mut p, &nonfirst(v6("2001:db8::2"))), PASS);
     // ESP, ICMPv6, "no next header": not TCP/UDP.
     for proto in [frames::ESP, frames::ICMPV6, 59] {
         let f = frames::eth(

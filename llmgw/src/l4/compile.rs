@@ -297,10 +297,12 @@ pub(crate) fn compile(rules: &L4Rules, current: &State) -> Result<State, L4Error
         current.classes.iter().map(|(id, c)| (c, *id)).collect();
     let mut class_ids = IdAlloc::new(current.classes.keys().copied());
     let mut interned: HashMap<ClassContent, u32> = HashMap::new();
-    let mut intern = |ports: BTreeMap<u16, u32>, classes: &mut BTreeMap<u32, ClassContent>| {
-        if ports.is_empty() {
+    let mut intern = |mut ports: BTreeMap<u16, u32>, classes: &mut BTreeMap<u32, ClassContent>| {
+        let Some(lowest) = ports.values().min().copied() else {
             return common::NONE;
-        }
+        };
+        // Packets whose port is unknown are charged to the lowest rule.
+        ports.insert(common::UNKNOWN_PORT, lowest);
         let content: ClassContent = ports.into_iter().collect();
         if let Some(id) = interned.get(&content) {
             return *id;
@@ -396,12 +398,18 @@ mod tests {
         let s = compile(&rules, &State::default()).unwrap();
         let host = v4(&s, "10.0.0.7/32");
         assert_eq!(host.all_ports_rule, rule_id(&s, "net"));
-        assert_eq!(s.classes[&host.class], vec![(443, rule_id(&s, "host"))]);
+        // Port 0 (UNKNOWN_PORT) charges packets without a known port to the
+        // class's lowest rule.
+        assert_eq!(
+            s.classes[&host.class],
+            vec![(0, rule_id(&s, "host")), (443, rule_id(&s, "host"))]
+        );
         let inner = v4(&s, "10.9.1.0/24");
         assert_eq!(inner.all_ports_rule, 0);
         assert_eq!(
             s.classes[&inner.class],
             vec![
+                (0, rule_id(&s, "scoped").min(rule_id(&s, "inner"))),
                 (80, rule_id(&s, "scoped")),
                 (443, rule_id(&s, "scoped")),
                 (8080, rule_id(&s, "inner"))

@@ -154,7 +154,12 @@ fn state_prefixes(state: &State) -> Vec<PrefixStatus> {
         ports: state
             .classes
             .get(&v.class)
-            .map(|c| c.iter().map(|(p, r)| (*p, name(*r))).collect())
+            .map(|c| {
+                c.iter()
+                    .filter(|(p, _)| *p != common::UNKNOWN_PORT)
+                    .map(|(p, r)| (*p, name(*r)))
+                    .collect()
+            })
             .unwrap_or_default(),
     };
     let mut out: Vec<PrefixStatus> = Vec::with_capacity(state.v4.len() + state.v6.len());
