@@ -273,6 +273,7 @@ fn run_gateway(config: ConfigArgs, run: RunArgs) -> Result<ExitCode> {
         .context("starting the async runtime")?;
     let mut hooks = Hooks::default();
     if let Some(follower) = start_l4(&opts, &run)? {
+        let follower = Arc::new(follower);
         let stats = follower.stats();
         hooks.metrics.push(Arc::new(move |out: &mut String| {
             if let Ok(slot) = stats.lock()
@@ -280,6 +281,14 @@ fn run_gateway(config: ConfigArgs, run: RunArgs) -> Result<ExitCode> {
             {
                 llmgw::observe::metrics::render_xdp(out, s);
             }
+        }));
+        let early = follower.clone();
+        hooks.before_bind.push(Box::new(move |current, next| {
+            let (current, next) = (
+                llmgw::policy::l4::rules(current),
+                llmgw::policy::l4::rules(next),
+            );
+            l4::Follower::ports_first(&current, &next).map(|r| early.update_acked(r))
         }));
         hooks.on_apply.push(Box::new(move |s| {
             follower.update(llmgw::policy::l4::rules(s))

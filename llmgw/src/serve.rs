@@ -108,16 +108,47 @@ pub enum ServeError {
 /// successful reload), after the swap. The L4 plane syncs its maps here.
 pub type SnapshotHook = Box<dyn FnMut(&Snapshot) + Send>;
 
+/// Called on reload with the snapshot in service and the one about to
+/// replace it, before new listeners are bound; what it returns is awaited
+/// (for at most [`PREPARE_PATIENCE`]) before they are. The L4 plane puts new
+/// listener ports in force here, so a denied client never finds a new port
+/// open before XDP knows it.
+pub type PrepareHook = Box<dyn FnMut(&Snapshot, &Snapshot) -> Option<Prepared> + Send>;
+
+/// Resolves when a [`PrepareHook`]'s work is done.
+pub type Prepared = tokio::sync::oneshot::Receiver<()>;
+
+/// How long a reload waits for its [`PrepareHook`]s before binding anyway
+/// (the L7 plane enforces every rule meanwhile).
+pub const PREPARE_PATIENCE: Duration = Duration::from_secs(2);
+
 /// Appends more Prometheus text to `/metrics` (other planes' counters).
 pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
 
 #[derive(Default)]
 pub struct Hooks {
+    pub before_bind: Vec<PrepareHook>,
     pub on_apply: Vec<SnapshotHook>,
     pub metrics: Vec<MetricsSource>,
 }
 
 impl Hooks {
+    async fn prepare(&mut self, current: &Snapshot, next: &Snapshot) {
+        let waits: Vec<Prepared> = self
+            .before_bind
+            .iter_mut()
+            .filter_map(|h| h(current, next))
+            .collect();
+        for w in waits {
+            if tokio::time::timeout(PREPARE_PATIENCE, w).await.is_err() {
+                warn!(
+                    "the L4 plane took over {PREPARE_PATIENCE:?} to take the new listener ports; \
+                     binding them anyway (L7 enforces every rule meanwhile)"
+                );
+            }
+        }
+    }
+
     fn applied(&mut self, s: &Snapshot) {
         for h in &mut self.on_apply {
             h(s);
@@ -467,6 +498,9 @@ async fn reload(
         Ok(l) => l,
         Err(e) => return fail(e.to_string()),
     };
+    let current = proxy.live.load_full();
+    hooks.prepare(&current.snapshot, &live.snapshot).await;
+    drop(current);
     let bound = match listeners.bind_new(&live).await {
         Ok(b) => b,
         Err(e) => return fail(e.to_string()),

@@ -53,6 +53,13 @@ spec:
     to: [{operation: {hosts: [blocked.test]}}]
 "#;
 
+/// A second Gateway listening on `port` (no route is bound to it).
+fn extra_gateway(port: u16) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: extra-gw, namespace: istio-system}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers: [{{port: {{number: {port}, name: extra, protocol: HTTP}}, hosts: [\"*\"]}}]\n"
+    )
+}
+
 /// One HTTP/1.1 POST from the calling thread's namespace: the status, or
 /// `None` when no connection could be made within `timeout`.
 fn post(addr: SocketAddr, host: &str, timeout: Duration) -> Option<(u16, String)> {
@@ -356,6 +363,42 @@ fn xdp_drops_denied_networks_while_l7_answers_host_policies() {
             other => panic!("denied client answered {other:?} while the rule came back"),
         }
     }
+
+    // A reload that adds a listener port puts the port in XDP before it
+    // binds it: a denied client hammering the new port never connects
+    // (refused while nothing listens, dropped after).
+    let extra_port = sa(netns::GW_V4_DENY_SIDE, PORT + 1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let connected = Arc::new(AtomicU64::new(0));
+    let probe = {
+        let (stop, connected) = (stop.clone(), connected.clone());
+        topo.deny.spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if TcpStream::connect_timeout(&extra_port, Duration::from_millis(50)).is_ok() {
+                    connected.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let with_port = format!("{POLICIES}{L7_POLICY}---\n{}", extra_gateway(PORT + 1));
+    reconfigure(&topo.gw, &policy, &with_port);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    probe.join().expect("probe");
+    assert_eq!(
+        connected.load(Ordering::Relaxed),
+        0,
+        "the denied client connected to a new port before XDP knew it"
+    );
+    let allowed_extra = sa(netns::GW_V4_ALLOW_SIDE, PORT + 1);
+    assert_eq!(
+        topo.allow
+            .run(move || post(allowed_extra, "test.com", patient))
+            .map(|(s, _)| s),
+        Some(404),
+        "the new port serves (no route is bound to it)"
+    );
+    reconfigure(&topo.gw, &policy, &format!("{POLICIES}{L7_POLICY}"));
 
     // kill -9, a restart that fails on a bad configuration, and a good
     // restart, while the denied client keeps trying. With nothing listening

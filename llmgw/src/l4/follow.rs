@@ -14,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use super::{Destinations, L4Rules, Plane, PlaneStats};
@@ -21,10 +22,13 @@ use super::{Destinations, L4Rules, Plane, PlaneStats};
 /// How stale the published counters may be.
 const STATS_EVERY: Duration = Duration::from_secs(5);
 
+/// Rules to put in force, and whom to tell once they are (or failed).
+type Update = (L4Rules, Option<oneshot::Sender<()>>);
+
 /// The sending side; dropping it ends the thread (the pins stay, so
 /// protection outlives the process until `llmgw xdp detach`).
 pub struct Follower {
-    tx: Sender<L4Rules>,
+    tx: Sender<Update>,
     stats: Arc<Mutex<Option<PlaneStats>>>,
 }
 
@@ -43,7 +47,36 @@ impl Follower {
     /// Queues `rules` to be put in force.
     pub fn update(&self, rules: L4Rules) {
         // A closed channel means the thread died, which it logged.
-        let _ = self.tx.send(rules);
+        let _ = self.tx.send((rules, None));
+    }
+
+    /// Queues `rules`; the answer resolves once they (or newer rules) were
+    /// synced, or the sync failed (the thread logs why).
+    pub fn update_acked(&self, rules: L4Rules) -> oneshot::Receiver<()> {
+        let (done, wait) = oneshot::channel();
+        let _ = self.tx.send((rules, Some(done)));
+        wait
+    }
+
+    /// For a reload from `current` to `next`: when `next` listens on ports
+    /// `current` does not, the rules in force with those ports added, to be
+    /// synced before the new ports are bound (so a denied client finds no
+    /// new port open before XDP drops it there). Should the reload then
+    /// fail, XDP guards ports nothing listens on, which costs nothing.
+    pub fn ports_first(current: &L4Rules, next: &L4Rules) -> Option<L4Rules> {
+        let new: Vec<u16> = next
+            .listener_ports
+            .iter()
+            .filter(|p| !current.listener_ports.contains(p))
+            .copied()
+            .collect();
+        if new.is_empty() {
+            return None;
+        }
+        let mut r = current.clone();
+        r.listener_ports.extend(new);
+        r.listener_ports.sort_unstable();
+        Some(r)
     }
 
     /// A handle on the latest counters (refreshed every few seconds).
@@ -52,15 +85,19 @@ impl Follower {
     }
 }
 
-fn run(mut plane: Plane, rx: Receiver<L4Rules>, stats: Arc<Mutex<Option<PlaneStats>>>) {
+fn run(mut plane: Plane, rx: Receiver<Update>, stats: Arc<Mutex<Option<PlaneStats>>>) {
     let mut in_force: Option<L4Rules> = None;
     // The host's addresses at the last sync of rules that name them.
     let mut addresses: Option<Vec<std::net::IpAddr>> = None;
     loop {
         publish(&plane, &stats);
         let mut resync = false;
+        let mut acks = Vec::new();
         let mut rules = match rx.recv_timeout(STATS_EVERY) {
-            Ok(r) => r,
+            Ok((r, ack)) => {
+                acks.extend(ack);
+                r
+            }
             Err(RecvTimeoutError::Timeout) => {
                 // Addresses come and go (DHCP, a new interface): follow them.
                 match &in_force {
@@ -79,9 +116,12 @@ fn run(mut plane: Plane, rx: Receiver<L4Rules>, stats: Arc<Mutex<Option<PlaneSta
             Err(RecvTimeoutError::Disconnected) => return,
         };
         // Only the newest rules matter.
-        while let Ok(newer) = rx.try_recv() {
+        while let Ok((newer, ack)) = rx.try_recv() {
             rules = newer;
+            acks.extend(ack);
         }
+        // Whatever happens below, those waiting hear of it.
+        let _acks = Acked(acks);
         if !resync && in_force.as_ref() == Some(&rules) {
             continue;
         }
@@ -102,6 +142,17 @@ fn run(mut plane: Plane, rx: Receiver<L4Rules>, stats: Arc<Mutex<Option<PlaneSta
                 in_force = Some(rules);
             }
             Err(e) => error!("XDP sync failed, the previous deny set stays in force: {e}"),
+        }
+    }
+}
+
+/// Answers its waiters when dropped.
+struct Acked(Vec<oneshot::Sender<()>>);
+
+impl Drop for Acked {
+    fn drop(&mut self) {
+        for a in self.0.drain(..) {
+            let _ = a.send(());
         }
     }
 }
@@ -127,5 +178,38 @@ fn sorted_host_addresses() -> Option<Vec<std::net::IpAddr>> {
             warn!("reading the host's addresses: {e}");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(ports: &[u16]) -> L4Rules {
+        L4Rules {
+            entries: Vec::new(),
+            listener_ports: ports.to_vec(),
+            destinations: Destinations::Host,
+        }
+    }
+
+    #[test]
+    fn new_listener_ports_go_first_with_the_rules_in_force() {
+        let mut current = rules(&[80, 443]);
+        current.entries.push(super::super::DenyEntry {
+            net: "192.0.2.0/24".parse().unwrap(),
+            rule: "ns/p[0]".into(),
+            ports: None,
+        });
+        // The next snapshot drops the rule and 443, and adds 8080: first
+        // the current rules on 80, 443 and 8080.
+        let mut next = rules(&[8080, 80]);
+        next.destinations = Destinations::Any;
+        let first = Follower::ports_first(&current, &next).expect("a new port");
+        assert_eq!(first.listener_ports, vec![80, 443, 8080]);
+        assert_eq!(first.entries, current.entries);
+        assert_eq!(first.destinations, Destinations::Host);
+        // No new port: nothing to do first.
+        assert_eq!(Follower::ports_first(&current, &rules(&[443])), None);
     }
 }
