@@ -3,7 +3,8 @@
 //! so a long sync (a million prefixes) never holds up reloads or signals,
 //! and a burst of reloads collapses into one sync of the latest rules. The
 //! same thread reads the program's counters every few seconds for metrics,
-//! and re-reads the host's addresses when the rules name them.
+//! and re-reads the host's addresses when the rules name them: when the
+//! kernel announces a change (netlink), and every few seconds anyway.
 
 use std::{
     sync::{
@@ -22,18 +23,33 @@ use super::{Destinations, L4Rules, Plane, PlaneStats};
 /// How stale the published counters may be.
 const STATS_EVERY: Duration = Duration::from_secs(5);
 
-/// Rules to put in force, and whom to tell once they are (or failed).
-type Update = (L4Rules, Option<oneshot::Sender<()>>);
+/// What the L4 thread is told.
+enum Msg {
+    /// Rules to put in force, and whom to tell once they are (or failed).
+    Rules(L4Rules, Option<oneshot::Sender<()>>),
+    /// The kernel announced an address change.
+    Addresses,
+    Stop,
+}
 
 /// The sending side; dropping it ends the thread (the pins stay, so
 /// protection outlives the process until `llmgw xdp detach`).
 pub struct Follower {
-    tx: Sender<Update>,
+    tx: Sender<Msg>,
     stats: Arc<Mutex<Option<PlaneStats>>>,
 }
 
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Msg::Stop);
+    }
+}
+
 impl Follower {
-    /// Moves `plane` to its own thread.
+    /// Moves `plane` to its own thread, and starts a second one that wakes
+    /// it when the kernel announces an address change (so a new address of
+    /// the host is protected within milliseconds; without netlink, within
+    /// [`STATS_EVERY`]).
     pub fn start(plane: Plane) -> std::io::Result<Follower> {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Mutex::new(None));
@@ -41,20 +57,37 @@ impl Follower {
         thread::Builder::new()
             .name("llmgw-l4".into())
             .spawn(move || run(plane, rx, published))?;
+        match super::sys::AddressEvents::open() {
+            Ok(events) => {
+                let wake = tx.clone();
+                thread::Builder::new()
+                    .name("llmgw-l4-addr".into())
+                    .spawn(move || {
+                        while events.wait().is_ok() {
+                            if wake.send(Msg::Addresses).is_err() {
+                                return;
+                            }
+                        }
+                    })?;
+            }
+            Err(e) => warn!(
+                "cannot watch address changes ({e}); the host's addresses are re-read every {STATS_EVERY:?}"
+            ),
+        }
         Ok(Follower { tx, stats })
     }
 
     /// Queues `rules` to be put in force.
     pub fn update(&self, rules: L4Rules) {
         // A closed channel means the thread died, which it logged.
-        let _ = self.tx.send((rules, None));
+        let _ = self.tx.send(Msg::Rules(rules, None));
     }
 
     /// Queues `rules`; the answer resolves once they (or newer rules) were
     /// synced, or the sync failed (the thread logs why).
     pub fn update_acked(&self, rules: L4Rules) -> oneshot::Receiver<()> {
         let (done, wait) = oneshot::channel();
-        let _ = self.tx.send((rules, Some(done)));
+        let _ = self.tx.send(Msg::Rules(rules, Some(done)));
         wait
     }
 
@@ -85,46 +118,51 @@ impl Follower {
     }
 }
 
-fn run(mut plane: Plane, rx: Receiver<Update>, stats: Arc<Mutex<Option<PlaneStats>>>) {
+fn run(mut plane: Plane, rx: Receiver<Msg>, stats: Arc<Mutex<Option<PlaneStats>>>) {
     let mut in_force: Option<L4Rules> = None;
     // The host's addresses at the last sync of rules that name them.
     let mut addresses: Option<Vec<std::net::IpAddr>> = None;
     loop {
         publish(&plane, &stats);
-        let mut resync = false;
         let mut acks = Vec::new();
-        let mut rules = match rx.recv_timeout(STATS_EVERY) {
-            Ok((r, ack)) => {
+        let mut rules = None;
+        match rx.recv_timeout(STATS_EVERY) {
+            Ok(Msg::Rules(r, ack)) => {
                 acks.extend(ack);
-                r
+                rules = Some(r);
             }
-            Err(RecvTimeoutError::Timeout) => {
-                // Addresses come and go (DHCP, a new interface): follow them.
-                match &in_force {
-                    Some(r) if r.destinations == Destinations::Host => {
-                        let now = sorted_host_addresses();
-                        if now.is_none() || now == addresses {
-                            continue;
-                        }
-                        info!("the host's addresses changed; updating XDP's destination set");
-                        resync = true;
-                        r.clone()
-                    }
-                    _ => continue,
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
+            // Addresses come and go (DHCP, a new interface): re-read them
+            // when the kernel says so, and every few seconds anyway.
+            Ok(Msg::Addresses) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+        }
         // Only the newest rules matter.
-        while let Ok((newer, ack)) = rx.try_recv() {
-            rules = newer;
-            acks.extend(ack);
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                Msg::Rules(newer, ack) => {
+                    rules = Some(newer);
+                    acks.extend(ack);
+                }
+                Msg::Addresses => {}
+                Msg::Stop => return,
+            }
         }
         // Whatever happens below, those waiting hear of it.
         let _acks = Acked(acks);
-        if !resync && in_force.as_ref() == Some(&rules) {
-            continue;
-        }
+        let rules = match rules {
+            Some(r) if in_force.as_ref() != Some(&r) => r,
+            _ => match &in_force {
+                Some(r) if r.destinations == Destinations::Host => {
+                    let now = sorted_host_addresses();
+                    if now.is_none() || now == addresses {
+                        continue;
+                    }
+                    info!("the host's addresses changed; updating XDP's destination set");
+                    r.clone()
+                }
+                _ => continue,
+            },
+        };
         let seen = (rules.destinations == Destinations::Host)
             .then(sorted_host_addresses)
             .flatten();

@@ -1,7 +1,7 @@
 //! The few system calls aya does not wrap: BPF_OBJ_GET / BPF_LINK_DETACH /
 //! link info on pinned links, BPF_MAP_UPDATE_BATCH, capability and bpffs
 //! checks, the bpffs mount, the (optional) RLIMIT_MEMLOCK raise, and the
-//! host's interface addresses.
+//! host's interface addresses and their changes (netlink).
 
 use std::{
     ffi::CString,
@@ -253,4 +253,64 @@ pub(crate) fn interface_addresses() -> io::Result<Vec<std::net::IpAddr>> {
     // SAFETY: the list from getifaddrs, freed once.
     unsafe { libc::freeifaddrs(head) };
     Ok(out)
+}
+
+/// A netlink socket subscribed to the kernel's address announcements
+/// (`RTM_NEWADDR` / `RTM_DELADDR`, IPv4 and IPv6) in this network namespace.
+pub(crate) struct AddressEvents(OwnedFd);
+
+impl AddressEvents {
+    pub(crate) fn open() -> io::Result<Self> {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: plain socket(2); the fd is owned at once.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new socket nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: an all-zero sockaddr_nl is valid; fields set below.
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        sa.nl_groups = (libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
+        // SAFETY: `sa` is a sockaddr_nl of the size given.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sa as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self(fd))
+    }
+
+    /// Blocks until the kernel announces an address change (or the socket's
+    /// buffer overflowed, which means changes were missed: also a change).
+    pub(crate) fn wait(&self) -> io::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        let mut buf = [0u8; 8192];
+        loop {
+            // SAFETY: reads into `buf`, within its length.
+            let n =
+                unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n > 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ENOBUFS) => return Ok(()),
+                _ => return Err(e),
+            }
+        }
+    }
 }
