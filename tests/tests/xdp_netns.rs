@@ -575,10 +575,26 @@ fn gateway_runs_without_xdp_privileges_and_refuses_an_unknown_interface() {
         .output()
         .expect("llmgw run");
     let err = String::from_utf8_lossy(&out.stderr);
+    // Interfaces are resolved before anything is pinned: nothing is left.
+    let left = bpf_root.exists();
     let _ = llmgw::l4::detach(&bpf_root);
     assert!(
         !out.status.success(),
         "started without its interface: {err}"
     );
     assert!(err.contains("llmgw-nope0"), "{err}");
+    assert!(!left, "a failed start left pins behind");
+
+    // A pin root that is not on bpffs (a mistyped --bpf-root, a missing
+    // mount) is a configuration error, not "no privileges": exit non-zero.
+    let not_bpffs = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(workspace_bin("llmgw"))
+        .args(args("lo"))
+        .env("API_KEY", "sk-root")
+        .env("LLMGW_BPF_ROOT", not_bpffs.path().join("llmgw"))
+        .output()
+        .expect("llmgw run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "served without its pin root: {err}");
+    assert!(err.contains("not a bpf filesystem"), "{err}");
 }

@@ -81,10 +81,12 @@ pub enum L4Error {
 
 impl L4Error {
     /// `true` when XDP cannot run on this host as this process (missing
-    /// privileges or bpffs): the caller should turn the plane off, not fail.
+    /// privileges): the caller should turn the plane off, not fail. A pin
+    /// root that is not on bpffs is a configuration error (a mistyped
+    /// `--bpf-root`, a missing hostPath mount), not that.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Self::NotPermitted(_) | Self::NoBpffs { .. } => true,
+            Self::NotPermitted(_) => true,
             // EPERM from bpf(2) when loading or attaching: missing privileges
             // (a lockdown LSM, a seccomp filter, user namespaces).
             Self::Load(_) | Self::Program { .. } | Self::Attach { .. } => permission_denied(self),

@@ -136,8 +136,13 @@ impl Plane {
         mode: XdpMode,
         rules: &L4Rules,
     ) -> Result<Self, L4Error> {
+        // Every interface must exist before anything is pinned or attached:
+        // a failed start leaves nothing behind.
         for i in ifaces {
             check_iface(i)?;
+            if sys::ifindex(i).is_none() {
+                return Err(L4Error::UnknownInterface(i.clone()));
+            }
         }
         if let Some(why) = sys::missing_privileges() {
             return Err(L4Error::NotPermitted(why));

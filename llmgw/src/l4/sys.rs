@@ -314,3 +314,11 @@ impl AddressEvents {
         }
     }
 }
+
+/// The index of interface `name` in this network namespace.
+pub(crate) fn ifindex(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: a NUL-terminated name; if_nametoindex only reads it.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
