@@ -598,3 +598,58 @@ fn gateway_runs_without_xdp_privileges_and_refuses_an_unknown_interface() {
     assert!(!out.status.success(), "served without its pin root: {err}");
     assert!(err.contains("not a bpf filesystem"), "{err}");
 }
+
+/// Pins are named by interface. Another network namespace with an interface
+/// of the same name, sharing the pin root, must not adopt (or detach) a link
+/// that is not on its interface; the namespace that made it still can.
+#[test]
+fn a_link_pinned_in_another_namespace_is_not_adopted() {
+    if !privileged("a_link_pinned_in_another_namespace_is_not_adopted") {
+        return;
+    }
+    use llmgw::l4::{self, L4Error, L4Rules, Plane, PlaneOptions, XdpMode};
+    let (na, nb) = (unique("forA"), unique("forB"));
+    let (a, b) = (Netns::new(&na), Netns::new(&nb));
+    for ns in [&a, &b] {
+        ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+        ns.ip(&["link", "set", "d0", "up"]);
+        ns.ip(&["link", "set", "d1", "up"]);
+    }
+    let root = PathBuf::from("/sys/fs/bpf").join(&na);
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = l4::detach(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(root.clone());
+    let opts = PlaneOptions {
+        bpf_root: root.clone(),
+        v4_filter: true,
+    };
+    let rules = L4Rules {
+        entries: Vec::new(),
+        listener_ports: vec![80],
+        destinations: Default::default(),
+    };
+    let ifaces = vec!["d0".to_string()];
+    let start = |ns: &Netns| {
+        let (o, i, r) = (opts.clone(), ifaces.clone(), rules.clone());
+        ns.run(move || {
+            Plane::start_with(&o, &i, XdpMode::Auto, &r)
+                .map(drop)
+                .map_err(Box::new)
+        })
+    };
+    start(&a).expect("first start in A");
+    let link = l4::status(&root).unwrap().links[0].link_id;
+    match start(&b).map_err(|e| *e) {
+        Err(L4Error::ForeignPin { iface, .. }) => assert_eq!(iface, "d0"),
+        other => panic!("B adopted A's link: {other:?}"),
+    }
+    // A's link is untouched, and A adopts it again.
+    start(&a).expect("A again");
+    assert_eq!(l4::status(&root).unwrap().links[0].link_id, link);
+    assert!(a.run(|| netns::ip_out(&["-d", "link", "show", "d0"]).contains("xdp")));
+    assert!(!b.run(|| netns::ip_out(&["-d", "link", "show", "d0"]).contains("xdp")));
+}

@@ -50,6 +50,12 @@ pub enum L4Error {
     NotPinned(PathBuf),
     #[error("interface {0:?} not found")]
     UnknownInterface(String),
+    #[error(
+        "the XDP link pinned at {path} is not on this network namespace's {iface} \
+         (another namespace uses the same pin root, or the interface was renamed): \
+         give each network namespace its own --bpf-root, or remove it with `llmgw xdp detach`"
+    )]
+    ForeignPin { iface: String, path: PathBuf },
     #[error("invalid interface name {0:?}")]
     BadInterfaceName(String),
     #[error("attaching to {iface} in {mode} mode: {source}")]

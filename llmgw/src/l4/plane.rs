@@ -191,6 +191,25 @@ impl Plane {
             _lock: lock,
         };
 
+        // Links are pinned by interface name: before touching anything, make
+        // sure each live one is on this network namespace's interface of
+        // that name (another namespace sharing the pin root, or a renamed
+        // interface, must not be adopted or detached from here).
+        for (iface, _, path) in pinned_links(&plane.dir)? {
+            let Ok((_, prog, ifindex)) = sys::obj_get(&path).and_then(|fd| sys::xdp_link_info(&fd))
+            else {
+                continue;
+            };
+            if ifindex == 0 {
+                continue; // defunct: replaced below
+            }
+            let here = sys::ifindex(&iface) == Some(ifindex)
+                && sys::xdp_prog_ids(ifindex).map_or(true, |ids| ids.contains(&prog));
+            if !here {
+                return Err(L4Error::ForeignPin { iface, path });
+            }
+        }
+
         // The maps first, while a pinned program (if any) still runs on
         // them: every sync step is safe for it, and the program that
         // replaces it below then finds the maps complete (a newer program

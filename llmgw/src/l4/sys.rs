@@ -322,3 +322,84 @@ pub(crate) fn ifindex(name: &str) -> Option<u32> {
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (i != 0).then_some(i)
 }
+
+/// The ids of the XDP programs attached to interface `ifindex` of this
+/// network namespace, as rtnetlink reports them (`IFLA_XDP`): empty when
+/// none is, or the interface is not here.
+pub(crate) fn xdp_prog_ids(ifindex: u32) -> io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd as _;
+    const RTM_NEWLINK: u16 = 16;
+    const RTM_GETLINK: u16 = 18;
+    const NLMSG_ERROR: u16 = 2;
+    const IFLA_XDP: u16 = 43;
+    // IFLA_XDP_PROG_ID, _DRV_PROG_ID, _SKB_PROG_ID, _HW_PROG_ID.
+    const PROG_IDS: [u16; 4] = [4, 5, 6, 7];
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new socket nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // nlmsghdr (16 bytes) + ifinfomsg (16 bytes).
+    let mut req = [0u8; 32];
+    req[0..4].copy_from_slice(&32u32.to_ne_bytes());
+    req[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
+    req[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    req[20..24].copy_from_slice(&(ifindex as i32).to_ne_bytes());
+    // SAFETY: sends `req` to the kernel (the default destination of an
+    // unbound netlink socket).
+    let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: reads into `buf`, within its length.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let msg = &buf[..n as usize];
+    let u16_at = |b: &[u8], i: usize| b.get(i..i + 2).map(|x| u16::from_ne_bytes([x[0], x[1]]));
+    match u16_at(msg, 4) {
+        Some(RTM_NEWLINK) => {}
+        Some(NLMSG_ERROR) => return Ok(Vec::new()), // ENODEV: not here
+        _ => return Err(io::Error::other("unexpected rtnetlink answer")),
+    }
+    let len = (u16_at(msg, 0).unwrap_or(0) as usize).min(msg.len());
+    let attrs = |b: &'_ [u8]| {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while let (Some(l), Some(t)) = (u16_at(b, i), u16_at(b, i + 2)) {
+            let l = l as usize;
+            if l < 4 || i + l > b.len() {
+                break;
+            }
+            out.push((t & 0x3fff, b[i + 4..i + l].to_vec()));
+            i += (l + 3) & !3;
+        }
+        out
+    };
+    let mut ids = Vec::new();
+    for (t, v) in attrs(&msg[32.min(len)..len]) {
+        if t != IFLA_XDP {
+            continue;
+        }
+        for (t, v) in attrs(&v) {
+            if PROG_IDS.contains(&t) && v.len() >= 4 {
+                let id = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
+                if id != 0 && !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+    }
+    Ok(ids)
+}
