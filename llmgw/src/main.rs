@@ -381,7 +381,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("llmgw: {e:#}");
+            eprintln!("llmgw: {}", llmgw::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

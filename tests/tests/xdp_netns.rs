@@ -653,3 +653,55 @@ fn a_link_pinned_in_another_namespace_is_not_adopted() {
     assert!(a.run(|| netns::ip_out(&["-d", "link", "show", "d0"]).contains("xdp")));
     assert!(!b.run(|| netns::ip_out(&["-d", "link", "show", "d0"]).contains("xdp")));
 }
+
+/// An interface that already has an XDP program (here: another pin root's)
+/// is refused with a message that says so, in any mode.
+#[test]
+fn an_interface_with_another_xdp_program_is_refused_clearly() {
+    if !privileged("an_interface_with_another_xdp_program_is_refused_clearly") {
+        return;
+    }
+    use llmgw::l4::{self, L4Rules, Plane, PlaneOptions, XdpMode};
+    let name = unique("busy");
+    let ns = Netns::new(&name);
+    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+    ns.ip(&["link", "set", "d0", "up"]);
+    ns.ip(&["link", "set", "d1", "up"]);
+    let roots = [
+        PathBuf::from("/sys/fs/bpf").join(format!("{name}-a")),
+        PathBuf::from("/sys/fs/bpf").join(format!("{name}-b")),
+    ];
+    struct Cleanup(Vec<PathBuf>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for r in &self.0 {
+                let _ = l4::detach(r);
+            }
+        }
+    }
+    let _cleanup = Cleanup(roots.to_vec());
+    let start = |root: &PathBuf, mode: XdpMode| {
+        let o = PlaneOptions {
+            bpf_root: root.clone(),
+            v4_filter: true,
+        };
+        let r = L4Rules {
+            entries: Vec::new(),
+            listener_ports: vec![80],
+            destinations: Default::default(),
+        };
+        ns.run(move || {
+            Plane::start_with(&o, &["d0".to_string()], mode, &r)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    };
+    start(&roots[0], XdpMode::Auto).expect("first program");
+    for mode in [XdpMode::Auto, XdpMode::Native] {
+        let err = start(&roots[1], mode).expect_err("a second program on d0");
+        assert!(
+            err.contains("another XDP program") && err.contains("d0"),
+            "{mode}: {err}"
+        );
+    }
+}

@@ -58,6 +58,11 @@ pub enum L4Error {
     ForeignPin { iface: String, path: PathBuf },
     #[error("invalid interface name {0:?}")]
     BadInterfaceName(String),
+    #[error(
+        "another XDP program (not one llmgw pinned here) is attached to {0}; remove it \
+         (`ip link set dev {0} xdp off`) or choose another interface"
+    )]
+    OtherProgram(String),
     #[error("attaching to {iface} in {mode} mode: {source}")]
     Attach {
         iface: String,

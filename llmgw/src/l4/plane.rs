@@ -66,6 +66,20 @@ pub struct Plane {
     _lock: std::fs::File,
 }
 
+/// The OS error code at the bottom of `e`'s chain, if any.
+fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && let Some(code) = io.raw_os_error()
+        {
+            return Some(code);
+        }
+        cur = c.source();
+    }
+    None
+}
+
 fn check_iface(iface: &str) -> Result<(), L4Error> {
     if iface.is_empty()
         || iface.len() > 15
@@ -329,6 +343,9 @@ impl Plane {
                 aya::programs::ProgramError::UnknownInterface { .. } => {
                     L4Error::UnknownInterface(iface.into())
                 }
+                source if os_error(&source) == Some(libc::EBUSY) => {
+                    L4Error::OtherProgram(iface.into())
+                }
                 source => L4Error::Attach {
                     iface: iface.into(),
                     mode: name,
@@ -341,10 +358,13 @@ impl Plane {
             XdpMode::Skb => (attach(prog, Aya::Skb, "skb")?, "skb"),
             XdpMode::Auto => match attach(prog, Aya::Driver, "native") {
                 Ok(id) => (id, "native"),
-                Err(L4Error::UnknownInterface(i)) => return Err(L4Error::UnknownInterface(i)),
+                Err(e @ (L4Error::UnknownInterface(_) | L4Error::OtherProgram(_))) => {
+                    return Err(e);
+                }
                 Err(e) => {
                     tracing::warn!(
-                        "XDP: native mode failed on {iface} ({e}); using generic (skb) mode"
+                        "XDP: native mode failed on {iface} ({}); using generic (skb) mode",
+                        crate::error_chain(&e)
                     );
                     (attach(prog, Aya::Skb, "skb")?, "skb")
                 }
