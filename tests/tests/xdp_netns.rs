@@ -705,3 +705,160 @@ fn an_interface_with_another_xdp_program_is_refused_clearly() {
         );
     }
 }
+
+/// An IPv6 options header of `(n8 + 1) * 8` bytes (next header left for the
+/// kernel), filled with experimental options the receiver skips.
+fn options_header(n8: u8) -> Vec<u8> {
+    let mut h = vec![0u8, n8];
+    let mut rem = (usize::from(n8) + 1) * 8 - 2;
+    while rem > 0 {
+        // An option is 2 bytes of type and length, then up to 255 of data.
+        let data = if rem <= 257 {
+            rem - 2
+        } else if rem - 257 >= 2 {
+            255
+        } else {
+            250
+        };
+        h.extend_from_slice(&[0x1e, data as u8]);
+        h.extend(std::iter::repeat_n(0u8, data));
+        rem -= data + 2;
+    }
+    h
+}
+
+/// A TCP connection to `to` whose packets carry a hop-by-hop and a
+/// destination-options header of `ext` bytes each (none when 0): whether it
+/// was established within a second.
+fn connects_with_options(to: std::net::Ipv6Addr, port: u16, ext: Option<u8>) -> bool {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: plain socket(2), owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: a new socket nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let set = |level: i32, name: i32, v: &[u8]| {
+        // SAFETY: `v` is valid for its length.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                level,
+                name,
+                v.as_ptr().cast(),
+                v.len() as u32,
+            )
+        };
+        assert_eq!(
+            r,
+            0,
+            "setsockopt {name}: {}",
+            std::io::Error::last_os_error()
+        );
+    };
+    if let Some(n8) = ext {
+        let h = options_header(n8);
+        set(libc::IPPROTO_IPV6, libc::IPV6_HOPOPTS, &h);
+        set(libc::IPPROTO_IPV6, libc::IPV6_DSTOPTS, &h);
+    }
+    // A blocking connect gives up after SO_SNDTIMEO.
+    let tv = libc::timeval {
+        tv_sec: 1,
+        tv_usec: 0,
+    };
+    // SAFETY: a timeval, by value.
+    let tv_bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&tv as *const libc::timeval).cast::<u8>(),
+            size_of::<libc::timeval>(),
+        )
+    };
+    set(libc::SOL_SOCKET, libc::SO_SNDTIMEO, tv_bytes);
+    // SAFETY: an all-zero sockaddr_in6 is valid; fields set below.
+    let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    sa.sin6_port = port.to_be();
+    sa.sin6_addr.s6_addr = to.octets();
+    // SAFETY: `sa` is a sockaddr_in6 of the size given.
+    let r = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_in6).cast(),
+            size_of::<libc::sockaddr_in6>() as u32,
+        )
+    };
+    r == 0
+}
+
+/// A denied IPv6 client that stacks option headers so long (2 KiB each, on
+/// a jumbo-frame link) that the port lies past what the program reads is
+/// still dropped: the port is unknown, and the source is denied.
+#[test]
+fn ipv6_headers_past_the_parse_bound_do_not_get_a_denied_client_through() {
+    if !privileged("ipv6_headers_past_the_parse_bound_do_not_get_a_denied_client_through") {
+        return;
+    }
+    use llmgw::l4::{self, DenyEntry, L4Rules, Plane, PlaneOptions, XdpMode};
+    let name = unique("jumbo");
+    let topo = Topology::new(&name);
+    for (ns, dev) in [
+        (&topo.gw, netns::GW_DENY_IF),
+        (&topo.gw, netns::GW_ALLOW_IF),
+        (&topo.deny, "eth0"),
+        (&topo.allow, "eth0"),
+    ] {
+        ns.ip(&["link", "set", dev, "mtu", "9000"]);
+    }
+    let root = PathBuf::from("/sys/fs/bpf").join(&name);
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = l4::detach(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(root.clone());
+    let _server = TcpServer::start(&topo.gw, 8080);
+    let o = PlaneOptions {
+        bpf_root: root.clone(),
+        v4_filter: true,
+    };
+    let r = L4Rules {
+        entries: vec![DenyEntry {
+            net: netns::DENY_V6_NET.parse().unwrap(),
+            rule: "ns/deny[0]".into(),
+            ports: None,
+        }],
+        listener_ports: vec![8080],
+        destinations: Default::default(),
+    };
+    let ifaces = vec![
+        netns::GW_DENY_IF.to_string(),
+        netns::GW_ALLOW_IF.to_string(),
+    ];
+    // Generic mode: veth takes no native XDP at this MTU.
+    let plane = topo
+        .gw
+        .run(move || Plane::start_with(&o, &ifaces, XdpMode::Skb, &r).map_err(|e| e.to_string()))
+        .expect("attach");
+    let deny_side: std::net::Ipv6Addr = netns::GW_V6_DENY_SIDE.parse().unwrap();
+    let allow_side: std::net::Ipv6Addr = netns::GW_V6_ALLOW_SIDE.parse().unwrap();
+    // The kernel takes such packets: an allowed client connects with them.
+    assert!(
+        topo.allow
+            .run(move || connects_with_options(allow_side, 8080, Some(254))),
+        "an allowed client with 2 KiB option headers did not connect"
+    );
+    assert!(
+        !topo
+            .deny
+            .run(move || connects_with_options(deny_side, 8080, None))
+    );
+    assert!(
+        !topo
+            .deny
+            .run(move || connects_with_options(deny_side, 8080, Some(254))),
+        "a denied client got through with 2 KiB option headers"
+    );
+    let st = l4::status(&root).unwrap();
+    assert!(st.stats.counter("drop_unknown_port") > 0, "{:?}", st.stats);
+    drop(plane);
+}
