@@ -125,6 +125,24 @@ impl Drop for Cleanup {
     }
 }
 
+/// Detaches the planes pinned under these roots, even when a test fails.
+struct Detach(Vec<PathBuf>);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        for r in &self.0 {
+            let _ = llmgw::l4::detach(r);
+        }
+    }
+}
+
+/// A veth pair `d0`/`d1`, both up, inside `ns`.
+fn veth_pair(ns: &Netns) {
+    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+    ns.ip(&["link", "set", "d0", "up"]);
+    ns.ip(&["link", "set", "d1", "up"]);
+}
+
 fn write_rules(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).expect("write rules");
@@ -460,17 +478,9 @@ fn links_of_an_older_pin_layout_are_taken_over_in_place() {
     use llmgw::l4::{self, DenyEntry, L4Rules, Plane, PlaneOptions, XdpMode};
     let name = unique("layout");
     let ns = Netns::new(&name);
-    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
-    ns.ip(&["link", "set", "d0", "up"]);
-    ns.ip(&["link", "set", "d1", "up"]);
+    veth_pair(&ns);
     let root = PathBuf::from("/sys/fs/bpf").join(&name);
-    struct Cleanup(PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = l4::detach(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(root.clone());
+    let _cleanup = Detach(vec![root.clone()]);
     let opts = PlaneOptions {
         bpf_root: root.clone(),
         v4_filter: true,
@@ -611,18 +621,10 @@ fn a_link_pinned_in_another_namespace_is_not_adopted() {
     let (na, nb) = (unique("forA"), unique("forB"));
     let (a, b) = (Netns::new(&na), Netns::new(&nb));
     for ns in [&a, &b] {
-        ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
-        ns.ip(&["link", "set", "d0", "up"]);
-        ns.ip(&["link", "set", "d1", "up"]);
+        veth_pair(ns);
     }
     let root = PathBuf::from("/sys/fs/bpf").join(&na);
-    struct Cleanup(PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = l4::detach(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(root.clone());
+    let _cleanup = Detach(vec![root.clone()]);
     let opts = PlaneOptions {
         bpf_root: root.clone(),
         v4_filter: true,
@@ -661,25 +663,15 @@ fn an_interface_with_another_xdp_program_is_refused_clearly() {
     if !privileged("an_interface_with_another_xdp_program_is_refused_clearly") {
         return;
     }
-    use llmgw::l4::{self, L4Rules, Plane, PlaneOptions, XdpMode};
+    use llmgw::l4::{L4Rules, Plane, PlaneOptions, XdpMode};
     let name = unique("busy");
     let ns = Netns::new(&name);
-    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
-    ns.ip(&["link", "set", "d0", "up"]);
-    ns.ip(&["link", "set", "d1", "up"]);
+    veth_pair(&ns);
     let roots = [
         PathBuf::from("/sys/fs/bpf").join(format!("{name}-a")),
         PathBuf::from("/sys/fs/bpf").join(format!("{name}-b")),
     ];
-    struct Cleanup(Vec<PathBuf>);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            for r in &self.0 {
-                let _ = l4::detach(r);
-            }
-        }
-    }
-    let _cleanup = Cleanup(roots.to_vec());
+    let _cleanup = Detach(roots.to_vec());
     let start = |root: &PathBuf, mode: XdpMode| {
         let o = PlaneOptions {
             bpf_root: root.clone(),
@@ -809,13 +801,7 @@ fn ipv6_headers_past_the_parse_bound_do_not_get_a_denied_client_through() {
         ns.ip(&["link", "set", dev, "mtu", "9000"]);
     }
     let root = PathBuf::from("/sys/fs/bpf").join(&name);
-    struct Cleanup(PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = l4::detach(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(root.clone());
+    let _cleanup = Detach(vec![root.clone()]);
     let _server = TcpServer::start(&topo.gw, 8080);
     let o = PlaneOptions {
         bpf_root: root.clone(),

@@ -255,6 +255,23 @@ pub(crate) fn interface_addresses() -> io::Result<Vec<std::net::IpAddr>> {
     Ok(out)
 }
 
+/// A new `NETLINK_ROUTE` socket.
+fn route_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new socket nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// A netlink socket subscribed to the kernel's address announcements
 /// (`RTM_NEWADDR` / `RTM_DELADDR`, IPv4 and IPv6) in this network namespace.
 pub(crate) struct AddressEvents(OwnedFd);
@@ -262,19 +279,7 @@ pub(crate) struct AddressEvents(OwnedFd);
 impl AddressEvents {
     pub(crate) fn open() -> io::Result<Self> {
         use std::os::fd::AsRawFd as _;
-        // SAFETY: plain socket(2); the fd is owned at once.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a new socket nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = route_socket()?;
         // SAFETY: an all-zero sockaddr_nl is valid; fields set below.
         let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -334,19 +339,7 @@ pub(crate) fn xdp_prog_ids(ifindex: u32) -> io::Result<Vec<u32>> {
     const IFLA_XDP: u16 = 43;
     // IFLA_XDP_PROG_ID, _DRV_PROG_ID, _SKB_PROG_ID, _HW_PROG_ID.
     const PROG_IDS: [u16; 4] = [4, 5, 6, 7];
-    // SAFETY: plain socket(2); the fd is owned at once.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a new socket nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = route_socket()?;
     // nlmsghdr (16 bytes) + ifinfomsg (16 bytes).
     let mut req = [0u8; 32];
     req[0..4].copy_from_slice(&32u32.to_ne_bytes());
