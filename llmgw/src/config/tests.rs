@@ -56,6 +56,21 @@ fn compile_err(text: &str) -> String {
     errs.to_string()
 }
 
+/// A Gateway in istio-system selecting the default labels, one plain-HTTP
+/// server on `port` for any host; ends with a document separator.
+fn gateway_doc(name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: istio-system}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers: [{{port: {{number: {port}, name: http, protocol: HTTP}}, hosts: [\"*\"]}}]\n---\n"
+    )
+}
+
+/// An LLMProvider in istio-system for every gateway; ends with a separator.
+fn provider_doc(name: &str, host: &str) -> String {
+    format!(
+        "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMProvider\nmetadata: {{name: {name}, namespace: istio-system}}\nspec: {{host: {host}, path: /v1/chat/completions}}\n---\n"
+    )
+}
+
 fn host_headers(host: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(http::header::HOST, host.parse().unwrap());
@@ -350,32 +365,13 @@ fn plain_http_servers_on_one_port_share_their_routes() {
     // Two Gateways, one port, the same hosts; a route bound to each. Istio
     // builds one route table for the port: the first route's rules are tried
     // first, then the second's, and the second stays reachable.
-    let raw = parse(
-        r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: g1, namespace: istio-system}
-spec:
-  selector: {istio: ingressgateway}
-  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: g2, namespace: istio-system}
-spec:
-  selector: {istio: ingressgateway}
-  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
----
-apiVersion: istio.alibabacloud.com/v1beta1
-kind: LLMProvider
-metadata: {name: p1, namespace: istio-system}
-spec: {host: p1.example.com, path: /v1/chat/completions}
----
-apiVersion: istio.alibabacloud.com/v1beta1
-kind: LLMProvider
-metadata: {name: p2, namespace: istio-system}
-spec: {host: p2.example.com, path: /v1/chat/completions}
----
-apiVersion: istio.alibabacloud.com/v1beta1
+    let raw = parse(&format!(
+        "{}{}{}{}{}",
+        gateway_doc("g1", 80),
+        gateway_doc("g2", 80),
+        provider_doc("p1", "p1.example.com"),
+        provider_doc("p2", "p2.example.com"),
+        r#"apiVersion: istio.alibabacloud.com/v1beta1
 kind: LLMRoute
 metadata: {name: r1}
 spec:
@@ -390,8 +386,8 @@ spec:
   host: "*"
   gateways: [istio-system/g2]
   rules: [{name: two, backendRefs: [{providerHost: p2.example.com}]}]
-"#,
-    );
+"#
+    ));
     let snap = compile_ok(&raw);
     assert_eq!(snap.listeners.len(), 1);
     let l = &snap.listeners[0];
@@ -613,25 +609,12 @@ spec:
 
 #[test]
 fn the_largest_weights_add_up_without_overflow() {
-    let raw = parse(
-        r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: g, namespace: istio-system}
-spec:
-  selector: {istio: ingressgateway}
-  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
----
-apiVersion: istio.alibabacloud.com/v1beta1
-kind: LLMProvider
-metadata: {name: p, namespace: istio-system}
-spec: {host: p.example.com, path: /v1/chat/completions}
----
-apiVersion: istio.alibabacloud.com/v1beta1
-kind: LLMProvider
-metadata: {name: q, namespace: istio-system}
-spec: {host: q.example.com, path: /v1/chat/completions}
----
-apiVersion: istio.alibabacloud.com/v1beta1
+    let raw = parse(&format!(
+        "{}{}{}{}",
+        gateway_doc("g", 80),
+        provider_doc("p", "p.example.com"),
+        provider_doc("q", "q.example.com"),
+        r#"apiVersion: istio.alibabacloud.com/v1beta1
 kind: LLMRoute
 metadata: {name: r}
 spec:
@@ -643,8 +626,8 @@ spec:
         - {providerHost: p.example.com, weight: 2147483647}
         - {providerHost: q.example.com, weight: 2147483647}
         - {providerHost: p.example.com, weight: 2147483647}
-"#,
-    );
+"#
+    ));
     let snap = compile_ok(&raw);
     let routed = route(&snap.listeners[0], "a.b", &host_headers("a.b")).unwrap();
     let rule = routed.rule;
