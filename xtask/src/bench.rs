@@ -25,7 +25,7 @@ pub enum Which {
     Proxy(ProxyArgs),
     /// XDP: ns per packet (hit/miss, hot/random, 1 to 1M prefixes) and
     /// load/update times, through BPF_PROG_TEST_RUN (needs root).
-    /// `-- --quick` skips the 1M-prefix row.
+    /// `-- --quick` skips the 1M-prefix IPv4 and 250k-prefix IPv6 rows.
     Xdp {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

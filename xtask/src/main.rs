@@ -31,8 +31,9 @@ enum Task {
         release: bool,
     },
     /// Build, then run the gateway with ARGS (via sudo when XDP is requested
-    /// and you are not root). `cargo xtask run -- quickstart` runs the offline
-    /// example: a local mock provider and the gateway in front of it.
+    /// and you are not root); ARGS that start with a flag are `llmgw run`'s.
+    /// `cargo xtask run -- quickstart` runs the offline example: a local mock
+    /// provider and the gateway in front of it.
     Run {
         #[arg(long)]
         release: bool,
@@ -145,7 +146,11 @@ pub(crate) fn bin_path(release: bool, name: &str) -> PathBuf {
         .join(name)
 }
 
-fn run(release: bool, args: Vec<String>) -> Result<()> {
+fn run(release: bool, mut args: Vec<String>) -> Result<()> {
+    // `cargo xtask run -- --config DIR ...` means `llmgw run --config DIR ...`.
+    if args.first().is_some_and(|a| a.starts_with('-')) && !is_help(&args[0]) {
+        args.insert(0, "run".into());
+    }
     if args.first().map(String::as_str) == Some("quickstart") {
         build_packages(release, &["llmgw", "llmgw-tests"])?;
         let mut cmd = Command::new(bin_path(release, "llmgw-quickstart"));
@@ -171,6 +176,10 @@ fn run(release: bool, args: Vec<String>) -> Result<()> {
     };
     cmd.args(&args);
     serve(&mut cmd)
+}
+
+fn is_help(arg: &str) -> bool {
+    matches!(arg, "-h" | "--help" | "-V" | "--version")
 }
 
 fn test(no_setup: bool, args: Vec<String>) -> Result<()> {

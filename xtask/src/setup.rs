@@ -41,8 +41,16 @@ fn sudo(program: &str) -> Command {
 
 fn apt_packages() -> Result<()> {
     let llvm_dev = format!("llvm-{LLVM_MAJOR}-dev");
-    // iproute2 and util-linux (nsenter) for the network-namespace tests.
-    let wanted = [llvm_dev.as_str(), "iproute2", "util-linux", "curl"];
+    // iproute2 and util-linux (nsenter) for the network-namespace tests;
+    // python3 with venv for the `openai` client test and the manifest check.
+    let wanted = [
+        llvm_dev.as_str(),
+        "iproute2",
+        "util-linux",
+        "curl",
+        "python3",
+        "python3-venv",
+    ];
     let missing: Vec<&str> = wanted
         .iter()
         .copied()
