@@ -199,14 +199,13 @@ pub(crate) struct Maps {
     deny_v4: LpmTrie<MapData, [u8; 4], DenyValue>,
     /// The /32 entries of the IPv4 set (the trie holds the shorter ones).
     host_v4: HashMap<MapData, [u8; 4], DenyValue>,
-    /// A second handle on `host_v4`, for batched inserts.
-    host_v4_fd: OwnedFd,
-    /// /32 inserts not written yet: consecutive ones go in one
-    /// BPF_MAP_UPDATE_BATCH, written before any other op.
-    pending_hosts: Vec<([u8; 4], DenyValue)>,
     deny_v6: LpmTrie<MapData, [u8; 16], DenyValue>,
     /// A mirror of the IPv6 trie's /128 entries (the trie keeps them too).
     host_v6: HashMap<MapData, [u8; 16], DenyValue>,
+    /// Inserts not written yet, per map: consecutive ones go in one
+    /// BPF_MAP_UPDATE_BATCH per map, all written before any other op, the
+    /// IPv6 trie before its mirror.
+    puts: [Batch; 4],
     listen: Array<MapData, u8>,
     portset: HashMap<MapData, ClassPortKey, u32>,
     rule_ctr: PerCpuArray<MapData, RuleCounters>,
@@ -278,27 +277,20 @@ impl Maps {
     }
 
     fn build(mut get: impl FnMut(&'static str) -> Result<Map, L4Error>) -> Result<Self, L4Error> {
-        let host_v4 = get(common::MAP_HOST_V4)?;
-        let host_v4_fd = match &host_v4 {
-            Map::HashMap(data) => data
-                .fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| L4Error::io(format!("duplicating {}", common::MAP_HOST_V4), e))?,
-            _ => {
-                return Err(L4Error::IncompatiblePin {
-                    path: common::MAP_HOST_V4.into(),
-                    reason: "not a hash map".into(),
-                });
-            }
-        };
+        let (deny_v4, host_v4) = (get(common::MAP_DENY_V4)?, get(common::MAP_HOST_V4)?);
+        let (deny_v6, host_v6) = (get(common::MAP_DENY_V6)?, get(common::MAP_HOST_V6)?);
+        let puts = [
+            Batch::of(common::MAP_DENY_V4, &deny_v4)?,
+            Batch::of(common::MAP_HOST_V4, &host_v4)?,
+            Batch::of(common::MAP_DENY_V6, &deny_v6)?,
+            Batch::of(common::MAP_HOST_V6, &host_v6)?,
+        ];
         Ok(Self {
-            deny_v4: typed(common::MAP_DENY_V4, get(common::MAP_DENY_V4)?)?,
+            deny_v4: typed(common::MAP_DENY_V4, deny_v4)?,
             host_v4: typed(common::MAP_HOST_V4, host_v4)?,
-            host_v4_fd,
-            pending_hosts: Vec::new(),
-            deny_v6: typed(common::MAP_DENY_V6, get(common::MAP_DENY_V6)?)?,
-            host_v6: typed(common::MAP_HOST_V6, get(common::MAP_HOST_V6)?)?,
+            deny_v6: typed(common::MAP_DENY_V6, deny_v6)?,
+            host_v6: typed(common::MAP_HOST_V6, host_v6)?,
+            puts,
             listen: typed(common::MAP_LISTEN, get(common::MAP_LISTEN)?)?,
             portset: typed(common::MAP_PORTSET, get(common::MAP_PORTSET)?)?,
             rule_ctr: typed(common::MAP_RULE_CTR, get(common::MAP_RULE_CTR)?)?,
@@ -444,28 +436,78 @@ impl Maps {
     }
 }
 
-/// /32 inserts per BPF_MAP_UPDATE_BATCH call.
+/// Entries per BPF_MAP_UPDATE_BATCH call.
 const BATCH: usize = 8192;
 
-impl Maps {
-    /// Writes the buffered /32 inserts: one BPF_MAP_UPDATE_BATCH per
-    /// `BATCH`, or one update each where the kernel has no batch support.
-    fn write_pending_hosts(&mut self) -> Result<(), L4Error> {
-        if self.pending_hosts.is_empty() {
-            return Ok(());
-        }
-        let pending = std::mem::take(&mut self.pending_hosts);
-        for chunk in pending.chunks(BATCH) {
-            let mut keys = Vec::with_capacity(chunk.len() * 4);
-            let mut values = Vec::with_capacity(chunk.len() * 8);
-            for (k, v) in chunk {
-                keys.extend_from_slice(k);
-                // DenyValue is #[repr(C)] { u32, u32 }.
-                values.extend_from_slice(&v.all_ports_rule.to_ne_bytes());
-                values.extend_from_slice(&v.class.to_ne_bytes());
+/// Which of [`Maps::puts`] an insert goes to (also the order they are written in).
+const PUT_DENY_V4: usize = 0;
+const PUT_HOST_V4: usize = 1;
+const PUT_DENY_V6: usize = 2;
+const PUT_HOST_V6: usize = 3;
+
+/// Inserts into one map, buffered to be written in batches.
+pub(crate) struct Batch {
+    name: &'static str,
+    /// A second handle on the map.
+    fd: OwnedFd,
+    keys: Vec<u8>,
+    values: Vec<u8>,
+    key_size: usize,
+    len: usize,
+}
+
+impl Batch {
+    fn of(name: &'static str, map: &Map) -> Result<Self, L4Error> {
+        let (data, key_size) = match map {
+            Map::HashMap(d) if name == common::MAP_HOST_V4 => (d, 4),
+            Map::HashMap(d) if name == common::MAP_HOST_V6 => (d, 16),
+            // `{prefixlen: u32, addr}`.
+            Map::LpmTrie(d) if name == common::MAP_DENY_V4 => (d, 8),
+            Map::LpmTrie(d) if name == common::MAP_DENY_V6 => (d, 20),
+            _ => {
+                return Err(L4Error::IncompatiblePin {
+                    path: name.into(),
+                    reason: "not the map type this binary writes".into(),
+                });
             }
-            let n = chunk.len() as u32;
-            match super::sys::map_update_batch(self.host_v4_fd.as_fd(), &keys, &values, n) {
+        };
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| L4Error::io(format!("duplicating {name}"), e))?;
+        Ok(Self {
+            name,
+            fd,
+            keys: Vec::new(),
+            values: Vec::new(),
+            key_size,
+            len: 0,
+        })
+    }
+
+    fn push(&mut self, key: &[u8], value: &DenyValue) {
+        debug_assert_eq!(key.len(), self.key_size);
+        self.keys.extend_from_slice(key);
+        // DenyValue is #[repr(C)] { u32, u32 }.
+        self.values
+            .extend_from_slice(&value.all_ports_rule.to_ne_bytes());
+        self.values.extend_from_slice(&value.class.to_ne_bytes());
+        self.len += 1;
+    }
+
+    /// Writes what is buffered: one BPF_MAP_UPDATE_BATCH per [`BATCH`]
+    /// entries, or one update each on kernels without batch support.
+    fn write(&mut self) -> Result<(), L4Error> {
+        let (keys, values) = (
+            std::mem::take(&mut self.keys),
+            std::mem::take(&mut self.values),
+        );
+        self.len = 0;
+        let (ks, vs) = (self.key_size, 8);
+        for (kc, vc) in keys.chunks(BATCH * ks).zip(values.chunks(BATCH * vs)) {
+            let n = (kc.len() / ks) as u32;
+            match super::sys::map_update_batch(self.fd.as_fd(), kc, vc, n) {
                 Ok(()) => {}
                 Err((e, 0))
                     if matches!(
@@ -473,18 +515,14 @@ impl Maps {
                         Some(libc::EINVAL | libc::ENOTSUP | libc::ENOSYS)
                     ) =>
                 {
-                    for (k, v) in chunk {
-                        self.host_v4
-                            .insert(k, v, 0)
-                            .map_err(|e| L4Error::map(common::MAP_HOST_V4, "insert", e))?;
+                    for (k, v) in kc.chunks(ks).zip(vc.chunks(vs)) {
+                        super::sys::map_update_elem(self.fd.as_fd(), k, v)
+                            .map_err(|e| L4Error::io(format!("{}: insert", self.name), e))?;
                     }
                 }
                 Err((e, done)) => {
                     return Err(L4Error::io(
-                        format!(
-                            "{}: batch insert ({done} of {n} written)",
-                            common::MAP_HOST_V4
-                        ),
+                        format!("{}: batch insert ({done} of {n} written)", self.name),
                         e,
                     ));
                 }
@@ -494,9 +532,22 @@ impl Maps {
     }
 }
 
+impl Maps {
+    /// Writes the buffered inserts, map by map: the IPv6 trie before its
+    /// mirror, so a /128 is in the trie before the mirror has it.
+    fn write_puts(&mut self) -> Result<(), L4Error> {
+        for b in &mut self.puts {
+            if b.len > 0 {
+                b.write()?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Target for Maps {
     fn flush(&mut self) -> Result<(), L4Error> {
-        self.write_pending_hosts()?;
+        self.write_puts()?;
         if self.local_changed {
             // After every change to `local`: the program's cached lookups
             // of the old generation are dropped from here on.
@@ -513,15 +564,34 @@ impl Target for Maps {
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), L4Error> {
-        if let Op::V4Put { key, value } = op
-            && key.1 == 32
-        {
-            self.pending_hosts.push((key.0.to_be_bytes(), *value));
-            return Ok(());
+        // Inserts are buffered (see `puts`): an LPM trie key is
+        // `{prefixlen: u32 (host order), addr}`.
+        let trie_key = |len: u8, addr: &[u8]| {
+            let mut k = u32::from(len).to_ne_bytes().to_vec();
+            k.extend_from_slice(addr);
+            k
+        };
+        match op {
+            Op::V4Put { key, value } if key.1 == 32 => {
+                self.puts[PUT_HOST_V4].push(&key.0.to_be_bytes(), value);
+                return Ok(());
+            }
+            Op::V4Put { key, value } => {
+                self.puts[PUT_DENY_V4].push(&trie_key(key.1, &key.0.to_be_bytes()), value);
+                return Ok(());
+            }
+            Op::V6Put { key, value } => {
+                self.puts[PUT_DENY_V6].push(&trie_key(key.1, &key.0.to_be_bytes()), value);
+                if key.1 == 128 {
+                    self.puts[PUT_HOST_V6].push(&key.0.to_be_bytes(), value);
+                }
+                return Ok(());
+            }
+            _ => {}
         }
         // Every other op sees the buffered inserts written first: the
         // order of the plan is kept.
-        self.write_pending_hosts()?;
+        self.write_puts()?;
         match op {
             Op::RuleAdd { id, name } => {
                 let ncpu = aya::util::nr_cpus()
@@ -591,23 +661,8 @@ impl Target for Maps {
                 self.filter.write(words);
                 Ok(())
             }
-            Op::V4Put { key, value } => self
-                .deny_v4
-                .insert(&Key::new(u32::from(key.1), key.0.to_be_bytes()), value, 0)
-                .map_err(|e| L4Error::map(common::MAP_DENY_V4, "insert", e)),
-            Op::V6Put { key, value } => {
-                // The trie first, then the mirror: in between, the program
-                // finds the entry in the trie.
-                self.deny_v6
-                    .insert(&Key::new(u32::from(key.1), key.0.to_be_bytes()), value, 0)
-                    .map_err(|e| L4Error::map(common::MAP_DENY_V6, "insert", e))?;
-                if key.1 == 128 {
-                    self.host_v6
-                        .insert(key.0.to_be_bytes(), value, 0)
-                        .map_err(|e| L4Error::map(common::MAP_HOST_V6, "insert", e))?;
-                }
-                Ok(())
-            }
+            // Buffered above.
+            Op::V4Put { .. } | Op::V6Put { .. } => Ok(()),
             Op::V4Remove(key) if key.1 == 32 => {
                 ignore_missing(self.host_v4.remove(&key.0.to_be_bytes()))
                     .map_err(|e| L4Error::map(common::MAP_HOST_V4, "remove", e))

@@ -16,6 +16,7 @@ use std::{
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_DETACH: libc::c_long = 34;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -55,8 +56,24 @@ pub(crate) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Writes `count` entries in one call (kernel 5.6+, hash maps): `keys` and
-/// `values` hold them back to back, in the map's key and value layouts.
+/// Writes one entry (`BPF_ANY`): `key` and `value` in the map's layouts.
+pub(crate) fn map_update_elem(
+    map: std::os::fd::BorrowedFd<'_>,
+    key: &[u8],
+    value: &[u8],
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let mut attr = Attr([0; 128]);
+    // struct { map_fd: u32, pad, key: u64, value: u64, flags: u64 }
+    attr.0[..4].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
+    attr.0[8..16].copy_from_slice(&(key.as_ptr() as u64).to_ne_bytes());
+    attr.0[16..24].copy_from_slice(&(value.as_ptr() as u64).to_ne_bytes());
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+}
+
+/// Writes `count` entries in one call (kernel 5.6+; hash maps and LPM tries
+/// alike): `keys` and `values` hold them back to back, in the map's key and
+/// value layouts.
 /// On error, also returns how many were written before it.
 pub(crate) fn map_update_batch(
     map: std::os::fd::BorrowedFd<'_>,
@@ -115,16 +132,26 @@ pub(crate) fn xdp_link_info(link: &OwnedFd) -> io::Result<(u32, u32, u32)> {
     Ok((u32_at(1), u32_at(2), u32_at(4)))
 }
 
-/// Takes an exclusive, non-blocking flock on the directory `dir`; held until
-/// the returned file is closed (or the process dies).
+/// Takes an exclusive flock on the directory `dir`; held until the returned
+/// file is closed (or the process dies). Waits up to a second for a holder
+/// that is going away: a lock outlives its owner's close while a process
+/// forked meanwhile still has the descriptor (until it execs).
 pub(crate) fn lock_dir(dir: &Path) -> io::Result<std::fs::File> {
     use std::os::fd::AsRawFd as _;
     let f = std::fs::File::open(dir)?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(io::Error::last_os_error());
+    let mut tries = 20;
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(f);
+        }
+        let e = io::Error::last_os_error();
+        tries -= 1;
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) || tries == 0 {
+            return Err(e);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    Ok(f)
 }
 
 /// Whether `path` is on a BPF filesystem.
