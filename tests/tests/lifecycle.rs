@@ -154,6 +154,30 @@ spec:
         .await
         .expect("TLS 1.2 with a.secure.test");
     assert_eq!(a.status, 200);
+    // The connection belongs to the server its SNI chose: a.secure.test's
+    // connection does not serve b.secure.test's routes (Envoy: that
+    // server's route table has no such host, 404) ...
+    let (_, a) = client::https(
+        addr,
+        "a.secure.test",
+        ca1.ca_der(),
+        both,
+        req("b.secure.test"),
+    )
+    .await
+    .expect("TLS with a.secure.test");
+    assert_eq!(a.status, 404, "{}", a.text());
+    // ... and a name no server on the port takes gets no handshake (no
+    // filter chain), rather than the first server's certificate.
+    let unknown = client::https(
+        addr,
+        "c.secure.test",
+        ca1.ca_der(),
+        both,
+        req("c.secure.test"),
+    )
+    .await;
+    assert!(unknown.is_err(), "a name no server takes was served");
     let reqs = mock.requests();
     assert_eq!(reqs.len(), 3);
     assert!(

@@ -523,6 +523,28 @@ impl Compiler<'_> {
                             ));
                             continue;
                         }
+                        if compiled.tls.is_some() {
+                            // SNI picks one server per name: a second
+                            // server for the same name never gets a
+                            // connection (its TLS settings would be lost).
+                            for h in &compiled.hosts {
+                                if let Some(first) = l
+                                    .servers
+                                    .iter()
+                                    .find(|o| o.tls.is_some() && o.hosts.contains(h))
+                                {
+                                    self.warnings.push(format!(
+                                        "{}: {}: {field}: host {h} on port {port} is already \
+                                         served over TLS by Gateway {} server {}; connections \
+                                         for it go there, never to this server",
+                                        gw.source,
+                                        gw.describe(),
+                                        first.gateway,
+                                        first.name
+                                    ));
+                                }
+                            }
+                        }
                         l.servers.push(Arc::new(compiled));
                     }
                     None => listeners.push(Listener {
@@ -535,6 +557,20 @@ impl Compiler<'_> {
             }
         }
         listeners.sort_by_key(|l| l.port);
+        // Two Gateway ports mapped onto one local address (--port-map).
+        for (i, a) in listeners.iter().enumerate() {
+            if let Some(b) = listeners[..i].iter().find(|b| b.local == a.local) {
+                self.errors.push(super::ConfigError::Invalid {
+                    at: None,
+                    resource: None,
+                    field: "--port-map".into(),
+                    message: format!(
+                        "Gateway ports {} and {} would both listen on {}",
+                        b.port, a.port, a.local
+                    ),
+                });
+            }
+        }
         listeners
     }
 

@@ -536,6 +536,24 @@ fn https_server_loads_certificates_from_credentials_dir() {
     // The route binds to the gateway listed in its `gateways` only.
     assert!(l.servers[0].vhosts.is_empty());
 
+    // A second TLS server for the same host on the port never gets a
+    // connection (SNI picks the first): said, not silently accepted.
+    let mut twice = raw.clone();
+    twice.gateways.extend(
+        parse(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: tls2, namespace: istio-system}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 443, protocol: HTTPS, name: https2}, hosts: ['*'], tls: {mode: SIMPLE, credentialName: gw-cert}}]}\n",
+        )
+        .gateways,
+    );
+    let snap = compile(&twice, &settings).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        snap.warnings.iter().any(|w| w.contains(
+            "host * on port 443 is already served over TLS by Gateway istio-system/tls server https"
+        )),
+        "{:?}",
+        snap.warnings
+    );
+
     std::fs::write(cred.join("tls.key"), "garbage").unwrap();
     let err = compile(&raw, &settings).unwrap_err().to_string();
     assert!(
@@ -605,6 +623,23 @@ spec:
         "{text}"
     );
     assert!(!text.contains("sk-test-123"), "{text}");
+}
+
+#[test]
+fn port_map_collisions_are_errors() {
+    let mut settings = Settings::default();
+    settings.port_map.insert(80, 18090);
+    settings.port_map.insert(8080, 18090);
+    let raw = parse(&format!(
+        "{}{}",
+        gateway_doc("a", 80),
+        gateway_doc("b", 8080)
+    ));
+    let err = compile(&raw, &settings).unwrap_err().to_string();
+    assert!(
+        err.contains("--port-map: Gateway ports 80 and 8080 would both listen on 0.0.0.0:18090"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -231,11 +231,17 @@ async fn pipeline(
         host: host.clone(),
         why,
     };
-    let server = router::server_for(listener, &host).ok_or_else(|| no_route(NoRoute::Host))?;
+    // HTTPS: the server the handshake chose by SNI; plain HTTP: by Host.
+    let server = if conn.tls {
+        router::server_for_sni(listener, conn.sni.as_deref())
+    } else {
+        router::server_for(listener, &host)
+    }
+    .ok_or_else(|| no_route(NoRoute::Host))?;
     if server.https_redirect {
         return Ok(Reply::Local(redirect(&host, &raw_path)));
     }
-    let routed = router::route(listener, &host, &parts.headers).map_err(no_route)?;
+    let routed = router::route_in(listener, server, &host, &parts.headers).map_err(no_route)?;
     let rule = routed.rule.clone();
     let roll = fastrand::u64(..rule.total_weight.max(1));
     let picked = rule.pick(roll);

@@ -84,7 +84,10 @@ async fn serve_connection(
                 Err(_) => return,
             };
             let sni: Option<Arc<str>> = start.client_hello().server_name().map(Arc::from);
-            let config = tls.config_for(sni.as_deref());
+            let Some(config) = tls.config_for(sni.as_deref()) else {
+                debug!(%peer, sni = ?sni, "TLS: no server for this name");
+                return;
+            };
             let stream = match tokio::time::timeout(limit, start.into_stream(config)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {

@@ -1,7 +1,8 @@
 //! Server-side TLS: one rustls configuration per HTTPS server (certificate,
 //! client verification for MUTUAL, TLS 1.3 floor, ALPN h2 and http/1.1),
 //! chosen per connection from the ClientHello's SNI by the servers' `hosts`
-//! (the first server when nothing matches or no SNI is sent).
+//! as Envoy picks a filter chain (a server for `*` takes any name or none;
+//! a name no server takes is refused).
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use rustls::{
 };
 use thiserror::Error;
 
+use super::router;
 use crate::config::snapshot::{HostPattern, Listener, Server, ServerTls};
 
 #[derive(Debug, Error)]
@@ -23,11 +25,9 @@ pub enum ServerTlsError {
     },
 }
 
-/// The TLS configurations of one HTTPS listener.
+/// The TLS configurations of one HTTPS listener, one per server.
 pub struct ListenerTls {
     servers: Vec<(Vec<HostPattern>, Arc<ServerConfig>)>,
-    /// The first server's: for no SNI, or an SNI no server names.
-    fallback: Arc<ServerConfig>,
 }
 
 impl ListenerTls {
@@ -38,7 +38,7 @@ impl ListenerTls {
                 servers.push((s.hosts.clone(), server_config(s, tls)?));
             }
         }
-        let Some(fallback) = servers.first().map(|(_, c)| c.clone()) else {
+        if servers.is_empty() {
             return Err(ServerTlsError::Config {
                 gateway: listener
                     .servers
@@ -48,32 +48,20 @@ impl ListenerTls {
                 server: format!("port {}", listener.port),
                 message: "HTTPS listener without a certificate".into(),
             });
-        };
-        Ok(Self { servers, fallback })
+        }
+        Ok(Self { servers })
     }
 
-    /// The configuration for a ClientHello naming `sni`.
-    pub fn config_for(&self, sni: Option<&str>) -> Arc<ServerConfig> {
-        let best = sni.and_then(|sni| {
-            let sni = sni.to_ascii_lowercase();
-            self.servers
-                .iter()
-                .filter_map(|(hosts, cfg)| {
-                    hosts
-                        .iter()
-                        .filter(|h| h.matches(&sni))
-                        .map(|h| match h {
-                            HostPattern::Exact(e) => (2, e.len()),
-                            HostPattern::Suffix(x) => (1, x.len()),
-                            HostPattern::Any => (0, 0),
-                        })
-                        .max()
-                        .map(|score| (score, cfg))
-                })
-                .max_by_key(|(score, _)| *score)
-                .map(|(_, cfg)| cfg.clone())
-        });
-        best.unwrap_or_else(|| self.fallback.clone())
+    /// The configuration for a ClientHello naming `sni`: that of the server
+    /// [`router::server_for_sni`] picks; `None` refuses the handshake (no
+    /// server takes that name, as no Envoy filter chain would).
+    pub fn config_for(&self, sni: Option<&str>) -> Option<Arc<ServerConfig>> {
+        let sni = sni.map(router::normalize_host);
+        router::best_match(
+            self.servers.iter().map(|(h, c)| (h.as_slice(), c)),
+            sni.as_deref(),
+        )
+        .cloned()
     }
 }
 
