@@ -265,6 +265,12 @@ async fn seed_step_5_denies_the_listed_ip_for_test_com_only() {
     assert_eq!(a.status, 403);
     assert_eq!(a.text(), "RBAC: access denied");
     assert_eq!(a.headers["content-type"], "text/plain");
+    // Spelled with a port or a trailing dot, test.com is routed as test.com,
+    // and denied as test.com too.
+    for host in ["test.com:80", "TEST.com.", "test.com.:8080"] {
+        let a = post(&gw.url(), host, SEED_REQUEST, &[]).await;
+        assert_eq!(a.status, 403, "{host}: {}", a.text());
+    }
     assert!(
         mock.requests().is_empty(),
         "a denied request reached the provider"
@@ -273,7 +279,7 @@ async fn seed_step_5_denies_the_listed_ip_for_test_com_only() {
     let a = post(&gw.url(), "dashscope.aliyuncs.com", SEED_REQUEST, &[]).await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(mock.requests().len(), 1);
-    assert!(gw.metrics().contains("code=\"403\"} 1"));
+    assert!(gw.metrics().contains("code=\"403\"} 4"));
 }
 
 #[tokio::test]

@@ -342,7 +342,8 @@ pub struct RequestContext<'a> {
     pub local: SocketAddr,
     pub sni: Option<&'a str>,
     /// The request's authority (`Host` / `:authority`) as sent, port
-    /// included: what `hosts` and `notHosts` compare, case-insensitively.
+    /// included: what `hosts` and `notHosts` compare, case-insensitively
+    /// (and the host without port and trailing dot, as routing sees it).
     pub authority: &'a str,
     pub method: &'a str,
     /// Normalised, without query.
@@ -464,7 +465,13 @@ impl Source {
 impl Operation {
     fn matches(&self, ctx: &RequestContext<'_>) -> bool {
         let port = ctx.local.port();
-        let host_is = |h: &Pattern| h.matches_ignore_case(ctx.authority);
+        // The authority as sent (Istio's comparison), or the host routing
+        // sees in it (port and trailing dot stripped): `test.com:80` and
+        // `test.com.` are routed as `test.com`, so a policy on `test.com`
+        // must see them as that too.
+        let routed = crate::proxy::router::host_of(ctx.authority);
+        let host_is =
+            |h: &Pattern| h.matches_ignore_case(ctx.authority) || h.matches_ignore_case(routed);
         any_or_empty(&self.hosts, host_is)
             && none(&self.not_hosts, host_is)
             && (self.ports.is_empty() || self.ports.contains(&port))

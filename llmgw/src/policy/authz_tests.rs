@@ -642,18 +642,40 @@ fn hosts_are_case_insensitive_with_prefix_and_suffix() {
     );
     let p = allow_if("to: [{operation: {notHosts: [test.com]}}]");
     case(&p, Req::default(), false, "notHosts");
-    // The whole authority is compared, port included, as Istio does (its
-    // docs advise `hosts: [x, "x:*"]`).
+    // The authority as sent is compared, port included, as Istio does (so
+    // `hosts: ["x:*"]` takes any port) - and so is the host routing sees in
+    // it: routes match `test.com:8080` and `test.com.` as `test.com`, so a
+    // policy on `test.com` holds for them too (a DENY cannot be slipped
+    // past with a port or a trailing dot).
     let with_port = Req {
         host: "Test.com:8080",
         ..Req::default()
     };
     let p = allow_if("to: [{operation: {hosts: [test.com]}}]");
-    case(&p, with_port.clone(), false, "a port is part of the host");
-    let p = allow_if("to: [{operation: {hosts: [test.com, \"test.com:*\"]}}]");
+    case(
+        &p,
+        with_port.clone(),
+        true,
+        "the routed host of test.com:8080",
+    );
+    let p = allow_if("to: [{operation: {hosts: [\"test.com:*\"]}}]");
     case(&p, with_port.clone(), true, "host:* takes any port");
+    case(&p, Req::default(), false, "host:* needs a port");
     let p = "action: DENY\nrules:\n- to: [{operation: {hosts: [\"test.com:*\"]}}]";
-    case(p, with_port, false, "DENY host:* with a port");
+    case(p, with_port.clone(), false, "DENY host:* with a port");
+    let p = "action: DENY\nrules:\n- to: [{operation: {hosts: [test.com]}}]";
+    case(p, with_port, false, "DENY test.com with a port");
+    let dot = Req {
+        host: "test.com.",
+        ..Req::default()
+    };
+    case(p, dot, false, "DENY test.com with a trailing dot");
+    let p = allow_if("to: [{operation: {notHosts: [test.com]}}]");
+    let dot80 = Req {
+        host: "TEST.com.:80",
+        ..Req::default()
+    };
+    case(&p, dot80, false, "notHosts sees the routed host too");
 }
 
 #[test]

@@ -23,8 +23,15 @@ pub enum NoRoute {
     Rule,
 }
 
-/// Lower-cases `authority` and strips its port (`[v6]:port` too).
+/// Lower-cases `authority` and strips its port (`[v6]:port` too) and a
+/// trailing dot.
 pub fn normalize_host(authority: &str) -> String {
+    host_of(authority).to_ascii_lowercase()
+}
+
+/// `authority` without its port (`[v6]:port` too) and trailing dot, case
+/// kept: the host routing sees.
+pub fn host_of(authority: &str) -> &str {
     let a = authority.trim();
     let host = if let Some(rest) = a.strip_prefix('[') {
         match rest.find(']') {
@@ -37,7 +44,7 @@ pub fn normalize_host(authority: &str) -> String {
             _ => a,
         }
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    host.trim_end_matches('.')
 }
 
 /// Of `candidates` (host lists with what they stand for), the one whose
