@@ -416,8 +416,12 @@ pub async fn serve(
 
     // The configuration files, and the files the snapshot in use read
     // (certificates, keys, MeshConfig): a change to any is a reason to reload.
-    let current = || config_fingerprint(&opts.config, &proxy.live.load().snapshot.watched);
-    let mut fingerprint = current();
+    let config_files = || config_fingerprint(&opts.config, &[]);
+    let read_files = || config_fingerprint(&[], &proxy.live.load().snapshot.watched);
+    let mut fingerprint = (config_files(), read_files());
+    // A change is reloaded once two polls in a row see the same files: a
+    // file caught while an editor or `cp` is still writing it is not.
+    let mut settling: Option<(u64, u64)> = None;
     let poll = if opts.reload_interval.is_zero() {
         Duration::from_secs(3600)
     } else {
@@ -430,7 +434,13 @@ pub async fn serve(
         let why = tokio::select! {
             _ = sighup.recv() => "SIGHUP",
             _ = tick.tick(), if !opts.reload_interval.is_zero() => {
-                if current() == fingerprint {
+                let now = (config_files(), read_files());
+                if now == fingerprint {
+                    settling = None;
+                    continue;
+                }
+                if settling != Some(now) {
+                    settling = Some(now);
                     continue;
                 }
                 "configuration files changed"
@@ -438,6 +448,11 @@ pub async fn serve(
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         };
+        settling = None;
+        // Taken before compiling: a change made while the reload runs is
+        // still a change afterwards (the files the new snapshot reads are
+        // only known after it).
+        let compiled = config_files();
         reload(
             why,
             &opts,
@@ -448,7 +463,7 @@ pub async fn serve(
             &jwks_fetch,
         )
         .await;
-        fingerprint = current();
+        fingerprint = (compiled, read_files());
     }
 
     info!(

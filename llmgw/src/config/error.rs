@@ -35,6 +35,8 @@ pub enum ConfigError {
     },
     #[error("no YAML files found in {}", .paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
     NoFiles { paths: Vec<PathBuf> },
+    #[error("no resources in {}: every file is empty", .files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    NoDocuments { files: Vec<PathBuf> },
     /// A problem with the configuration as a whole (flags, conflicts between resources).
     #[error("{0}")]
     Global(String),

@@ -104,6 +104,19 @@ pub fn load_paths(paths: &[PathBuf], env: &dyn Env) -> Result<RawConfig, ErrorLi
             Err(source) => errors.push(ConfigError::Io { path: file, source }),
         }
     }
+    let documents = raw.providers.len()
+        + raw.routes.len()
+        + raw.gateways.len()
+        + raw.authorization_policies.len()
+        + raw.request_authentications.len()
+        + raw.skipped.len();
+    if documents == 0 && errors.is_empty() {
+        // As for no files: an empty configuration is far more often a file
+        // caught half-written (or truncated) than a wish to serve nothing.
+        errors.push(ConfigError::NoDocuments {
+            files: raw.files.clone(),
+        });
+    }
     check_duplicates(&raw, &mut errors);
     errors.into_result(raw)
 }
@@ -756,5 +769,18 @@ items:
         let dir = tempfile::tempdir().unwrap();
         let errs = load_paths(&[dir.path().to_path_buf()], &env(&[])).unwrap_err();
         assert!(errs.to_string().contains("no YAML files"), "{errs}");
+    }
+
+    #[test]
+    fn files_without_a_single_resource_are_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), "").unwrap();
+        std::fs::write(dir.path().join("b.yaml"), "# nothing yet\n---\n").unwrap();
+        let errs = load_paths(&[dir.path().to_path_buf()], &env(&[])).expect_err("empty");
+        let text = errs.to_string();
+        assert!(
+            text.contains("no resources in") && text.contains("a.yaml"),
+            "{text}"
+        );
     }
 }
