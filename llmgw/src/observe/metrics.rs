@@ -196,8 +196,11 @@ pub struct Metrics {
 /// provider sets no model), so past this many, new label sets are counted
 /// under the model [`OTHER_MODEL`] instead of growing memory without bound.
 pub const MAX_SERIES: usize = 1000;
-/// The model label of requests counted after [`MAX_SERIES`] was reached.
+/// The model label of requests counted after [`MAX_SERIES`] was reached,
+/// or whose model name is longer than [`MAX_MODEL_LABEL`].
 pub const OTHER_MODEL: &str = "_other";
+/// The longest model name kept as a label (a client may send any string).
+pub const MAX_MODEL_LABEL: usize = 128;
 
 /// The map is keyed by an already-computed hash.
 #[derive(Default)]
@@ -233,7 +236,10 @@ impl Metrics {
         {
             return s.clone();
         }
-        if labels.model != OTHER_MODEL && self.series_count.load(Relaxed) >= MAX_SERIES {
+        if labels.model != OTHER_MODEL
+            && (self.series_count.load(Relaxed) >= MAX_SERIES
+                || labels.model.len() > MAX_MODEL_LABEL)
+        {
             return self.series(&Labels {
                 model: OTHER_MODEL,
                 ..*labels
@@ -643,5 +649,22 @@ mod tests {
         assert_eq!(counted("m0"), ["1"]);
         assert!(counted(&format!("m{}", MAX_SERIES + 10)).is_empty());
         assert_eq!(counted(OTHER_MODEL), ["50"], "{text}");
+
+        // Nor grow a label without bound: a long name counts as `_other`.
+        let m = Metrics::new();
+        let long = "x".repeat(200_000);
+        m.record(
+            &Labels {
+                model: &long,
+                ..labels()
+            },
+            &Observation {
+                status: 200,
+                ..Observation::default()
+            },
+        );
+        let text = m.render();
+        assert!(text.len() < 100_000, "{} bytes", text.len());
+        assert!(text.contains(&format!("model=\"{OTHER_MODEL}\"")));
     }
 }

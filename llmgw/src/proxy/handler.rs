@@ -270,7 +270,7 @@ async fn pipeline(
                 stream: up.stream,
             },
         )?;
-        rec.model = rw.model;
+        rec.model = rw.model.map(|m| clip(m, MAX_LOGGED_MODEL));
         rec.stream = rw.stream;
         Bytes::from(rw.body)
     };
@@ -487,8 +487,32 @@ fn redirect(host: &str, path: &str) -> Response<ProxyBody> {
     resp
 }
 
+/// The longest model name the access log keeps (a client may send any
+/// string): longer ones are cut, marked with `...`.
+const MAX_LOGGED_MODEL: usize = 256;
+
+fn clip(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn long_model_names_are_clipped_at_a_character_boundary() {
+        assert_eq!(super::clip("short".into(), 10), "short");
+        assert_eq!(super::clip("éééé".into(), 3), "é...");
+        assert_eq!(super::clip("x".repeat(300), 256).len(), 259);
+    }
+
     use super::*;
     use crate::config::snapshot::provider_host_header;
 
