@@ -43,10 +43,28 @@ def main() -> int:
     assert usage, "no usage chunk: the gateway asks for stream_options.include_usage"
     assert (usage[-1].prompt_tokens, usage[-1].completion_tokens, usage[-1].total_tokens) == (5, 3, 8), usage
 
-    # The stream flag the provider imposes wins: asking for a stream from the
-    # quickstart's provider (stream: false) gets a plain completion back.
-    raw = client.chat.completions.with_raw_response.create(model="any", messages=messages, stream=True)
-    assert raw.headers.get("content-type", "").startswith("application/json"), raw.headers
+    # The quickstart's provider forces `stream: false`; a client asking for a
+    # stream still gets one (the gateway turns the completion into chunks),
+    # with the usage chunk it asked for.
+    chunks = list(client.chat.completions.create(
+        model="any", messages=messages, stream=True, stream_options={"include_usage": True}))
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content == "Hello! I am Qwen, ...", chunks
+    usage = [c.usage for c in chunks if c.usage is not None]
+    assert usage and usage[-1].total_tokens == 142, usage
+
+    # A provider that forces `stream: true` (host forced.test): a client
+    # asking for a plain completion gets one, gathered from the stream.
+    fc = OpenAI(
+        base_url=base + "/v1",
+        api_key="sk-client-placeholder",
+        default_headers={"Host": "forced.test"},
+        max_retries=0,
+        timeout=30,
+    )
+    gathered = fc.chat.completions.create(model="any", messages=messages)
+    assert gathered.choices[0].message.content == "c0c1c2", gathered
+    assert gathered.usage is not None and gathered.usage.total_tokens == 8, gathered.usage
 
     admin = os.environ.get("GATEWAY_ADMIN_URL")
     if admin:

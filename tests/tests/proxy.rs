@@ -178,6 +178,26 @@ async fn bad_bodies_are_400_and_big_ones_413() {
         assert_eq!(a.status, 400, "{bad:?}: {}", a.text());
         assert_eq!(a.json()["error"]["type"], "invalid_request_error");
     }
+    // A compressed body cannot be rewritten: 415, said so.
+    let a = post(
+        &s.gw.url(),
+        "test.com",
+        "{}",
+        &[("content-encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(a.status, 415, "{}", a.text());
+    assert_eq!(a.json()["error"]["code"], "unsupported_content_encoding");
+    // A byte order mark before the JSON is ignored (RFC 8259 allows it).
+    let a = post(&s.gw.url(), "test.com", "\u{feff}{\"messages\":[]}", &[]).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    // A bodiless DELETE (or OPTIONS) is passed on, not refused as bad JSON.
+    let del = Request::delete(s.gw.url())
+        .header("host", "test.com")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let a = client::collect(client::send(del).await).await;
+    assert_ne!(a.status, 400, "{}", a.text());
     let big = format!("{{\"messages\":\"{}\"}}", "x".repeat(2000));
     let a = post(&s.gw.url(), "test.com", &big, &[]).await;
     assert_eq!(a.status, 413);
@@ -201,7 +221,8 @@ async fn bad_bodies_are_400_and_big_ones_413() {
     let resp = client.request(req).await.expect("answer");
     assert_eq!(resp.status(), 413);
     let _ = send.await;
-    assert!(s.mock.requests().is_empty());
+    // Only the BOM-prefixed body and the DELETE reached the provider.
+    assert_eq!(s.mock.requests().len(), 2);
 }
 
 /// Writes `request` on a fresh connection and reads the answer's status line.

@@ -22,6 +22,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum ProxyBody {
     Full(Option<Bytes>),
     Upstream(Box<UpstreamBody>),
+    /// Bytes already read from the provider's body, then the rest of it.
+    Chained(Option<Bytes>, Box<UpstreamBody>),
 }
 
 impl ProxyBody {
@@ -193,6 +195,10 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Upstream(u) => Pin::new(u.as_mut()).poll_frame(cx),
+            ProxyBody::Chained(first, u) => match first.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => Pin::new(u.as_mut()).poll_frame(cx),
+            },
         }
     }
 
@@ -200,6 +206,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Upstream(u) => u.is_end_stream(),
+            ProxyBody::Chained(first, u) => first.is_none() && u.is_end_stream(),
         }
     }
 
@@ -207,6 +214,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Upstream(u) => u.size_hint(),
+            ProxyBody::Chained(..) => SizeHint::default(),
         }
     }
 }

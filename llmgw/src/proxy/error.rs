@@ -36,6 +36,8 @@ pub enum ProxyError {
     BodyTimeout(Duration),
     #[error("invalid request: {0}")]
     BadRequest(String),
+    #[error("the request body is encoded ({0}); send it uncompressed, the gateway rewrites it")]
+    Encoded(String),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
 }
@@ -51,6 +53,7 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Encoded(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProxyError::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
@@ -69,6 +72,7 @@ impl ProxyError {
                 ("invalid_request_error", "invalid_request")
             }
             ProxyError::BodyTimeout(_) => ("invalid_request_error", "request_timeout"),
+            ProxyError::Encoded(_) => ("invalid_request_error", "unsupported_content_encoding"),
             ProxyError::Upstream(e) if e.is_timeout() => ("server_error", "upstream_timeout"),
             ProxyError::Upstream(UpstreamError::Tls { .. }) => {
                 ("server_error", "upstream_tls_error")

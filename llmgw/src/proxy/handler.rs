@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use super::{
     ConnInfo, Proxy, Worker,
     body::{ProxyBody, Tap, UpstreamBody},
+    convert::{self, Convert},
     error::ProxyError,
     forwarded::{self, X_FORWARDED_FOR, X_FORWARDED_PROTO},
     record::Record,
@@ -89,7 +90,7 @@ pub async fn handle(
             rec.status = resp.status().as_u16();
             resp
         }
-        Ok(Reply::Upstream(resp, tap)) => {
+        Ok(Reply::Upstream(resp, tap, convert)) => {
             rec.status = resp.status().as_u16();
             rec.upstream_status = Some(rec.status);
             rec.ttfb = Some(rec.start.elapsed());
@@ -99,10 +100,13 @@ pub async fn handle(
                 a.apply_to_response(&mut parts.headers);
             }
             let body = UpstreamBody::new(body, rec, tap, proxy.opts.stream_idle_timeout);
-            return Ok(Response::from_parts(
-                parts,
-                ProxyBody::Upstream(Box::new(body)),
-            ));
+            let body = match convert {
+                Some(c) if parts.status.is_success() && converts(&parts.headers, c) => {
+                    reshape(&mut parts.headers, body, c).await
+                }
+                _ => ProxyBody::Upstream(Box::new(body)),
+            };
+            return Ok(Response::from_parts(parts, body));
         }
         Err(e) => {
             rec.status = e.status().as_u16();
@@ -122,7 +126,7 @@ pub async fn handle(
 
 enum Reply {
     Local(Response<ProxyBody>),
-    Upstream(Response<UpstreamIncoming>, Tap),
+    Upstream(Response<UpstreamIncoming>, Tap, Option<Convert>),
 }
 
 async fn pipeline(
@@ -260,11 +264,24 @@ async fn pipeline(
         (None, Some(b)) => read_body(b, &parts.headers, proxy).await?,
         (None, None) => Bytes::new(),
     };
-    let body = if body.is_empty() && matches!(parts.method, Method::GET | Method::HEAD) {
+    let mut convert = None;
+    let body = if body.is_empty()
+        && !matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
+    {
+        // Nothing to rewrite: GET /v1/models, DELETE, a CORS preflight.
         body
     } else {
+        if let Some(enc) = parts.headers.get(header::CONTENT_ENCODING)
+            && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
+        {
+            return Err(ProxyError::Encoded(
+                String::from_utf8_lossy(enc.as_bytes()).into_owned(),
+            ));
+        }
+        // RFC 8259 lets a parser ignore a byte order mark.
+        let json = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&body);
         let rw = rewrite::rewrite(
-            &body,
+            json,
             &BodyRewrite {
                 model: up.model.as_deref(),
                 stream: up.stream,
@@ -272,6 +289,23 @@ async fn pipeline(
         )?;
         rec.model = rw.model.map(|m| clip(m, MAX_LOGGED_MODEL));
         rec.stream = rw.stream;
+        // The provider's `stream` overrode the client's: answer in the
+        // shape the client asked for. A client that said nothing of
+        // streaming gets the provider's stream, unless it only accepts JSON
+        // (as OpenAI's SDKs say for a plain completion).
+        let json_only = parts
+            .headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("application/json") && !a.contains("text/event-stream"));
+        convert = match (rw.client_stream, rw.stream) {
+            (Some(true), false) => Some(Convert::ToStream {
+                usage: rw.client_usage,
+            }),
+            (Some(false), true) => Some(Convert::ToCompletion),
+            (None, true) if json_only => Some(Convert::ToCompletion),
+            _ => None,
+        };
         Bytes::from(rw.body)
     };
 
@@ -305,7 +339,7 @@ async fn pipeline(
     let sni = up.host.split(':').next().unwrap_or(&up.host);
     let resp = worker.upstreams.send(&up.authority, sni, out).await?;
     let tap = tap_for(resp.headers(), rec.stream);
-    Ok(Reply::Upstream(resp, tap))
+    Ok(Reply::Upstream(resp, tap, convert))
 }
 
 /// Reads the request body up to `--max-request-body`, refusing early on a
@@ -485,6 +519,59 @@ fn redirect(host: &str, path: &str) -> Response<ProxyBody> {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     resp
+}
+
+/// Whether the provider's answer has the shape `c` converts from.
+fn converts(headers: &HeaderMap, c: Convert) -> bool {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    !headers.contains_key(header::CONTENT_ENCODING)
+        && match c {
+            Convert::ToStream { .. } => ct.starts_with("application/json"),
+            Convert::ToCompletion => ct.starts_with("text/event-stream"),
+        }
+}
+
+/// Gathers the provider's whole answer (through the usage tap, so the
+/// record still sees it) and turns it into the shape the client asked for;
+/// an answer that is not of the expected kind, or too large, passes as it
+/// came.
+async fn reshape(headers: &mut HeaderMap, body: UpstreamBody, c: Convert) -> ProxyBody {
+    let mut body = body;
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Ok(data) = f.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+                if buf.len() > convert::MAX_CONVERTED_BYTES {
+                    // Too big to gather: what came so far, then the rest.
+                    return ProxyBody::Chained(Some(buf.freeze()), Box::new(body));
+                }
+            }
+            // The provider failed mid-answer: the client gets what came.
+            Err(_) => break,
+        }
+    }
+    drop(body); // the record reports here
+    let (out, ct) = match c {
+        Convert::ToStream { usage } => (
+            convert::completion_to_stream(&buf, usage),
+            "text/event-stream",
+        ),
+        Convert::ToCompletion => (convert::stream_to_completion(&buf), "application/json"),
+    };
+    match out {
+        Some(out) => {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            headers.remove(header::CONTENT_LENGTH);
+            ProxyBody::full(out)
+        }
+        None => ProxyBody::full(buf.freeze()),
+    }
 }
 
 /// The longest model name the access log keeps (a client may send any

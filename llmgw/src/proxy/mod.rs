@@ -4,6 +4,7 @@
 //! reload swaps in whole.
 
 pub mod body;
+pub mod convert;
 pub mod error;
 pub mod forwarded;
 pub mod handler;

@@ -359,6 +359,11 @@ pub struct Rewritten {
     pub model: Option<String>,
     /// Whether the response will be a stream.
     pub stream: bool,
+    /// What the client said of streaming (`"stream": true|false`, or
+    /// nothing) ...
+    pub client_stream: Option<bool>,
+    /// ... with a usage chunk (`stream_options.include_usage: true`).
+    pub client_usage: bool,
 }
 
 /// Applies `rw` to the JSON object in `body`. Every occurrence of a
@@ -374,7 +379,16 @@ pub fn rewrite(body: &[u8], rw: &BodyRewrite<'_>) -> Result<Rewritten, JsonError
         let v = &body[m.value.clone()];
         serde_json::from_slice::<String>(v).ok()
     });
-    let client_stream = last("stream").is_some_and(|m| &body[m.value.clone()] == b"true");
+    let client_said = last("stream").and_then(|m| match &body[m.value.clone()] {
+        b"true" => Some(true),
+        b"false" => Some(false),
+        _ => None,
+    });
+    let client_stream = client_said == Some(true);
+    let client_usage = last("stream_options").is_some_and(|m| {
+        serde_json::from_slice::<serde_json::Value>(&body[m.value.clone()])
+            .is_ok_and(|v| v.get("include_usage") == Some(&serde_json::Value::Bool(true)))
+    });
 
     let mut set = |name: &str, value: Vec<u8>, edits: &mut Vec<(Range<usize>, Vec<u8>)>| {
         let mut found = false;
@@ -465,6 +479,8 @@ pub fn rewrite(body: &[u8], rw: &BodyRewrite<'_>) -> Result<Rewritten, JsonError
         body: out,
         model: rw.model.map(str::to_string).or(client_model),
         stream,
+        client_stream: client_said,
+        client_usage,
     })
 }
 

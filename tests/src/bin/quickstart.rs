@@ -78,6 +78,8 @@ fn run() -> Result<ExitCode> {
         .arg(format!("dashscope.aliyuncs.com:443:{}", mock.addr))
         .arg("--resolve")
         .arg(format!("dashscope-intl.aliyuncs.com:443:{}", mock.addr))
+        .arg("--resolve")
+        .arg(format!("dashscope-stream.aliyuncs.com:443:{}", mock.addr))
         .env("API_KEY", &api_key)
         .stdin(Stdio::null())
         .spawn()
