@@ -9,16 +9,19 @@ import urllib.request
 from openai import OpenAI
 
 
-def main() -> int:
-    base = os.environ["GATEWAY_URL"]
+def client_for(host: str) -> OpenAI:
     # The route matches on the host; the gateway supplies model, path and key.
-    client = OpenAI(
-        base_url=base + "/v1",
+    return OpenAI(
+        base_url=os.environ["GATEWAY_URL"] + "/v1",
         api_key="sk-client-placeholder",
-        default_headers={"Host": "test.com"},
+        default_headers={"Host": host},
         max_retries=0,
         timeout=30,
     )
+
+
+def main() -> int:
+    client = client_for("test.com")
     messages = [{"role": "user", "content": "Please introduce yourself"}]
 
     plain = client.chat.completions.create(model="any", messages=messages)
@@ -29,13 +32,7 @@ def main() -> int:
 
     # A stream, through the provider of tests/python/streaming.yaml (host
     # stream.test), which leaves `stream` to the client.
-    sc = OpenAI(
-        base_url=base + "/v1",
-        api_key="sk-client-placeholder",
-        default_headers={"Host": "stream.test"},
-        max_retries=0,
-        timeout=30,
-    )
+    sc = client_for("stream.test")
     chunks = list(sc.chat.completions.create(model="any", messages=messages, stream=True))
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert content == "c0c1c2", content
@@ -55,13 +52,7 @@ def main() -> int:
 
     # A provider that forces `stream: true` (host forced.test): a client
     # asking for a plain completion gets one, gathered from the stream.
-    fc = OpenAI(
-        base_url=base + "/v1",
-        api_key="sk-client-placeholder",
-        default_headers={"Host": "forced.test"},
-        max_retries=0,
-        timeout=30,
-    )
+    fc = client_for("forced.test")
     gathered = fc.chat.completions.create(model="any", messages=messages)
     assert gathered.choices[0].message.content == "c0c1c2", gathered
     assert gathered.usage is not None and gathered.usage.total_tokens == 8, gathered.usage

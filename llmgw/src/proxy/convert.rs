@@ -16,6 +16,15 @@ pub enum Convert {
     ToCompletion,
 }
 
+/// The members a completion and its chunks share.
+const HEAD: [&str; 5] = [
+    "id",
+    "created",
+    "model",
+    "system_fingerprint",
+    "service_tier",
+];
+
 /// The most an answer to convert may hold (it is gathered whole first).
 pub const MAX_CONVERTED_BYTES: usize = 64 << 20;
 
@@ -28,13 +37,7 @@ pub fn completion_to_stream(body: &[u8], usage: bool) -> Option<Vec<u8>> {
     let obj = v.as_object()?;
     let choices = obj.get("choices")?.as_array()?;
     let mut head = Map::new();
-    for key in [
-        "id",
-        "created",
-        "model",
-        "system_fingerprint",
-        "service_tier",
-    ] {
+    for key in HEAD {
         if let Some(x) = obj.get(key) {
             head.insert(key.into(), x.clone());
         }
@@ -98,13 +101,7 @@ pub fn stream_to_completion(body: &[u8]) -> Option<Vec<u8>> {
             continue;
         };
         seen = true;
-        for key in [
-            "id",
-            "created",
-            "model",
-            "system_fingerprint",
-            "service_tier",
-        ] {
+        for key in HEAD {
             if let Some(x) = chunk.get(key)
                 && !x.is_null()
             {
