@@ -419,6 +419,55 @@ async fn stream_setup() -> (Setup, PathBuf) {
     )
 }
 
+/// The provider forces `stream: true`; a client that asked for JSON gets
+/// the stream gathered into one completion, and an error event in the
+/// stream is a 502 carrying the provider's error, never a 200 half answer.
+#[tokio::test]
+async fn a_forced_stream_is_gathered_for_a_json_client_and_its_errors_kept() {
+    let (s, _dir) = stream_setup().await;
+    s.mock
+        .respond(|_| Reply::stream(3, Duration::from_millis(1)));
+    let json_body = r#"{"messages":[],"stream":false}"#;
+    let a = post(&s.gw.url(), "test.com", json_body, &[]).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.headers["content-type"], "application/json");
+    let v = a.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["content"], "c0c1c2");
+    assert_eq!(v["usage"]["total_tokens"], 8);
+    // The access log has what the client got.
+    let gw = &s.gw;
+    let line = eventually(Duration::from_secs(5), || async {
+        gw.stdout()
+            .lines()
+            .find(|l| l.contains("\"status\":200") && l.contains("\"stream\":true"))
+            .map(str::to_string)
+    })
+    .await
+    .expect("an access log line");
+    let logged: serde_json::Value = serde_json::from_str(&line).expect("JSON access log");
+    assert_eq!(logged["bytes_sent"], a.text().len() as u64, "{logged}");
+
+    s.mock.respond(|_| Reply::Sse {
+        events: vec![
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n"
+                .into(),
+            "data: {\"error\":{\"message\":\"mid-stream failure\",\"type\":\"server_error\"}}\n\n"
+                .into(),
+        ],
+        delay: Duration::from_millis(1),
+    });
+    let a = post(&s.gw.url(), "test.com", json_body, &[]).await;
+    assert_eq!(a.status, 502, "{}", a.text());
+    assert_eq!(a.json()["error"]["message"], "mid-stream failure");
+    // A client that said nothing of streaming and accepts anything gets the
+    // provider's stream as it is.
+    s.mock
+        .respond(|_| Reply::stream(2, Duration::from_millis(1)));
+    let a = post(&s.gw.url(), "test.com", SEED_REQUEST, &[]).await;
+    assert_eq!(a.headers["content-type"], "text/event-stream");
+}
+
 #[tokio::test]
 async fn a_stream_reaches_the_client_while_the_provider_is_still_sending() {
     let (s, _dir) = stream_setup().await;

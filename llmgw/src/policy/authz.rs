@@ -470,8 +470,12 @@ impl Operation {
         // `test.com.` are routed as `test.com`, so a policy on `test.com`
         // must see them as that too.
         let routed = crate::proxy::router::host_of(ctx.authority);
-        let host_is =
-            |h: &Pattern| h.matches_ignore_case(ctx.authority) || h.matches_ignore_case(routed);
+        let dotless = crate::proxy::router::without_trailing_dot(ctx.authority);
+        let host_is = |h: &Pattern| {
+            h.matches_ignore_case(ctx.authority)
+                || h.matches_ignore_case(routed)
+                || h.matches_ignore_case(&dotless)
+        };
         any_or_empty(&self.hosts, host_is)
             && none(&self.not_hosts, host_is)
             && (self.ports.is_empty() || self.ports.contains(&port))

@@ -670,6 +670,12 @@ fn hosts_are_case_insensitive_with_prefix_and_suffix() {
         ..Req::default()
     };
     case(p, dot, false, "DENY test.com with a trailing dot");
+    let p = "action: DENY\nrules:\n- to: [{operation: {hosts: [\"test.com:80\"]}}]";
+    let dot_port = Req {
+        host: "test.com.:80",
+        ..Req::default()
+    };
+    case(p, dot_port, false, "DENY test.com:80 with a trailing dot");
     let p = allow_if("to: [{operation: {notHosts: [test.com]}}]");
     let dot80 = Req {
         host: "TEST.com.:80",

@@ -73,6 +73,11 @@ impl UpstreamBody {
         }
     }
 
+    /// The request's record, reported when this body is dropped.
+    pub fn record_mut(&mut self) -> &mut Record {
+        &mut self.record
+    }
+
     fn on_data(&mut self, data: &Bytes) {
         let now = self.record.start.elapsed();
         self.record.ttfb.get_or_insert(now);

@@ -35,6 +35,13 @@ pub const MAX_CONVERTED_BYTES: usize = 64 << 20;
 pub fn completion_to_stream(body: &[u8], usage: bool) -> Option<Vec<u8>> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let obj = v.as_object()?;
+    if obj.get("error").is_some_and(|e| !e.is_null()) {
+        // An error in a 200: as the event a streaming client raises on.
+        let mut out = b"data: ".to_vec();
+        out.extend_from_slice(body);
+        out.extend_from_slice(b"\n\n");
+        return Some(out);
+    }
     let choices = obj.get("choices")?.as_array()?;
     let mut head = Map::new();
     for key in HEAD {
@@ -82,13 +89,35 @@ pub fn completion_to_stream(body: &[u8], usage: bool) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// What a stream gathered into one answer came to.
+#[derive(Debug, PartialEq)]
+pub enum Gathered {
+    /// The `chat.completion` the stream told.
+    Completion(Vec<u8>),
+    /// The stream carried an error event: its `error` object.
+    Error(Value),
+    /// No chunk at all: the body passes as it is.
+    NotAStream,
+}
+
 /// A stream of `chat.completion.chunk` events gathered into the
 /// `chat.completion` it tells: per choice, the role, the content and refusal
 /// concatenated, tool calls assembled by index (their arguments
-/// concatenated), the last finish reason; the last usage. `None` when
-/// `body` holds no chunk (it then passes as it is).
-pub fn stream_to_completion(body: &[u8]) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(body).ok()?;
+/// concatenated), the last finish reason; the last usage. An error event
+/// anywhere makes it that error (a client that asked for JSON must not get
+/// a half answer as a success).
+pub fn stream_to_completion(body: &[u8]) -> Gathered {
+    match gather(body) {
+        Ok(Some(out)) => Gathered::Completion(out),
+        Ok(None) => Gathered::NotAStream,
+        Err(e) => Gathered::Error(e),
+    }
+}
+
+fn gather(body: &[u8]) -> Result<Option<Vec<u8>>, Value> {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Ok(None);
+    };
     let mut head = Map::new();
     let mut choices: Vec<(u64, Map<String, Value>, Value)> = Vec::new();
     let mut usage = Value::Null;
@@ -100,6 +129,11 @@ pub fn stream_to_completion(body: &[u8]) -> Option<Vec<u8>> {
         let Ok(Value::Object(chunk)) = serde_json::from_str::<Value>(&data) else {
             continue;
         };
+        if let Some(e) = chunk.get("error")
+            && !e.is_null()
+        {
+            return Err(e.clone());
+        }
         seen = true;
         for key in HEAD {
             if let Some(x) = chunk.get(key)
@@ -139,7 +173,7 @@ pub fn stream_to_completion(body: &[u8]) -> Option<Vec<u8>> {
         }
     }
     if !seen {
-        return None;
+        return Ok(None);
     }
     let mut out = head;
     out.insert("object".into(), json!("chat.completion"));
@@ -164,7 +198,7 @@ pub fn stream_to_completion(body: &[u8]) -> Option<Vec<u8>> {
     if !usage.is_null() {
         out.insert("usage".into(), usage);
     }
-    serde_json::to_vec(&Value::Object(out)).ok()
+    Ok(serde_json::to_vec(&Value::Object(out)).ok())
 }
 
 /// Adds one chunk's `delta` to the message gathered so far.
@@ -279,7 +313,10 @@ mod tests {
             1
         );
 
-        let back: Value = serde_json::from_slice(&stream_to_completion(&sse).unwrap()).unwrap();
+        let Gathered::Completion(back) = stream_to_completion(&sse) else {
+            panic!("not gathered")
+        };
+        let back: Value = serde_json::from_slice(&back).unwrap();
         assert_eq!(back["object"], "chat.completion");
         assert_eq!(
             back["choices"][0]["message"]["content"],
@@ -287,7 +324,6 @@ mod tests {
         );
         assert_eq!(back["choices"][0]["message"]["role"], "assistant");
         assert_eq!(back["usage"]["total_tokens"], 17);
-        assert!(completion_to_stream(b"{\"error\":{}}", true).is_none());
         assert!(completion_to_stream(b"not json", true).is_none());
     }
 
@@ -302,8 +338,10 @@ mod tests {
             "data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\n",
             "data: [DONE]\n\n",
         );
-        let v: Value =
-            serde_json::from_slice(&stream_to_completion(sse.as_bytes()).unwrap()).unwrap();
+        let Gathered::Completion(v) = stream_to_completion(sse.as_bytes()) else {
+            panic!("not gathered")
+        };
+        let v: Value = serde_json::from_slice(&v).unwrap();
         assert_eq!(v["id"], "c1");
         assert_eq!(v["model"], "m");
         let c0 = &v["choices"][0];
@@ -317,6 +355,27 @@ mod tests {
         assert_eq!(c0["finish_reason"], "tool_calls");
         assert_eq!(v["choices"][1]["message"]["content"], "B");
         assert_eq!(v["usage"]["total_tokens"], 3);
-        assert!(stream_to_completion(b"data: [DONE]\n\n").is_none());
+        assert_eq!(
+            stream_to_completion(b"data: [DONE]\n\n"),
+            Gathered::NotAStream
+        );
+    }
+
+    #[test]
+    fn errors_stay_errors_in_either_shape() {
+        // An error event, even after content, is the answer: never a 200
+        // half completion.
+        let sse = concat!(
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+            "data: {\"error\":{\"message\":\"mid-stream failure\",\"type\":\"server_error\"}}\n\n",
+        );
+        match stream_to_completion(sse.as_bytes()) {
+            Gathered::Error(e) => assert_eq!(e["message"], "mid-stream failure"),
+            other => panic!("{other:?}"),
+        }
+        // A JSON error sent with 200 becomes the event a streaming client
+        // raises on.
+        let sse = completion_to_stream(b"{\"error\":{\"message\":\"no\"}}", true).unwrap();
+        assert_eq!(events(&sse)[0]["error"]["message"], "no");
     }
 }

@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use super::{
     ConnInfo, Proxy, Worker,
     body::{ProxyBody, Tap, UpstreamBody},
-    convert::{self, Convert},
+    convert::{self, Convert, Gathered},
     error::ProxyError,
     forwarded::{self, X_FORWARDED_FOR, X_FORWARDED_PROTO},
     record::Record,
@@ -102,7 +102,7 @@ pub async fn handle(
             let body = UpstreamBody::new(body, rec, tap, proxy.opts.stream_idle_timeout);
             let body = match convert {
                 Some(c) if parts.status.is_success() && converts(&parts.headers, c) => {
-                    reshape(&mut parts.headers, body, c).await
+                    reshape(&mut parts, body, c).await
                 }
                 _ => ProxyBody::Upstream(Box::new(body)),
             };
@@ -537,10 +537,17 @@ fn converts(headers: &HeaderMap, c: Convert) -> bool {
 /// Gathers the provider's whole answer (through the usage tap, so the
 /// record still sees it) and turns it into the shape the client asked for;
 /// an answer that is not of the expected kind, or too large, passes as it
-/// came.
-async fn reshape(headers: &mut HeaderMap, body: UpstreamBody, c: Convert) -> ProxyBody {
-    let mut body = body;
+/// came. A stream that carried an error event, or broke off, becomes a 502
+/// in the OpenAI error shape (the provider's own error object when it sent
+/// one): a client that asked for JSON must not get half an answer as a
+/// success.
+async fn reshape(
+    parts: &mut http::response::Parts,
+    mut body: UpstreamBody,
+    c: Convert,
+) -> ProxyBody {
     let mut buf = BytesMut::new();
+    let mut broken = None;
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(f) => {
@@ -552,26 +559,57 @@ async fn reshape(headers: &mut HeaderMap, body: UpstreamBody, c: Convert) -> Pro
                     return ProxyBody::Chained(Some(buf.freeze()), Box::new(body));
                 }
             }
-            // The provider failed mid-answer: the client gets what came.
-            Err(_) => break,
+            Err(e) => {
+                broken = Some(e.to_string());
+                break;
+            }
         }
     }
-    drop(body); // the record reports here
-    let (out, ct) = match c {
-        Convert::ToStream { usage } => (
+    let failed = |parts: &mut http::response::Parts, error: serde_json::Value| {
+        parts.status = http::StatusCode::BAD_GATEWAY;
+        let v = serde_json::json!({ "error": error });
+        (Some(v.to_string().into_bytes()), "application/json")
+    };
+    let (out, ct) = match (c, broken) {
+        (Convert::ToCompletion, Some(e)) => failed(
+            parts,
+            serde_json::json!({
+                "message": format!("the provider's stream broke off: {e}"),
+                "type": "server_error",
+                "param": null,
+                "code": "upstream_unavailable",
+            }),
+        ),
+        (Convert::ToCompletion, None) => match convert::stream_to_completion(&buf) {
+            Gathered::Completion(out) => (Some(out), "application/json"),
+            Gathered::Error(e) => {
+                body.record_mut().error =
+                    Some(format!("the provider's stream carried an error: {e}"));
+                failed(parts, e)
+            }
+            Gathered::NotAStream => (None, ""),
+        },
+        (Convert::ToStream { usage }, _) => (
             convert::completion_to_stream(&buf, usage),
             "text/event-stream",
         ),
-        Convert::ToCompletion => (convert::stream_to_completion(&buf), "application/json"),
     };
-    match out {
+    let out = match out {
         Some(out) => {
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
-            headers.remove(header::CONTENT_LENGTH);
-            ProxyBody::full(out)
+            parts
+                .headers
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Bytes::from(out)
         }
-        None => ProxyBody::full(buf.freeze()),
-    }
+        None => buf.freeze(),
+    };
+    // What the client gets, not what the provider sent.
+    let rec = body.record_mut();
+    rec.status = parts.status.as_u16();
+    rec.bytes_sent = out.len() as u64;
+    drop(body); // the record reports here
+    ProxyBody::full(out)
 }
 
 /// The longest model name the access log keeps (a client may send any

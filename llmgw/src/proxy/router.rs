@@ -29,6 +29,24 @@ pub fn normalize_host(authority: &str) -> String {
     host_of(authority).to_ascii_lowercase()
 }
 
+/// `authority` with the trailing dot of its host removed, port kept
+/// (`a.test.:80` → `a.test:80`).
+pub fn without_trailing_dot(authority: &str) -> std::borrow::Cow<'_, str> {
+    let host = host_of(authority);
+    let a = authority.trim();
+    match a.strip_prefix(host) {
+        Some(rest) if rest.starts_with('.') => {
+            let port = rest.trim_start_matches('.');
+            if port.is_empty() || port.starts_with(':') {
+                format!("{host}{port}").into()
+            } else {
+                a.into()
+            }
+        }
+        _ => a.into(),
+    }
+}
+
 /// `authority` without its port (`[v6]:port` too) and trailing dot, case
 /// kept: the host routing sees.
 pub fn host_of(authority: &str) -> &str {
@@ -174,6 +192,14 @@ fn matches(m: &RequestMatch, host: &str, headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trailing_dots_go_ports_stay() {
+        assert_eq!(without_trailing_dot("a.test.:80"), "a.test:80");
+        assert_eq!(without_trailing_dot("a.test.."), "a.test");
+        assert_eq!(without_trailing_dot("a.test:80"), "a.test:80");
+        assert_eq!(without_trailing_dot("[::1]:80"), "[::1]:80");
+    }
 
     #[test]
     fn normalizes_hosts() {
