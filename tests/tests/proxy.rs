@@ -268,9 +268,33 @@ async fn two_host_headers_are_400_and_oversized_headers_431() {
         raw_status(&addr, big.as_bytes()).await,
         "HTTP/1.1 431 Request Header Fields Too Large"
     );
-    // That answer was the gateway's own: no request was forwarded or counted.
+    // That answer was the gateway's own: no request was forwarded or counted
+    // as one, but the refusal is counted.
+    // (counted when the connection ends, just after the answer).
+    let counted = |line: &'static str| {
+        let gw = &s.gw;
+        eventually(Duration::from_secs(5), move || async move {
+            gw.admin_get("/metrics").1.contains(line).then_some(())
+        })
+    };
+    assert!(
+        counted("llmgw_downstream_rejected_total{reason=\"headers_too_large\"} 1")
+            .await
+            .is_some(),
+        "{}",
+        s.gw.admin_get("/metrics").1
+    );
     let (_, metrics) = s.gw.admin_get("/metrics");
     assert!(!metrics.contains("code=\"431\""), "{metrics}");
+    let garbage = b"GET /\x01 bad HTTP/1.1\r\nHost: test.com\r\n\r\n";
+    assert_eq!(raw_status(&addr, garbage).await, "HTTP/1.1 400 Bad Request");
+    assert!(
+        counted("llmgw_downstream_rejected_total{reason=\"malformed\"} 1")
+            .await
+            .is_some(),
+        "{}",
+        s.gw.admin_get("/metrics").1
+    );
     let fits = format!(
         "POST / HTTP/1.1\r\nHost: test.com\r\nx-big: {}\r\ncontent-length: {}\r\n\r\n{body}",
         "a".repeat(8 * 1024),

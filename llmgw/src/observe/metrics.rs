@@ -188,6 +188,11 @@ pub struct Metrics {
     /// Unix time of the last successful (re)load.
     pub last_reload_ok: AtomicU64,
     pub access_log_dropped: AtomicU64,
+    /// Connections the HTTP layer ended on a request it could not read
+    /// (bad syntax: 400; headers too large: 431), before any handler saw
+    /// it, so no access log line or request series has them.
+    pub rejected_malformed: AtomicU64,
+    pub rejected_too_large: AtomicU64,
     /// Series created so far (see [`MAX_SERIES`]).
     series_count: AtomicUsize,
 }
@@ -402,11 +407,17 @@ impl Metrics {
              llmgw_config_last_reload_success_timestamp_seconds {}\n\
              # HELP llmgw_access_log_dropped_total Access log lines dropped because the writer fell behind.\n\
              # TYPE llmgw_access_log_dropped_total counter\n\
-             llmgw_access_log_dropped_total {}\n",
+             llmgw_access_log_dropped_total {}\n\
+             # HELP llmgw_downstream_rejected_total Requests refused before routing because they could not be read (answered 400 or 431; not in the access log).\n\
+             # TYPE llmgw_downstream_rejected_total counter\n\
+             llmgw_downstream_rejected_total{{reason=\"malformed\"}} {}\n\
+             llmgw_downstream_rejected_total{{reason=\"headers_too_large\"}} {}\n",
             self.reloads_ok.load(Relaxed),
             self.reloads_failed.load(Relaxed),
             self.last_reload_ok.load(Relaxed),
             self.access_log_dropped.load(Relaxed),
+            self.rejected_malformed.load(Relaxed),
+            self.rejected_too_large.load(Relaxed),
         );
         out
     }

@@ -123,11 +123,32 @@ where
         r = served.as_mut() => {
             if let Err(e) = r {
                 debug!(error = %e, "connection ended with an error");
+                count_rejection(&*e, &proxy.observer.metrics);
             }
         }
         _ = Drain::stopped(&mut stop) => {
             served.as_mut().graceful_shutdown();
             let _ = served.await;
         }
+    }
+}
+
+/// Counts a request the HTTP layer refused before the handler saw it.
+fn count_rejection(
+    e: &(dyn std::error::Error + 'static),
+    metrics: &crate::observe::metrics::Metrics,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(h) = c.downcast_ref::<hyper::Error>() {
+            if h.is_parse_too_large() {
+                metrics.rejected_too_large.fetch_add(1, Relaxed);
+            } else if h.is_parse() {
+                metrics.rejected_malformed.fetch_add(1, Relaxed);
+            }
+            return;
+        }
+        cur = c.source();
     }
 }
