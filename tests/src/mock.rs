@@ -135,6 +135,8 @@ struct State {
     connections: std::sync::atomic::AtomicUsize,
     /// Bumped to make every open connection shut down gracefully.
     shutdown: tokio::sync::watch::Sender<u64>,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS for new connections (0: hyper's default).
+    max_streams: std::sync::atomic::AtomicU32,
 }
 
 pub struct MockProvider {
@@ -168,6 +170,7 @@ impl MockProvider {
             changed: Notify::new(),
             connections: std::sync::atomic::AtomicUsize::new(0),
             shutdown: tokio::sync::watch::channel(0).0,
+            max_streams: std::sync::atomic::AtomicU32::new(0),
         });
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut cfg = ServerConfig::builder_with_provider(provider)
@@ -215,6 +218,14 @@ impl MockProvider {
 
     /// Shuts every open connection down gracefully, as a provider that
     /// restarts does: h2 sends GOAWAY, HTTP/1.1 closes once idle.
+    /// Allows at most `n` concurrent HTTP/2 streams on connections accepted
+    /// from now on.
+    pub fn limit_streams(&self, n: u32) {
+        self.state
+            .max_streams
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn close_connections(&self) {
         self.state.shutdown.send_modify(|n| *n += 1);
     }
@@ -307,12 +318,16 @@ where
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut shutdown = st.shutdown.subscribe();
     shutdown.mark_unchanged();
+    let max = st.max_streams.load(std::sync::atomic::Ordering::Relaxed);
     let svc = service_fn(move |req| {
         let st = st.clone();
         let sni = sni.clone();
         async move { Ok::<_, Infallible>(answer(req, sni, st).await) }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if max > 0 {
+        builder.http2().max_concurrent_streams(max);
+    }
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
     tokio::select! {

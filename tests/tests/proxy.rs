@@ -949,6 +949,41 @@ async fn provider_connections_are_kept_and_replaced_when_the_provider_closes_the
     }
 }
 
+/// A provider that allows 2 concurrent HTTP/2 streams: requests beyond
+/// that go on more connections (Envoy's pool), instead of waiting in line
+/// on one; each connection stays within the limit.
+#[tokio::test]
+async fn more_provider_connections_when_the_stream_limit_is_reached() {
+    let s = quickstart(&["--workers", "1"]).await;
+    s.mock.limit_streams(2);
+    s.mock.respond(|_| Reply::Slow {
+        delay: Duration::from_millis(300),
+        then: Box::new(Reply::completion()),
+    });
+    // One request first, so the connection's SETTINGS (the limit) are known.
+    let a = post(&s.gw.url(), "test.com", SEED_REQUEST, &[]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(s.mock.connections(), 1);
+    let url = s.gw.url();
+    let all: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { post(&url, "test.com", SEED_REQUEST, &[]).await.status })
+        })
+        .collect();
+    for r in all {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    // 6 at once, 2 per connection: 3 connections (1 before, 2 more).
+    assert_eq!(s.mock.connections(), 3);
+    assert!(
+        s.mock
+            .requests()
+            .iter()
+            .all(|r| r.version == http::Version::HTTP_2)
+    );
+}
+
 #[tokio::test]
 async fn a_body_larger_than_the_providers_flow_control_window_arrives_whole() {
     // hyper's server (the mock) opens 1 MiB stream windows: 3 MiB needs

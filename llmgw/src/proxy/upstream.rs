@@ -13,7 +13,10 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::Path,
     pin::Pin,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -363,9 +366,10 @@ impl Upstreams {
     }
 }
 
-/// The connections to one provider endpoint: at most one HTTP/2 connection
-/// (shared by all requests, as many streams as the provider allows), or
-/// idle HTTP/1.1 connections, whichever the provider chose by ALPN.
+/// The connections to one provider endpoint: HTTP/2 connections shared by
+/// all requests (a new one only when every one has as many streams open as
+/// the provider allows, as Envoy's pool does), or idle HTTP/1.1
+/// connections, whichever the provider chose by ALPN.
 pub struct Pool {
     authority: String,
     target: Target,
@@ -376,7 +380,7 @@ pub struct Pool {
 
 #[derive(Default)]
 struct PoolState {
-    h2: Option<H2Conn>,
+    h2: Vec<H2Conn>,
     /// The provider chose h2 last time: while that connection is being
     /// made, requests wait for it instead of each opening their own.
     speaks_h2: bool,
@@ -391,6 +395,8 @@ struct H2Conn {
     id: u64,
     send: h2::client::SendRequest<Bytes>,
     last_used: Instant,
+    /// Streams open on it (requests sent whose answer is not done).
+    streams: Arc<AtomicUsize>,
     /// Dropped with this handle: wakes the connection's task, which then
     /// closes the connection once its last stream is done (h2 does not
     /// notice on its own that the last `SendRequest` is gone).
@@ -407,6 +413,7 @@ enum Conn {
     H2 {
         id: u64,
         send: h2::client::SendRequest<Bytes>,
+        slot: StreamSlot,
         reused: bool,
     },
     H1 {
@@ -449,7 +456,12 @@ impl Pool {
         loop {
             let conn = self.checkout().await?;
             let (reused, sent) = match conn {
-                Conn::H2 { id, send, reused } => (reused, self.send_h2(id, send, req).await),
+                Conn::H2 {
+                    id,
+                    send,
+                    slot,
+                    reused,
+                } => (reused, self.send_h2(id, send, slot, req).await),
                 Conn::H1 { send, reused } => (reused, self.send_h1(send, req).await),
             };
             match sent {
@@ -477,11 +489,17 @@ impl Pool {
             let wait = self.h2_made.notified();
             {
                 let mut st = lock(&self.state);
-                if let Some(c) = &mut st.h2 {
+                // The first connection with room for another stream.
+                if let Some(c) = st
+                    .h2
+                    .iter_mut()
+                    .find(|c| c.streams.load(Ordering::Relaxed) < c.send.current_max_send_streams())
+                {
                     c.last_used = Instant::now();
                     return Ok(Conn::H2 {
                         id: c.id,
                         send: c.send.clone(),
+                        slot: StreamSlot::take(&c.streams),
                         reused: true,
                     });
                 }
@@ -518,15 +536,19 @@ impl Pool {
         Ok(match conn {
             Made::H2(send, closer) => {
                 st.speaks_h2 = true;
-                st.h2 = Some(H2Conn {
+                let streams = Arc::new(AtomicUsize::new(0));
+                let slot = StreamSlot::take(&streams);
+                st.h2.push(H2Conn {
                     id,
                     send: send.clone(),
                     last_used: Instant::now(),
+                    streams,
                     _closer: closer,
                 });
                 Conn::H2 {
                     id,
                     send,
+                    slot,
                     reused: false,
                 }
             }
@@ -579,6 +601,7 @@ impl Pool {
         self: &Arc<Self>,
         id: u64,
         mut send: h2::client::SendRequest<Bytes>,
+        slot: StreamSlot,
         req: Request<Bytes>,
     ) -> Result<Response<UpstreamIncoming>, Failed> {
         if let Err(e) = std::future::poll_fn(|cx| send.poll_ready(cx)).await {
@@ -612,7 +635,15 @@ impl Pool {
         let resp = resp.await.map_err(|e| {
             let refused =
                 e.is_reset() && e.is_remote() && e.reason() == Some(h2::Reason::REFUSED_STREAM);
-            if refused {
+            // A graceful GOAWAY (NO_ERROR) fails exactly the streams above
+            // its last stream id, which the provider guarantees it never
+            // processed (RFC 9113 6.8): as refused; the connection is done.
+            let gone_before =
+                e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR);
+            if gone_before {
+                self.forget_h2(id);
+            }
+            if refused || gone_before {
                 Failed::Refused(Box::new(again), self.h2_error(&e))
             } else {
                 Failed::Sent(self.h2_error(&e))
@@ -636,6 +667,7 @@ impl Pool {
                 recv,
                 remaining,
                 data_done: false,
+                _slot: slot,
             },
         ))
     }
@@ -692,21 +724,13 @@ impl Pool {
     }
 
     fn forget_h2(&self, id: u64) {
-        let mut st = lock(&self.state);
-        if st.h2.as_ref().is_some_and(|c| c.id == id) {
-            st.h2 = None;
-        }
+        lock(&self.state).h2.retain(|c| c.id != id);
     }
 
     fn close_idle(&self, now: Instant) {
         let mut st = lock(&self.state);
-        if st
-            .h2
-            .as_ref()
-            .is_some_and(|c| now.saturating_duration_since(c.last_used) > POOL_IDLE)
-        {
-            st.h2 = None;
-        }
+        st.h2
+            .retain(|c| now.saturating_duration_since(c.last_used) <= POOL_IDLE);
         st.idle
             .retain(|c| now.saturating_duration_since(c.since) <= POOL_IDLE && !c.send.is_closed());
     }
@@ -804,7 +828,25 @@ pub enum UpstreamIncoming {
         /// Bytes still to come per Content-Length, when given.
         remaining: Option<u64>,
         data_done: bool,
+        /// The stream's place on its connection, given back with the body.
+        _slot: StreamSlot,
     },
+}
+
+/// One open stream on an HTTP/2 connection, counted while held.
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl StreamSlot {
+    fn take(streams: &Arc<AtomicUsize>) -> Self {
+        streams.fetch_add(1, Ordering::Relaxed);
+        StreamSlot(streams.clone())
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl UpstreamIncoming {
@@ -864,6 +906,7 @@ impl http_body::Body for UpstreamIncoming {
                 recv,
                 remaining,
                 data_done,
+                ..
             } => {
                 if !*data_done {
                     match recv.poll_data(cx) {
