@@ -525,9 +525,14 @@ async fn reload(
     }
     // Key sets already fetched for the same sources serve until the new
     // fetches complete.
+    let previous = proxy.live.load();
     live.snapshot
         .authn
-        .start(jwks_fetch, Some(&proxy.live.load().snapshot.authn));
+        .start(jwks_fetch, Some(&previous.snapshot.authn));
+    live.snapshot
+        .ext_authz
+        .carry_counts_from(&previous.snapshot.ext_authz);
+    drop(previous);
     proxy.live.store(Arc::new(live));
     let live = proxy.live.load();
     listeners.commit(bound, &live, workers);

@@ -388,17 +388,28 @@ async fn custom_authorization_asks_the_external_authorizer() {
     assert_eq!(authz.seen.lock().unwrap().len(), checks + 1);
     assert_eq!(s.mock.requests().len(), calls);
 
-    // Every check is counted by provider and result.
-    let metrics = s.gw.metrics();
-    for line in [
-        "llmgw_ext_authz_checks_total{provider=\"my-authz\",result=\"allowed\"} 2",
-        "llmgw_ext_authz_checks_total{provider=\"my-authz\",result=\"denied\"} 1",
-    ] {
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "no {line:?} in:\n{metrics}"
-        );
-    }
+    // Every check is counted by provider and result, and a reload carries
+    // the counts on (the series never go backwards).
+    let counted = |metrics: &str| {
+        for line in [
+            "llmgw_ext_authz_checks_total{provider=\"my-authz\",result=\"allowed\"} 2",
+            "llmgw_ext_authz_checks_total{provider=\"my-authz\",result=\"denied\"} 1",
+        ] {
+            assert!(
+                metrics.lines().any(|l| l == line),
+                "no {line:?} in:\n{metrics}"
+            );
+        }
+    };
+    counted(&s.gw.metrics());
+    let reloads = |m: &str| m.contains("llmgw_config_reloads_total{result=\"success\"} 1");
+    s.gw.signal("HUP");
+    let reloaded = llmgw_tests::eventually(std::time::Duration::from_secs(10), || async {
+        reloads(&s.gw.metrics()).then_some(())
+    })
+    .await;
+    assert!(reloaded.is_some(), "no reload: {}", s.gw.stderr());
+    counted(&s.gw.metrics());
 
     // Unreachable authorizer without failOpen: statusOnError.
     let s = setup(CUSTOM_DOWN, mesh_args).await;

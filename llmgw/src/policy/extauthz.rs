@@ -403,6 +403,32 @@ impl ExtAuthz {
             .collect()
     }
 
+    /// Counters are per snapshot: a reload's new snapshot starts from the
+    /// counts of the one it replaces (provider by provider name), so the
+    /// series never go backwards.
+    pub fn carry_counts_from(&self, previous: &ExtAuthz) {
+        fn common(p: &Provider) -> Option<&Common> {
+            match p {
+                Provider::Http(p) => Some(&p.common),
+                Provider::Grpc(p) => Some(&p.common),
+                Provider::Other(_) | Provider::Invalid => None,
+            }
+        }
+        for (name, p) in &self.providers {
+            let (Some(new), Some(old)) = (common(p), previous.providers.get(name).and_then(common))
+            else {
+                continue;
+            };
+            for (n, o) in [
+                (&new.stats.allowed, &old.stats.allowed),
+                (&new.stats.denied, &old.stats.denied),
+                (&new.stats.errors, &old.stats.errors),
+            ] {
+                n.fetch_add(o.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Per-provider counters, for metrics.
     pub fn stats(&self) -> Vec<ProviderStats> {
         self.providers

@@ -253,9 +253,11 @@ impl RemoteJwks {
         }
     }
 
-    /// Spawns the fetch-and-refresh task (once). `inherited` keys, from the
-    /// configuration this one replaces, are used until a fetch succeeds.
-    pub fn start(self: &Arc<Self>, settings: FetchSettings, inherited: Option<Arc<Jwks>>) {
+    /// Spawns the fetch-and-refresh task (once). The keys of `previous`
+    /// (the same source in the configuration this one replaces) are used
+    /// until a fetch succeeds, and its counts carried on, so the metrics
+    /// never go backwards across a reload.
+    pub fn start(self: &Arc<Self>, settings: FetchSettings, previous: Option<&RemoteJwks>) {
         if self.started.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -264,8 +266,16 @@ impl RemoteJwks {
             self.started.store(false, Ordering::Release);
             return;
         };
-        if let Some(keys) = inherited {
-            self.state.send_modify(|s| s.keys = Some(keys));
+        if let Some(prev) = previous {
+            if let Some(keys) = prev.current() {
+                self.state.send_modify(|s| s.keys = Some(keys));
+            }
+            self.ok
+                .fetch_add(prev.ok.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.failed
+                .fetch_add(prev.failed.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.last_ok
+                .fetch_max(prev.last_ok.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         let weak = Arc::downgrade(self);
         let mut shutdown = self.shutdown.subscribe();

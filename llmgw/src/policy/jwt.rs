@@ -231,15 +231,15 @@ impl Authenticator {
     pub fn start(&self, settings: &FetchSettings, previous: Option<&Authenticator>) {
         for rule in &self.rules {
             if let Keys::Remote(remote) = &rule.keys {
-                let inherited = previous.and_then(|p| p.remote_keys(remote.source()));
-                remote.start(settings.clone(), inherited);
+                let prev = previous.and_then(|p| p.remote(remote.source()));
+                remote.start(settings.clone(), prev.as_deref());
             }
         }
     }
 
-    fn remote_keys(&self, source: &JwksSource) -> Option<Arc<Jwks>> {
+    fn remote(&self, source: &JwksSource) -> Option<Arc<RemoteJwks>> {
         self.rules.iter().find_map(|r| match &r.keys {
-            Keys::Remote(remote) if remote.source() == source => remote.current(),
+            Keys::Remote(remote) if remote.source() == source => Some(remote.clone()),
             _ => None,
         })
     }
