@@ -294,7 +294,11 @@ fn run_gateway(config: ConfigArgs, run: RunArgs) -> Result<ExitCode> {
             follower.update(llmgw::policy::l4::rules(s))
         }));
     }
-    match runtime.block_on(serve::serve(opts, Arc::new(ProcessEnv), hooks)) {
+    let served = runtime.block_on(serve::serve(opts, Arc::new(ProcessEnv), hooks));
+    // Everything is written and closed: do not wait on blocking tasks that
+    // may still sleep (a provider address lookup, a file read).
+    runtime.shutdown_background();
+    match served {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(ServeError::Config(errors)) => {
             eprint!("{errors}");

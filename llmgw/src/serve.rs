@@ -479,6 +479,9 @@ pub async fn serve(
             connections = proxy.drain.active(),
             "drain timeout: closing the remaining connections"
         );
+        // Their requests end here, logged as cut, before the log closes.
+        proxy.drain.abort();
+        let _ = proxy.drain.wait_idle(Duration::from_millis(500)).await;
     }
     admin_stop.send_replace(true);
     proxy.observer.log.close();

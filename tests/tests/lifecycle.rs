@@ -2,7 +2,11 @@
 //! seed's step 5 (RBAC), https redirects, hot reload (good swaps in, bad is
 //! refused), startup errors, and draining on SIGTERM.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use http::{Request, Version};
@@ -517,6 +521,75 @@ async fn sigterm_drains_in_flight_streams_then_exits() {
     assert!(status.expect("llmgw exits").success());
     let stderr = gw.lock().unwrap().stderr();
     assert!(stderr.contains("draining"), "{stderr}");
+}
+
+/// A stream longer than the drain timeout is cut when it passes: the
+/// gateway exits soon after, and the cut request still has its access log
+/// line.
+#[tokio::test]
+async fn the_drain_timeout_cuts_what_is_left_and_logs_it() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    write_quickstart(&conf, "test.com");
+    let provider = std::fs::read_to_string(conf.join("01-llmprovider.yaml"))
+        .unwrap()
+        .replace("stream: false", "stream: true");
+    std::fs::write(conf.join("01-llmprovider.yaml"), provider).unwrap();
+    let gw = start(
+        gateway_with(&mock, dir.path())
+            .config(&conf)
+            .arg("--drain-timeout")
+            .arg("1s"),
+    )
+    .await;
+    mock.respond(|_| Reply::stream(40, Duration::from_millis(200)));
+    let req = Request::post(gw.url())
+        .header("host", "test.com")
+        .body(Full::new(Bytes::from_static(SEED_REQUEST.as_bytes())))
+        .unwrap();
+    let resp = client::send(req).await;
+    assert_eq!(resp.status(), 200);
+    gw.signal("TERM");
+    let sent = Instant::now();
+    let gw = Arc::new(std::sync::Mutex::new(gw));
+    // Read until the gateway cuts the stream (an error, not the end).
+    let mut body = resp.into_body();
+    let mut text = String::new();
+    let cut = loop {
+        match http_body_util::BodyExt::frame(&mut body).await {
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    text.push_str(&String::from_utf8_lossy(&d));
+                }
+            }
+            Some(Err(_)) => break true,
+            None => break false,
+        }
+    };
+    assert!(
+        cut && !text.ends_with("data: [DONE]\n\n"),
+        "the stream was not cut: {text}"
+    );
+    let g = gw.clone();
+    let status =
+        tokio::task::spawn_blocking(move || g.lock().unwrap().wait_exit(Duration::from_secs(10)))
+            .await
+            .unwrap();
+    assert!(status.expect("llmgw exits").success());
+    // Well before the stream's 8 s: the drain timeout and a little more.
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
+    let out = gw.lock().unwrap().stdout();
+    let line = out
+        .lines()
+        .find(|l| l.contains("\"status\":200"))
+        .unwrap_or_else(|| panic!("no access log line for the cut stream: {out}"));
+    assert!(line.contains("\"error\":\""), "{line}");
 }
 
 #[tokio::test]

@@ -119,6 +119,7 @@ where
     let served = proxy.http.serve_connection(io, svc);
     tokio::pin!(served);
     let mut stop = proxy.drain.subscribe();
+    let mut abort = proxy.drain.subscribe_abort();
     tokio::select! {
         r = served.as_mut() => {
             if let Err(e) = r {
@@ -128,7 +129,12 @@ where
         }
         _ = Drain::stopped(&mut stop) => {
             served.as_mut().graceful_shutdown();
-            let _ = served.await;
+            tokio::select! {
+                _ = served.as_mut() => {}
+                // The drain timeout passed: the connection and its requests
+                // are dropped here (and logged as cut).
+                _ = Drain::stopped(&mut abort) => {}
+            }
         }
     }
 }

@@ -76,6 +76,9 @@ impl Live {
 /// Tracks open connections so shutdown can wait for them.
 pub struct Drain {
     tx: watch::Sender<bool>,
+    /// Turned true when the drain timeout has passed: connections still open
+    /// are dropped (their requests are logged as cut).
+    abort_tx: watch::Sender<bool>,
     active: AtomicUsize,
     idle: Notify,
 }
@@ -94,6 +97,7 @@ impl Default for Drain {
     fn default() -> Self {
         Self {
             tx: watch::channel(false).0,
+            abort_tx: watch::channel(false).0,
             active: AtomicUsize::new(0),
             idle: Notify::new(),
         }
@@ -118,6 +122,15 @@ impl Drain {
     /// Asks every connection to finish its in-flight requests and close.
     pub fn start(&self) {
         self.tx.send_replace(true);
+    }
+
+    pub fn subscribe_abort(&self) -> watch::Receiver<bool> {
+        self.abort_tx.subscribe()
+    }
+
+    /// Drops every connection still open (after the drain timeout).
+    pub fn abort(&self) {
+        self.abort_tx.send_replace(true);
     }
 
     pub fn active(&self) -> usize {
