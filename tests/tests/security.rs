@@ -573,6 +573,22 @@ async fn custom_authorization_over_grpc() {
     assert_eq!(http.path, "/");
     assert_eq!(http.protocol, "HTTP/1.1");
     assert_eq!(Some(http.id.as_str()), upstream.header("x-request-id"));
+    // The headers as Envoy's filters see them: the connection manager's
+    // additions included.
+    assert_eq!(
+        http.headers.get("x-forwarded-for").map(String::as_str),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        http.headers.get("x-forwarded-proto").map(String::as_str),
+        Some("http")
+    );
+    assert_eq!(http.headers.get("x-request-id"), Some(&http.id));
+    assert!(
+        http.headers.contains_key("content-length"),
+        "{:?}",
+        http.headers
+    );
     let source = attrs
         .source
         .unwrap()

@@ -145,6 +145,15 @@ impl GrpcProvider {
                 })
                 .or_insert_with(|| v.into_owned());
         }
+        // Envoy passes the request's own Content-Length too (an HTTP check
+        // request carries its own instead, hence the shared filter drops it).
+        if let Some(v) = req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+        {
+            headers.insert("content-length".into(), v.to_string());
+        }
         let attrs = req.attrs;
         let scheme = attrs.map_or("http", |a| a.scheme);
         headers.insert(":authority".into(), req.host.to_string());

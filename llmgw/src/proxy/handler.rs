@@ -210,11 +210,22 @@ async fn pipeline(
         {
             early_body = Some(read_body(b, &parts.headers, proxy).await?);
         }
+        // The authorizer sees the request as Envoy's filters do, after the
+        // connection manager added its headers: X-Forwarded-For with the
+        // peer, X-Forwarded-Proto, X-Request-Id.
+        let mut seen = parts.headers.clone();
+        append_forwarded(
+            &parts.headers,
+            &mut seen,
+            conn,
+            proxy.opts.num_trusted_proxies,
+        );
+        seen.insert(X_REQUEST_ID, rec.request_id.clone());
         let check = CheckRequest {
             method: &parts.method,
             host: &authority,
             path_and_query: &raw_path,
-            headers: &parts.headers,
+            headers: &seen,
             body: early_body.as_ref(),
             attrs: Some(Attributes {
                 source: conn.peer,
