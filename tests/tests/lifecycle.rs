@@ -9,8 +9,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Request, Version};
+use http::{Request, Response, Version};
 use http_body_util::Full;
+use hyper::body::Incoming;
 use llmgw_tests::{
     client::{self, SEED_REQUEST, post},
     eventually,
@@ -479,8 +480,13 @@ async fn an_invalid_configuration_at_start_exits_non_zero_with_the_errors() {
     assert!(stderr.contains("bad.yaml"), "{stderr}");
 }
 
-#[tokio::test]
-async fn sigterm_drains_in_flight_streams_then_exits() {
+/// The quickstart with a provider that streams, and a stream of `chunks`
+/// chunks `every` apart in flight; then SIGTERM.
+async fn terminated_mid_stream(
+    drain_timeout: &str,
+    chunks: usize,
+    every: Duration,
+) -> (MockProvider, tempfile::TempDir, Gateway, Response<Incoming>) {
     let mock = MockProvider::start().await;
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("conf");
@@ -494,10 +500,10 @@ async fn sigterm_drains_in_flight_streams_then_exits() {
         gateway_with(&mock, dir.path())
             .config(&conf)
             .arg("--drain-timeout")
-            .arg("10s"),
+            .arg(drain_timeout),
     )
     .await;
-    mock.respond(|_| Reply::stream(6, Duration::from_millis(100)));
+    mock.respond(move |_| Reply::stream(chunks, every));
     let req = Request::post(gw.url())
         .header("host", "test.com")
         .body(Full::new(Bytes::from_static(SEED_REQUEST.as_bytes())))
@@ -505,6 +511,12 @@ async fn sigterm_drains_in_flight_streams_then_exits() {
     let resp = client::send(req).await;
     assert_eq!(resp.status(), 200);
     gw.signal("TERM");
+    (mock, dir, gw, resp)
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_streams_then_exits() {
+    let (_mock, _dir, gw, resp) = terminated_mid_stream("10s", 6, Duration::from_millis(100)).await;
     let gw = Arc::new(std::sync::Mutex::new(gw));
     // The stream in flight finishes whole.
     let frames = client::timed_frames(resp).await;
@@ -528,30 +540,7 @@ async fn sigterm_drains_in_flight_streams_then_exits() {
 /// line.
 #[tokio::test]
 async fn the_drain_timeout_cuts_what_is_left_and_logs_it() {
-    let mock = MockProvider::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("conf");
-    std::fs::create_dir(&conf).unwrap();
-    write_quickstart(&conf, "test.com");
-    let provider = std::fs::read_to_string(conf.join("01-llmprovider.yaml"))
-        .unwrap()
-        .replace("stream: false", "stream: true");
-    std::fs::write(conf.join("01-llmprovider.yaml"), provider).unwrap();
-    let gw = start(
-        gateway_with(&mock, dir.path())
-            .config(&conf)
-            .arg("--drain-timeout")
-            .arg("1s"),
-    )
-    .await;
-    mock.respond(|_| Reply::stream(40, Duration::from_millis(200)));
-    let req = Request::post(gw.url())
-        .header("host", "test.com")
-        .body(Full::new(Bytes::from_static(SEED_REQUEST.as_bytes())))
-        .unwrap();
-    let resp = client::send(req).await;
-    assert_eq!(resp.status(), 200);
-    gw.signal("TERM");
+    let (_mock, _dir, gw, resp) = terminated_mid_stream("1s", 40, Duration::from_millis(200)).await;
     let sent = Instant::now();
     let gw = Arc::new(std::sync::Mutex::new(gw));
     // Read until the gateway cuts the stream (an error, not the end).
