@@ -461,27 +461,15 @@ mod prog {
     }
 
     /// Drop decision for a packet to listener port `port` whose source's
-    /// longest matching deny prefix has value `value`.
+    /// longest matching deny prefix has value `value`: a port-scoped rule of
+    /// its class (more specific) over its all-ports rule.
     #[inline(always)]
     fn decide(value: Option<DenyValue>, port: u16, dst: Dst<'_>) -> Verdict {
         let Some(v) = value else {
             return Verdict::pass(stat::PASS_NO_MATCH);
         };
-        let mut rule = v.all_ports_rule;
-        if v.class != common::NONE {
-            // SAFETY: the value is a plain u32 read once; userspace never
-            // rewrites a value in place (it inserts, then deletes).
-            if let Some(r) = unsafe { PORTSET.get(ClassPortKey::new(v.class, port)) } {
-                rule = *r;
-            }
-        }
-        if rule == common::NONE {
-            return Verdict::pass(stat::PASS_PORT_ALLOWED);
-        }
-        if !ours(dst) {
-            return Verdict::pass(stat::PASS_NOT_LOCAL);
-        }
-        Verdict::drop(rule, false)
+        let rule = class_rule(v.class, port).unwrap_or(v.all_ports_rule);
+        drop_if_ours(rule, dst, stat::PASS_PORT_ALLOWED, false)
     }
 
     /// A packet whose port we cannot know (non-first fragment, a header
@@ -496,21 +484,34 @@ mod prog {
             return Verdict::pass(stat::PASS_UNKNOWN_PORT);
         };
         let mut rule = v.all_ports_rule;
-        if rule == common::NONE && v.class != common::NONE {
-            // SAFETY: as in `decide`.
-            if let Some(r) =
-                unsafe { PORTSET.get(ClassPortKey::new(v.class, common::UNKNOWN_PORT)) }
-            {
-                rule = *r;
-            }
-        }
         if rule == common::NONE {
-            return Verdict::pass(stat::PASS_UNKNOWN_PORT);
+            rule = class_rule(v.class, common::UNKNOWN_PORT).unwrap_or(common::NONE);
+        }
+        drop_if_ours(rule, dst, stat::PASS_UNKNOWN_PORT, true)
+    }
+
+    /// The rule class `class` charges for `port`, if it lists the port.
+    #[inline(always)]
+    fn class_rule(class: u32, port: u16) -> Option<u32> {
+        if class == common::NONE {
+            return None;
+        }
+        // SAFETY: the value is a plain u32 read once; userspace never
+        // rewrites a value in place (it inserts, then deletes).
+        unsafe { PORTSET.get(ClassPortKey::new(class, port)) }.copied()
+    }
+
+    /// Drops, charged to `rule`, when there is one and the packet is
+    /// addressed to the gateway; else passes (`no_rule`: why, when none).
+    #[inline(always)]
+    fn drop_if_ours(rule: u32, dst: Dst<'_>, no_rule: usize, unknown_port: bool) -> Verdict {
+        if rule == common::NONE {
+            return Verdict::pass(no_rule);
         }
         if !ours(dst) {
             return Verdict::pass(stat::PASS_NOT_LOCAL);
         }
-        Verdict::drop(rule, true)
+        Verdict::drop(rule, unknown_port)
     }
 
     #[panic_handler]
