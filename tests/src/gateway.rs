@@ -110,7 +110,25 @@ impl GatewayBuilder {
         self
     }
 
+    /// Starts the gateway and (unless [`no_wait`](Self::no_wait)) waits for
+    /// `/ready`. A start that lost one of its ports to another process
+    /// between choosing and binding it is retried on fresh ports, twice.
     pub fn start(self) -> Gateway {
+        let mut attempt = 1;
+        loop {
+            let mut gw = self.spawn();
+            if !self.wait_ready {
+                return gw;
+            }
+            match gw.ready_within(Duration::from_secs(20)) {
+                Ok(()) => return gw,
+                Err(e) if attempt < 3 && e.contains("Address already in use") => attempt += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn spawn(&self) -> Gateway {
         let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let ports: Vec<(u16, u16)> = self.ports.iter().map(|p| (*p, free_port())).collect();
         let mut cmd = Command::new(llmgw_bin());
@@ -148,18 +166,14 @@ impl GatewayBuilder {
         .into_iter()
         .flatten()
         .collect();
-        let mut gw = Gateway {
+        Gateway {
             child,
             ports,
             admin,
             stdout,
             stderr,
             pumps,
-        };
-        if self.wait_ready {
-            gw.wait_ready(Duration::from_secs(20));
         }
-        gw
     }
 }
 
@@ -211,16 +225,29 @@ impl Gateway {
 
     /// Panics (with the gateway's stderr) unless `/ready` answers 200 in time.
     pub fn wait_ready(&mut self, patience: Duration) {
+        if let Err(e) = self.ready_within(patience) {
+            panic!("{e}");
+        }
+    }
+
+    /// Whether `/ready` answers 200 in time; else why not, with the stderr.
+    fn ready_within(&mut self, patience: Duration) -> Result<(), String> {
         let end = Instant::now() + patience;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("llmgw exited with {status}:\n{}", self.stderr());
+                for p in self.pumps.drain(..) {
+                    let _ = p.join();
+                }
+                return Err(format!("llmgw exited with {status}:\n{}", self.stderr()));
             }
             if matches!(admin_get(self.admin, "/ready"), Ok((200, _))) {
-                return;
+                return Ok(());
             }
             if Instant::now() > end {
-                panic!("llmgw not ready after {patience:?}:\n{}", self.stderr());
+                return Err(format!(
+                    "llmgw not ready after {patience:?}:\n{}",
+                    self.stderr()
+                ));
             }
             std::thread::sleep(Duration::from_millis(25));
         }

@@ -71,10 +71,37 @@ where
     }
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port free on 127.0.0.1 right now, never handed out before by this
+/// process, and below the kernel's ephemeral range: the kernel gives ports
+/// in that range to outgoing connections (other tests' clients, the
+/// gateway's upstream connections), which could take a port between this
+/// call and the gateway's bind. Test binaries run one after another; each
+/// starts at an offset from its pid.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let high = ephemeral_low().clamp(LOW + 1_000, 65_535);
+    let span = high - LOW;
+    let _ = NEXT.compare_exchange(
+        0,
+        1 + (std::process::id() * 97) % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{high} on 127.0.0.1")
+}
+
+/// The lowest port of `net.ipv4.ip_local_port_range` (32768 if unreadable).
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
