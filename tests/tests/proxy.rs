@@ -302,6 +302,28 @@ async fn two_host_headers_are_400_and_oversized_headers_431() {
     );
     assert_eq!(raw_status(&addr, fits.as_bytes()).await, "HTTP/1.1 200 OK");
     assert_eq!(s.mock.requests().len(), 1);
+    // Each refusal has its access-log line, with the status sent and why.
+    let logged = |status: u16, why: &'static str| {
+        let gw = &s.gw;
+        eventually(Duration::from_secs(5), move || async move {
+            gw.stdout()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| {
+                    v["status"] == status && v["error"].as_str().is_some_and(|e| e.contains(why))
+                })
+        })
+    };
+    let line = logged(431, "too large").await;
+    let line = line.unwrap_or_else(|| panic!("no 431 logged:\n{}", s.gw.stdout()));
+    assert_eq!(line["method"], "-");
+    assert_eq!(line["client"], "127.0.0.1");
+    assert!(line["route"].is_null(), "{line}");
+    assert!(
+        logged(400, "invalid").await.is_some(),
+        "no 400 logged for the garbage request line:\n{}",
+        s.gw.stdout()
+    );
 }
 
 fn chunked() -> (tokio::sync::mpsc::Sender<Bytes>, ChannelBody) {

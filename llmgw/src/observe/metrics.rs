@@ -408,7 +408,7 @@ impl Metrics {
              # HELP llmgw_access_log_dropped_total Access log lines dropped because the writer fell behind.\n\
              # TYPE llmgw_access_log_dropped_total counter\n\
              llmgw_access_log_dropped_total {}\n\
-             # HELP llmgw_downstream_rejected_total Requests refused before routing because they could not be read (answered 400 or 431; not in the access log).\n\
+             # HELP llmgw_downstream_rejected_total Requests refused before routing because they could not be read (answered 400 or 431; logged without method, path or route).\n\
              # TYPE llmgw_downstream_rejected_total counter\n\
              llmgw_downstream_rejected_total{{reason=\"malformed\"}} {}\n\
              llmgw_downstream_rejected_total{{reason=\"headers_too_large\"}} {}\n",

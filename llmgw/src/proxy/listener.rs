@@ -3,7 +3,11 @@
 //! HTTPS (TLS with SNI-chosen certificate, ALPN h2/http1.1), then hyper
 //! serves it until it closes or a drain asks it to finish.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -15,7 +19,10 @@ use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, warn};
 
 use super::{ConnInfo, Drain, Worker, handler};
-use crate::config::snapshot::Protocol;
+use crate::{
+    config::snapshot::Protocol,
+    observe::access_log::{Entry, Rfc3339},
+};
 
 /// Accepts on `listener` (configured as `listen`) until `stop` turns true.
 pub async fn accept_loop(
@@ -112,6 +119,8 @@ async fn serve_http<I>(io: I, conn: ConnInfo, worker: &Arc<Worker>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let (opened, opened_at) = (Instant::now(), SystemTime::now());
+    let peer = conn.peer.ip();
     let conn = Arc::new(conn);
     let w = worker.clone();
     let svc = service_fn(move |req| handler::handle(req, conn.clone(), w.clone()));
@@ -124,7 +133,9 @@ where
         r = served.as_mut() => {
             if let Err(e) = r {
                 debug!(error = %e, "connection ended with an error");
-                count_rejection(&*e, &proxy.observer.metrics);
+                if let Some((status, why)) = rejection(&*e) {
+                    log_rejection(worker, status, why, peer, opened, opened_at);
+                }
             }
         }
         _ = Drain::stopped(&mut stop) => {
@@ -139,22 +150,71 @@ where
     }
 }
 
-/// Counts a request the HTTP layer refused before the handler saw it.
-fn count_rejection(
-    e: &(dyn std::error::Error + 'static),
-    metrics: &crate::observe::metrics::Metrics,
-) {
-    use std::sync::atomic::Ordering::Relaxed;
+/// A request the HTTP layer refused before the handler saw it (hyper has
+/// answered it): the status sent and why, or `None` for other errors.
+fn rejection(e: &(dyn std::error::Error + 'static)) -> Option<(u16, String)> {
     let mut cur = Some(e);
     while let Some(c) = cur {
         if let Some(h) = c.downcast_ref::<hyper::Error>() {
-            if h.is_parse_too_large() {
-                metrics.rejected_too_large.fetch_add(1, Relaxed);
+            return if h.is_parse_too_large() {
+                Some((431, format!("request refused: {h}")))
             } else if h.is_parse() {
-                metrics.rejected_malformed.fetch_add(1, Relaxed);
-            }
-            return;
+                Some((400, format!("request refused: {h}")))
+            } else {
+                None
+            };
         }
         cur = c.source();
     }
+    None
+}
+
+/// Counts a refused request and gives it an access-log line (as Envoy logs
+/// a downstream protocol error): no method, path or route, since none could
+/// be read; its duration is the connection's.
+fn log_rejection(
+    worker: &Worker,
+    status: u16,
+    why: String,
+    peer: IpAddr,
+    opened: Instant,
+    opened_at: SystemTime,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let metrics = &worker.proxy.observer.metrics;
+    match status {
+        431 => metrics.rejected_too_large.fetch_add(1, Relaxed),
+        _ => metrics.rejected_malformed.fetch_add(1, Relaxed),
+    };
+    if !worker.log.enabled() {
+        return;
+    }
+    let now = Instant::now();
+    let entry = Entry {
+        time: Rfc3339(opened_at),
+        request_id: "-",
+        client: peer,
+        peer,
+        host: "",
+        method: "-",
+        path: "-",
+        // hyper answers only HTTP/1 requests it cannot read.
+        protocol: "HTTP/1.1",
+        route: None,
+        rule: None,
+        provider: None,
+        model: None,
+        stream: false,
+        status,
+        upstream_status: None,
+        duration_ms: now.saturating_duration_since(opened),
+        ttfb_ms: None,
+        ttft_ms: None,
+        prompt_tokens: None,
+        completion_tokens: None,
+        total_tokens: None,
+        bytes_sent: 0,
+        error: Some(&why),
+    };
+    worker.log.write(&entry, now);
 }
