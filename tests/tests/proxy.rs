@@ -1029,16 +1029,20 @@ async fn a_body_larger_than_the_providers_flow_control_window_arrives_whole() {
     }
 }
 
-/// An HTTP/2-only TLS provider that resets its first `refuse` streams with
-/// `REFUSED_STREAM` (not processed, RFC 9113 8.7) and answers the others
-/// with the seed's completion; counts the streams it sees.
-async fn refusing_provider(
-    refuse: usize,
-) -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    tempfile::TempDir,
-) {
+/// An HTTP/2-only TLS provider that answers with the seed's completion,
+/// except that it resets its first `refuse` streams with `REFUSED_STREAM`
+/// (not processed, RFC 9113 8.7) and, with `goaway_first`, answers the first
+/// request of its first connection with a graceful GOAWAY whose last stream
+/// id is 0 (that stream was not processed, RFC 9113 6.8). Counts the streams
+/// it sees and the connections it accepts.
+struct QuirkyProvider {
+    addr: std::net::SocketAddr,
+    streams: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    dir: tempfile::TempDir,
+}
+
+async fn quirky_provider(refuse: usize, goaway_first: bool) -> QuirkyProvider {
     use std::sync::{Arc, atomic::AtomicUsize, atomic::Ordering::SeqCst};
     let pki = llmgw_tests::pki::Pki::new();
     let dir = tempfile::tempdir().unwrap();
@@ -1055,15 +1059,21 @@ async fn refusing_provider(
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(AtomicUsize::new(0));
-    let counter = seen.clone();
+    let streams = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (seen, accepted) = (streams.clone(), connections.clone());
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, seen) = (acceptor.clone(), counter.clone());
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            let first = accepted.fetch_add(1, SeqCst) == 0;
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
                 };
+                if first && goaway_first {
+                    goaway_at_first_headers(&mut tls, &seen).await;
+                    return;
+                }
                 let Ok(mut conn) = h2::server::handshake(tls).await else {
                     return;
                 };
@@ -1085,7 +1095,63 @@ async fn refusing_provider(
             });
         }
     });
-    (addr, seen, dir)
+    QuirkyProvider {
+        addr,
+        streams,
+        connections,
+        dir,
+    }
+}
+
+/// Speaks just enough raw HTTP/2 to take a request and refuse it with a
+/// graceful GOAWAY (NO_ERROR, last stream id 0): SETTINGS and its ACK, then
+/// GOAWAY at the first HEADERS frame; reads on until the client closes, so
+/// the GOAWAY is not lost to a reset.
+async fn goaway_at_first_headers<S>(io: &mut S, seen: &std::sync::atomic::AtomicUsize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const PREFACE: usize = 24;
+    let frame = |kind: u8, flags: u8, payload: &[u8]| {
+        let len = payload.len() as u32;
+        let mut f = len.to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags, 0, 0, 0, 0]);
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut buf = Vec::new();
+    let mut at = PREFACE;
+    let mut chunk = [0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = match tokio::time::timeout_at(deadline, io.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while buf.len() >= at + 9 {
+            let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+            let (kind, flags) = (buf[at + 3], buf[at + 4]);
+            if buf.len() < at + 9 + len {
+                break;
+            }
+            at += 9 + len;
+            let reply = match (kind, flags & 1) {
+                // The client's SETTINGS: ours, and the acknowledgement.
+                (0x4, 0) => [frame(0x4, 0, &[]), frame(0x4, 1, &[])].concat(),
+                // HEADERS: GOAWAY, last stream id 0, NO_ERROR.
+                (0x1, _) => {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    frame(0x7, 0, &[0; 8])
+                }
+                _ => continue,
+            };
+            if io.write_all(&reply).await.is_err() || io.flush().await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 #[tokio::test]
@@ -1094,9 +1160,9 @@ async fn streams_the_provider_refuses_are_sent_again_twice_at_most() {
     // Refused twice, then answered: the client sees the answer.
     // Refused three times: 502 after the two retries (three streams in all).
     for (refuse, status, streams) in [(2, 200, 3), (3, 502, 3)] {
-        let (addr, seen, dir) = refusing_provider(refuse).await;
+        let p = quirky_provider(refuse, false).await;
         let b = GatewayBuilder::new()
-            .upstream(addr, dir.path().join("ca.pem"))
+            .upstream(p.addr, p.dir.path().join("ca.pem"))
             .resolve_hosts(&["dashscope.aliyuncs.com"])
             .config(examples().join("quickstart"));
         let gw = tokio::task::spawn_blocking(move || b.start())
@@ -1113,8 +1179,31 @@ async fn streams_the_provider_refuses_are_sent_again_twice_at_most() {
                 a.text()
             );
         }
-        assert_eq!(seen.load(SeqCst), streams, "refused {refuse}");
+        assert_eq!(p.streams.load(SeqCst), streams, "refused {refuse}");
     }
+}
+
+/// A provider closing its connection gracefully (GOAWAY with NO_ERROR) below
+/// a request in flight has promised not to process it: the gateway sends it
+/// again on a new connection, and the client sees the answer.
+#[tokio::test]
+async fn a_stream_beyond_a_graceful_goaway_is_sent_again_on_a_new_connection() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let p = quirky_provider(0, true).await;
+    let b = GatewayBuilder::new()
+        .upstream(p.addr, p.dir.path().join("ca.pem"))
+        .resolve_hosts(&["dashscope.aliyuncs.com"])
+        .config(examples().join("quickstart"));
+    let gw = tokio::task::spawn_blocking(move || b.start())
+        .await
+        .unwrap();
+    let a = post(&gw.url(), "test.com", SEED_REQUEST, &[]).await;
+    assert_eq!(a.status, 200, "{}\n{}", a.text(), gw.stderr());
+    assert_eq!(a.body, SEED_COMPLETION.as_bytes());
+    // One stream refused by GOAWAY on the first connection, one answered on
+    // the second.
+    assert_eq!(p.streams.load(SeqCst), 2);
+    assert_eq!(p.connections.load(SeqCst), 2);
 }
 
 #[tokio::test]
