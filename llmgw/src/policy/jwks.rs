@@ -1,6 +1,7 @@
 //! JSON Web Key Sets: the public keys a `RequestAuthentication` rule trusts
-//! (RSA, EC P-256/P-384, Ed25519), parsed once, and JWT signature checks
-//! against them with `ring`, choosing keys by `kid` and `alg` as Envoy does.
+//! (RSA, EC P-256/P-384/P-521, Ed25519, HMAC), parsed once, and JWT
+//! signature checks against them with `ring` (P-521 with RustCrypto's
+//! `p521`, which ring lacks), choosing keys by `kid` and `alg` as Envoy does.
 
 use base64::Engine as _;
 use ring::{
@@ -30,9 +31,7 @@ pub enum JwksError {
     NoValidKeys(Vec<String>),
 }
 
-/// A signing algorithm a JWT header may name. Envoy accepts the header of
-/// all of these; llmgw has no keys for ES512 (ring has no P-521), so such
-/// tokens find no key.
+/// A signing algorithm a JWT header may name (Envoy's list).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alg {
     Rs256,
@@ -93,6 +92,7 @@ impl Alg {
 pub enum Curve {
     P256,
     P384,
+    P521,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -252,6 +252,7 @@ fn verify_one(key: &PublicKey, alg: Alg, signed: &[u8], sig: &[u8]) -> Verified 
             let algorithm: &signature::EcdsaVerificationAlgorithm = match (curve, alg) {
                 (Curve::P256, Alg::Es256) => &signature::ECDSA_P256_SHA256_FIXED,
                 (Curve::P384, Alg::Es384) => &signature::ECDSA_P384_SHA384_FIXED,
+                (Curve::P521, Alg::Es512) => return ok(verify_p521(point, signed, sig)),
                 _ => return Verified::Failed,
             };
             ok(UnparsedPublicKey::new(algorithm, point).verify(signed, sig))
@@ -280,6 +281,16 @@ fn verify_one(key: &PublicKey, alg: Alg, signed: &[u8], sig: &[u8]) -> Verified 
             ))
         }
     }
+}
+
+/// ES512: ECDSA over P-521 with SHA-512, the signature as `r || s` of 66
+/// bytes each (RFC 7518 3.4).
+fn verify_p521(point: &[u8], signed: &[u8], sig: &[u8]) -> Result<(), ring::error::Unspecified> {
+    use p521::ecdsa::{Signature, VerifyingKey, signature::Verifier};
+    let key = VerifyingKey::from_sec1_bytes(point).map_err(|_| ring::error::Unspecified)?;
+    let sig = Signature::from_slice(sig).map_err(|_| ring::error::Unspecified)?;
+    key.verify(signed, &sig)
+        .map_err(|_| ring::error::Unspecified)
 }
 
 fn get_str<'a>(k: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, String> {
@@ -344,9 +355,7 @@ fn parse_jwk(k: &Map<String, Value>) -> Result<Jwk, String> {
             let curve = match (alg.as_deref(), crv) {
                 (Some("ES256"), None | Some("P-256")) | (None, Some("P-256") | None) => Curve::P256,
                 (Some("ES384"), None | Some("P-384")) | (None, Some("P-384")) => Curve::P384,
-                (Some("ES512"), _) | (_, Some("P-521")) => {
-                    return Err("P-521 (ES512) keys are not supported".into());
-                }
+                (Some("ES512"), None | Some("P-521")) | (None, Some("P-521")) => Curve::P521,
                 (Some(_), Some(_)) => {
                     return Err(
                         "[crv] field specified is not compatible with [alg] for an EC key".into(),
@@ -357,6 +366,7 @@ fn parse_jwk(k: &Map<String, Value>) -> Result<Jwk, String> {
             let size = match curve {
                 Curve::P256 => 32,
                 Curve::P384 => 48,
+                Curve::P521 => 66,
             };
             let x = left_pad(required_b64(k, "x", "an EC")?, size)
                 .ok_or("[x] field of the EC key is longer than the curve")?;
@@ -366,6 +376,9 @@ fn parse_jwk(k: &Map<String, Value>) -> Result<Jwk, String> {
             point.push(4);
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
+            if curve == Curve::P521 && p521::ecdsa::VerifyingKey::from_sec1_bytes(&point).is_err() {
+                return Err("[x] and [y] of the EC key are not a point on P-521".into());
+            }
             PublicKey::Ec { curve, point }
         }
         "OKP" => {

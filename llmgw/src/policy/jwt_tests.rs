@@ -9,6 +9,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use base64::Engine as _;
 use http::{HeaderMap, Method, StatusCode, Uri};
 use ring::{
     rand::SystemRandom,
@@ -28,6 +29,8 @@ use crate::config::{ErrorList, RawConfig, Settings, load::load_text};
 
 enum Key {
     Rsa(RsaKeyPair),
+    /// P-521 (ES512), which ring cannot sign.
+    P521(p521::ecdsa::SigningKey),
     Ec(EcdsaKeyPair, &'static str),
     Ed(Ed25519KeyPair),
     Hmac(Vec<u8>),
@@ -51,6 +54,15 @@ fn ec(curve: &'static str) -> Key {
         EcdsaKeyPair::from_pkcs8(alg, doc.as_ref(), &rng).expect("ec key"),
         curve,
     )
+}
+
+fn p521() -> Key {
+    use ring::rand::SecureRandom as _;
+    // 65 random bytes under a zero byte: below the group order, and (all but
+    // surely) not zero.
+    let mut secret = [0u8; 66];
+    SystemRandom::new().fill(&mut secret[1..]).expect("random");
+    Key::P521(p521::ecdsa::SigningKey::from_slice(&secret).expect("P-521 key"))
 }
 
 fn ed() -> Key {
@@ -77,6 +89,11 @@ impl Key {
                 sig
             }
             Key::Ec(k, _) => k.sign(&rng, msg).expect("ec sign").as_ref().to_vec(),
+            Key::P521(k) => {
+                use p521::ecdsa::{Signature, signature::Signer};
+                let sig: Signature = k.sign(msg);
+                sig.to_vec()
+            }
             Key::Ed(k) => k.sign(msg).as_ref().to_vec(),
             Key::Hmac(secret) => {
                 let a = match alg {
@@ -101,6 +118,12 @@ impl Key {
                 let p = k.public_key().as_ref();
                 let n = (p.len() - 1) / 2;
                 json!({"kty": "EC", "crv": crv, "x": b64url(&p[1..1 + n]), "y": b64url(&p[1 + n..])})
+            }
+            Key::P521(k) => {
+                let vk = p521::ecdsa::VerifyingKey::from(k);
+                let p = vk.to_encoded_point(false);
+                let (x, y) = (p.x().expect("x"), p.y().expect("y"));
+                json!({"kty": "EC", "crv": "P-521", "x": b64url(x), "y": b64url(y)})
             }
             Key::Ed(k) => {
                 json!({"kty": "OKP", "crv": "Ed25519", "x": b64url(k.public_key().as_ref())})
@@ -237,6 +260,7 @@ async fn every_algorithm_verifies() {
         (rsa(RSA_1), "PS512"),
         (ec("P-256"), "ES256"),
         (ec("P-384"), "ES384"),
+        (p521(), "ES512"),
         (ed(), "EdDSA"),
         (
             Key::Hmac(b"a secret of thirty-two bytes, ok".to_vec()),
@@ -253,6 +277,17 @@ async fn every_algorithm_verifies() {
             assert_eq!(
                 verify(&a, &t).await,
                 Ok(format!("{ISS}/alice")),
+                "{alg} kid={kid:?}"
+            );
+            // The same token with one bit of its signature flipped.
+            let (head, sig) = t.rsplit_once('.').expect("three parts");
+            let mut sig = super::jwks::B64URL.decode(sig).expect("signature");
+            let mid = sig.len() / 2;
+            sig[mid] ^= 1;
+            let forged = format!("{head}.{}", b64url(&sig));
+            assert_eq!(
+                verify(&a, &forged).await,
+                Err(JwtError::VerificationFail),
                 "{alg} kid={kid:?}"
             );
         }
@@ -779,7 +814,10 @@ fn config_errors_name_the_field() {
     )))
     .expect("compiles");
     assert_eq!(a.rules.len(), 1);
-    assert!(warnings.iter().any(|w| w.contains("P-521")), "{warnings:?}");
+    assert!(
+        warnings.iter().any(|w| w.contains("not a point on P-521")),
+        "{warnings:?}"
+    );
     let other = ra(&format!("  - issuer: {ISS}\n    jwks: '{set}'\n"))
         .replace("istio: ingressgateway", "app: other");
     assert!(compile(&other).expect("compiles").0.is_empty());
