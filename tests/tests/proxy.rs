@@ -540,7 +540,6 @@ async fn a_stream_reaches_the_client_while_the_provider_is_still_sending() {
         "first event seen {:?} after the third was sent",
         first_seen.duration_since(sent[2])
     );
-    assert!(first_seen.duration_since(sent[0]) < Duration::from_millis(100));
     let text: String = frames
         .iter()
         .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
