@@ -326,6 +326,42 @@ async fn two_host_headers_are_400_and_oversized_headers_431() {
     );
 }
 
+/// CONNECT is never forwarded (a 2xx would make the connection a tunnel to
+/// the provider): no route matches it, as in Envoy without a CONNECT
+/// matcher, over HTTP/1.1 and over h2c.
+#[tokio::test]
+async fn connect_requests_find_no_route() {
+    let s = quickstart(&[]).await;
+    let addr = s.gw.url().trim_start_matches("http://").to_string();
+    let h1 = b"CONNECT test.com:443 HTTP/1.1\r\nHost: test.com:443\r\n\r\n";
+    assert_eq!(raw_status(&addr, h1).await, "HTTP/1.1 404 Not Found");
+
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method("CONNECT")
+        .uri("test.com:443")
+        .body(())
+        .unwrap();
+    let (resp, _send) = h2.send_request(req, false).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .expect("an answer")
+        .expect("a response");
+    assert_eq!(resp.status(), 404);
+    assert!(s.mock.requests().is_empty(), "{:?}", s.mock.requests());
+    let logged = {
+        let gw = &s.gw;
+        eventually(Duration::from_secs(5), move || async move {
+            gw.stdout()
+                .contains("no route for CONNECT to host")
+                .then_some(())
+        })
+    };
+    assert!(logged.await.is_some(), "{}", s.gw.stdout());
+}
+
 fn chunked() -> (tokio::sync::mpsc::Sender<Bytes>, ChannelBody) {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     (tx, ChannelBody(rx))

@@ -24,7 +24,10 @@ pub enum ProxyError {
         reply: Box<LocalReply>,
         reason: String,
     },
-    #[error("no route for host {host:?}")]
+    #[error(
+        "no route for {}host {host:?}",
+        if matches!(why, NoRoute::Connect) { "CONNECT to " } else { "" }
+    )]
     NoRoute { host: String, why: NoRoute },
     #[error("the request body is larger than {limit} bytes")]
     TooLarge { limit: u64 },

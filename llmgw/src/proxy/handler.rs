@@ -246,6 +246,11 @@ async fn pipeline(
         host: host.clone(),
         why,
     };
+    if parts.method == Method::CONNECT {
+        // Never forwarded: a 2xx to a CONNECT would turn the connection
+        // into a tunnel to the provider.
+        return Err(no_route(NoRoute::Connect));
+    }
     // HTTPS: the server the handshake chose by SNI; plain HTTP: by Host.
     let server = if conn.tls {
         router::server_for_sni(listener, conn.sni.as_deref())

@@ -21,6 +21,9 @@ pub enum NoRoute {
     Host,
     /// A server accepts the host but no rule matches.
     Rule,
+    /// A CONNECT request: routes match host and path, and a CONNECT has no
+    /// path, so none matches it (Envoy answers 404 without a CONNECT matcher).
+    Connect,
 }
 
 /// Lower-cases `authority` and strips its port (`[v6]:port` too) and a
