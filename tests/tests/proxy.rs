@@ -1077,6 +1077,19 @@ struct QuirkyProvider {
     dir: tempfile::TempDir,
 }
 
+impl QuirkyProvider {
+    /// The quickstart gateway in front of this provider.
+    async fn gateway(&self) -> Gateway {
+        let b = GatewayBuilder::new()
+            .upstream(self.addr, self.dir.path().join("ca.pem"))
+            .resolve_hosts(&["dashscope.aliyuncs.com"])
+            .config(examples().join("quickstart"));
+        tokio::task::spawn_blocking(move || b.start())
+            .await
+            .unwrap()
+    }
+}
+
 async fn quirky_provider(refuse: usize, goaway_first: bool) -> QuirkyProvider {
     use std::sync::{Arc, atomic::AtomicUsize, atomic::Ordering::SeqCst};
     let pki = llmgw_tests::pki::Pki::new();
@@ -1196,13 +1209,7 @@ async fn streams_the_provider_refuses_are_sent_again_twice_at_most() {
     // Refused three times: 502 after the two retries (three streams in all).
     for (refuse, status, streams) in [(2, 200, 3), (3, 502, 3)] {
         let p = quirky_provider(refuse, false).await;
-        let b = GatewayBuilder::new()
-            .upstream(p.addr, p.dir.path().join("ca.pem"))
-            .resolve_hosts(&["dashscope.aliyuncs.com"])
-            .config(examples().join("quickstart"));
-        let gw = tokio::task::spawn_blocking(move || b.start())
-            .await
-            .unwrap();
+        let gw = p.gateway().await;
         let a = post(&gw.url(), "test.com", SEED_REQUEST, &[]).await;
         assert_eq!(a.status, status, "refused {refuse}: {}", a.text());
         if status == 200 {
@@ -1225,13 +1232,7 @@ async fn streams_the_provider_refuses_are_sent_again_twice_at_most() {
 async fn a_stream_beyond_a_graceful_goaway_is_sent_again_on_a_new_connection() {
     use std::sync::atomic::Ordering::SeqCst;
     let p = quirky_provider(0, true).await;
-    let b = GatewayBuilder::new()
-        .upstream(p.addr, p.dir.path().join("ca.pem"))
-        .resolve_hosts(&["dashscope.aliyuncs.com"])
-        .config(examples().join("quickstart"));
-    let gw = tokio::task::spawn_blocking(move || b.start())
-        .await
-        .unwrap();
+    let gw = p.gateway().await;
     let a = post(&gw.url(), "test.com", SEED_REQUEST, &[]).await;
     assert_eq!(a.status, 200, "{}\n{}", a.text(), gw.stderr());
     assert_eq!(a.body, SEED_COMPLETION.as_bytes());
