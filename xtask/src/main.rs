@@ -25,12 +25,13 @@ enum Task {
     /// Install what building the XDP half needs (idempotent): LLVM 22 from
     /// apt, bpf-linker, rust-src for the nightly toolchain, iproute2.
     Setup,
-    /// Build the gateway and its embedded XDP program.
+    /// Build the gateway and its embedded XDP program (after installing what
+    /// is missing, as `setup` does).
     Build {
         #[arg(long)]
         release: bool,
     },
-    /// Build, then run the gateway with ARGS (via sudo when XDP is requested
+    /// Set up what is missing, build, then run the gateway with ARGS (via sudo when XDP is requested
     /// and you are not root); ARGS that start with a flag are `llmgw run`'s.
     /// `cargo xtask run -- quickstart` runs the offline example: a local mock
     /// provider and the gateway in front of it.
@@ -61,10 +62,19 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.task {
         Task::Setup => setup::run(),
-        Task::Build { release } => build(release),
-        Task::Run { release, args } => run(release, args),
+        Task::Build { release } => {
+            setup::run()?;
+            build(release)
+        }
+        Task::Run { release, args } => {
+            setup::run()?;
+            run(release, args)
+        }
         Task::Test { no_setup, args } => test(no_setup, args),
-        Task::Bench { which } => bench::run(which),
+        Task::Bench { which } => {
+            setup::run()?;
+            bench::run(which)
+        }
     }
 }
 

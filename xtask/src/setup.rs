@@ -42,7 +42,8 @@ fn sudo(program: &str) -> Command {
 fn apt_packages() -> Result<()> {
     let llvm_dev = format!("llvm-{LLVM_MAJOR}-dev");
     // iproute2 and util-linux (nsenter) for the network-namespace tests;
-    // python3 with venv for the `openai` client test and the manifest check.
+    // python3 with venv for the `openai` client test and the manifest check;
+    // nginx as a real provider for the interop tests and the benchmarks.
     let wanted = [
         llvm_dev.as_str(),
         "iproute2",
@@ -50,6 +51,7 @@ fn apt_packages() -> Result<()> {
         "curl",
         "python3",
         "python3-venv",
+        "nginx",
     ];
     let missing: Vec<&str> = wanted
         .iter()
