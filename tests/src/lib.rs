@@ -1,12 +1,14 @@
 //! Test support for llmgw's end-to-end tests: a throwaway PKI, a mock
 //! OpenAI-compatible provider over TLS that records what it receives, a
-//! helper that runs the built `llmgw` binary, small HTTP clients, and network
+//! helper that runs the built `llmgw` binary, Debian's nginx as a real
+//! provider, small HTTP clients, and network
 //! namespaces wired with veth pairs (removed on drop) for the XDP tests.
 
 pub mod client;
 pub mod gateway;
 pub mod mock;
 pub mod netns;
+pub mod nginx;
 pub mod pki;
 
 use std::{

@@ -43,6 +43,10 @@ pub struct ProxyArgs {
     /// Print the table without writing BENCHMARKS.md.
     #[arg(long)]
     no_write: bool,
+    /// Another llmgw binary (an earlier build) measured in the same run,
+    /// configured as the default llmgw row: before/after comparisons.
+    #[arg(long)]
+    baseline: Option<std::path::PathBuf>,
 }
 
 pub fn run(which: Which) -> Result<()> {
@@ -204,6 +208,14 @@ fn family(pid: u32) -> Vec<u32> {
     out
 }
 
+/// Column names of the L7 table.
+const DIRECT: &str = "direct (mock, TLS)";
+const LLMGW: &str = "llmgw (default: h2 upstream)";
+const LLMGW_H1: &str = "llmgw, HTTP/1.1 upstream";
+const NGINX: &str = "nginx 1.22";
+const LLMGW_FRONT: &str = "llmgw → nginx-fronted provider (h2)";
+const BASELINE: &str = "llmgw baseline (--baseline)";
+
 struct Target {
     name: &'static str,
     /// URL, extra oha args, for the plain completion.
@@ -361,7 +373,18 @@ fn measure(t: &Target, secs: u64) -> Result<Sample> {
     Ok(s)
 }
 
-fn nginx_conf(dir: &Path, port: u16, upstream: SocketAddr, key: &str) -> String {
+/// nginx twice over: the reverse proxy compared with llmgw (port `port`, to
+/// the mock over TLS), and a provider front (port `front`: TLS with HTTP/2,
+/// the mock's certificate authority, to the mock's plaintext port), the real
+/// server llmgw's default HTTP/2 upstream is measured against.
+fn nginx_conf(
+    dir: &Path,
+    port: u16,
+    upstream: SocketAddr,
+    front: u16,
+    plain: SocketAddr,
+    key: &str,
+) -> String {
     let d = dir.display();
     format!(
         r#"worker_processes auto;
@@ -390,6 +413,24 @@ http {{
             proxy_buffering off;
         }}
     }}
+    upstream provider_plain {{
+        server {plain};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{front} ssl http2;
+        server_name dashscope.aliyuncs.com dashscope-intl.aliyuncs.com;
+        ssl_certificate {d}/front/cert.pem;
+        ssl_certificate_key {d}/front/key.pem;
+        http2_max_concurrent_streams 128;
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://provider_plain;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
 }}
 "#
     )
@@ -412,9 +453,12 @@ fn proxy(a: ProxyArgs) -> Result<()> {
 
     // The mock provider: TLS and plaintext ports.
     let ca = dir.join("mock-ca.pem");
+    std::fs::create_dir_all(dir.join("front"))?;
     let mut mock = Command::new(bin_path(true, "llmgw-mock"))
         .arg("--ca-out")
         .arg(&ca)
+        .arg("--front-cert-dir")
+        .arg(dir.join("front"))
         .stdout(Stdio::piped())
         .spawn()
         .context("starting llmgw-mock")?;
@@ -431,13 +475,40 @@ fn proxy(a: ProxyArgs) -> Result<()> {
     let mock_plain = addr_of("plain ")?;
     let mock = Proc(mock);
 
+    // nginx: the reverse proxy, and the provider front (HTTP/2 over TLS).
+    let ng_port = free_port()?;
+    let front_port = free_port()?;
+    let front: SocketAddr = ([127, 0, 0, 1], front_port).into();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        nginx_conf(&dir, ng_port, mock_tls, front_port, mock_plain, key),
+    )?;
+    let ng = Command::new("nginx")
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg(dir.join("nginx-error.log"))
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting nginx")?;
+    let ng = Proc(ng);
+    wait_port(ng_port, "nginx")?;
+    wait_port(front_port, "nginx (provider front)")?;
+    std::thread::sleep(Duration::from_millis(300));
+
     // llmgw: the quickstart plus a streaming route (tests/python/streaming.yaml),
-    // as configured by default (HTTP/2 to the provider when offered), and
-    // again speaking HTTP/1.1 to the provider as nginx does.
-    let start_gw = |extra: &[&str]| -> Result<(Proc, u16)> {
+    // as configured by default (HTTP/2 to the provider when offered), again
+    // speaking HTTP/1.1 to the provider as nginx does, and by default to the
+    // nginx-fronted provider.
+    let start_gw = |bin: &Path, provider: SocketAddr, extra: &[&str]| -> Result<(Proc, u16)> {
         let port = free_port()?;
         let admin = free_port()?;
-        let child = Command::new(bin_path(true, "llmgw"))
+        let child = Command::new(bin)
             .arg("run")
             .arg("--config")
             .arg(root().join("examples/quickstart"))
@@ -451,9 +522,9 @@ fn proxy(a: ProxyArgs) -> Result<()> {
             .arg("--upstream-ca")
             .arg(&ca)
             .arg("--resolve")
-            .arg(format!("dashscope.aliyuncs.com:443:{mock_tls}"))
+            .arg(format!("dashscope.aliyuncs.com:443:{provider}"))
             .arg("--resolve")
-            .arg(format!("dashscope-intl.aliyuncs.com:443:{mock_tls}"))
+            .arg(format!("dashscope-intl.aliyuncs.com:443:{provider}"))
             .arg("--access-log")
             .arg(dir.join(format!("llmgw-access-{port}.log")))
             .args(extra)
@@ -466,25 +537,14 @@ fn proxy(a: ProxyArgs) -> Result<()> {
         wait_port(port, "llmgw")?;
         Ok((p, port))
     };
-    let (gw, gw_port) = start_gw(&[])?;
-    let (gw1, gw1_port) = start_gw(&["--upstream-http1-only"])?;
-
-    let ng_port = free_port()?;
-    let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, nginx_conf(&dir, ng_port, mock_tls, key))?;
-    let ng = Command::new("nginx")
-        .arg("-p")
-        .arg(&dir)
-        .arg("-c")
-        .arg(&conf)
-        .args(["-g", "daemon off;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting nginx")?;
-    let ng = Proc(ng);
-    wait_port(ng_port, "nginx")?;
-    std::thread::sleep(Duration::from_millis(300));
+    let llmgw = bin_path(true, "llmgw");
+    let (gw, gw_port) = start_gw(&llmgw, mock_tls, &[])?;
+    let (gw1, gw1_port) = start_gw(&llmgw, mock_tls, &["--upstream-http1-only"])?;
+    let (gwf, gwf_port) = start_gw(&llmgw, front, &[])?;
+    let base = match &a.baseline {
+        Some(bin) => Some(start_gw(bin, mock_tls, &[])?),
+        None => None,
+    };
 
     let body_direct = r#"{"model":"qwen1.5-72b-chat","stream":false,"messages":[{"role":"user","content":"Please introduce yourself"}]}"#;
     let body_seed = r#"{"messages":[{"role":"user","content":"Please introduce yourself"}]}"#;
@@ -505,9 +565,20 @@ fn proxy(a: ProxyArgs) -> Result<()> {
         v
     };
     let path = "/compatible-mode/v1/chat/completions";
-    let targets = [
+    let llmgw_target = |name: &'static str, port: u16, pid: u32| Target {
+        name,
+        url: format!("http://127.0.0.1:{port}/"),
+        args: post("test.com", body_seed, false),
+        stream: (
+            ([127, 0, 0, 1], port).into(),
+            "stream.test".into(),
+            "/".into(),
+        ),
+        pids: vec![pid],
+    };
+    let mut targets = vec![
         Target {
-            name: "direct (mock, TLS)",
+            name: DIRECT,
             url: format!("https://{mock_tls}{path}"),
             args: {
                 let mut v = post("dashscope.aliyuncs.com", body_direct, true);
@@ -517,30 +588,10 @@ fn proxy(a: ProxyArgs) -> Result<()> {
             stream: (mock_plain, "dashscope.aliyuncs.com".into(), path.into()),
             pids: vec![],
         },
+        llmgw_target(LLMGW, gw_port, gw.0.id()),
+        llmgw_target(LLMGW_H1, gw1_port, gw1.0.id()),
         Target {
-            name: "llmgw",
-            url: format!("http://127.0.0.1:{gw_port}/"),
-            args: post("test.com", body_seed, false),
-            stream: (
-                ([127, 0, 0, 1], gw_port).into(),
-                "stream.test".into(),
-                "/".into(),
-            ),
-            pids: vec![gw.0.id()],
-        },
-        Target {
-            name: "llmgw, HTTP/1.1 upstream",
-            url: format!("http://127.0.0.1:{gw1_port}/"),
-            args: post("test.com", body_seed, false),
-            stream: (
-                ([127, 0, 0, 1], gw1_port).into(),
-                "stream.test".into(),
-                "/".into(),
-            ),
-            pids: vec![gw1.0.id()],
-        },
-        Target {
-            name: "nginx",
+            name: NGINX,
             url: format!("http://127.0.0.1:{ng_port}{path}"),
             args: post("test.com", body_direct, false),
             stream: (
@@ -550,7 +601,11 @@ fn proxy(a: ProxyArgs) -> Result<()> {
             ),
             pids: family(ng.0.id()),
         },
+        llmgw_target(LLMGW_FRONT, gwf_port, gwf.0.id()),
     ];
+    if let Some((p, port)) = &base {
+        targets.push(llmgw_target(BASELINE, *port, p.0.id()));
+    }
     // Warm every path (pools, caches) before measuring.
     for t in &targets {
         oha(&t.url, &t.args, &["-z", "2s", "-c", "64"])?;
@@ -576,10 +631,9 @@ fn proxy(a: ProxyArgs) -> Result<()> {
             samples.entry(t.name).or_default().push(s);
         }
     }
-    let rss_gw = rss_kb(&[gw.0.id()]);
-    let rss_gw1 = rss_kb(&[gw1.0.id()]);
-    let rss_ng = rss_kb(&family(ng.0.id()));
-    drop((mock, gw, gw1, ng));
+    let rss: Vec<(&str, u64)> = targets.iter().map(|t| (t.name, rss_kb(&t.pids))).collect();
+    let nginx_processes = family(ng.0.id()).len();
+    drop((mock, gw, gw1, gwf, base, ng));
 
     let med = |name: &str, f: fn(&Sample) -> f64| {
         median(
@@ -589,15 +643,10 @@ fn proxy(a: ProxyArgs) -> Result<()> {
         )
     };
     let errors: u64 = samples.values().flatten().map(|s| s.errors).sum();
-    let names = [
-        "direct (mock, TLS)",
-        "llmgw",
-        "llmgw, HTTP/1.1 upstream",
-        "nginx",
-    ];
+    let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
     let mut table = String::new();
     let row = |label: &str, f: fn(&Sample) -> f64, unit: &str, digits: usize, added: bool| {
-        let d = med(names[0], f);
+        let d = med(DIRECT, f);
         let mut cells = vec![format!("{d:.digits$}{unit}")];
         if d.is_nan() {
             cells[0] = "—".into();
@@ -611,16 +660,18 @@ fn proxy(a: ProxyArgs) -> Result<()> {
             };
             cells.push(format!("{v:.digits$}{unit}{extra}"));
         }
-        let ratio = med("llmgw", f) / med("nginx", f);
-        let ratio1 = med("llmgw, HTTP/1.1 upstream", f) / med("nginx", f);
+        let ratio = med(LLMGW, f) / med(NGINX, f);
+        let ratio1 = med(LLMGW_H1, f) / med(NGINX, f);
         format!(
             "| {label} | {} | {ratio:.2} / {ratio1:.2} |\n",
             cells.join(" | ")
         )
     };
-    table.push_str(
-        "| | direct (mock, TLS) | llmgw (default: h2 upstream) | llmgw, HTTP/1.1 upstream | nginx 1.22 | llmgw / nginx (h2 / 1.1) |\n|---|---|---|---|---|---|\n",
-    );
+    table.push_str(&format!(
+        "| | {} | llmgw / nginx (h2 / 1.1) |\n|{}---|\n",
+        names.join(" | "),
+        "---|".repeat(names.len() + 1)
+    ));
     table.push_str(&row("p50 at 20 req/s", |s| s.p50_20, " ms", 3, true));
     table.push_str(&row("p50 at 200 req/s", |s| s.p50_200, " ms", 3, true));
     table.push_str(&row(
@@ -673,14 +724,23 @@ fn proxy(a: ProxyArgs) -> Result<()> {
         2,
         false,
     ));
+    let rss_of = |name: &str| rss.iter().find(|(n, _)| *n == name).map_or(0, |(_, k)| *k);
+    let cells: Vec<String> = rss
+        .iter()
+        .map(|(name, kb)| match *name {
+            DIRECT => "—".to_string(),
+            NGINX => format!(
+                "{:.1} MB ({nginx_processes} processes)",
+                *kb as f64 / 1024.0
+            ),
+            _ => format!("{:.1} MB", *kb as f64 / 1024.0),
+        })
+        .collect();
     table.push_str(&format!(
-        "| RSS after load | — | {:.1} MB | {:.1} MB | {:.1} MB ({} processes) | {:.2} / {:.2} |\n",
-        rss_gw as f64 / 1024.0,
-        rss_gw1 as f64 / 1024.0,
-        rss_ng as f64 / 1024.0,
-        targets[3].pids.len(),
-        rss_gw as f64 / rss_ng.max(1) as f64,
-        rss_gw1 as f64 / rss_ng.max(1) as f64
+        "| RSS after load | {} | {:.2} / {:.2} |\n",
+        cells.join(" | "),
+        rss_of(LLMGW) as f64 / rss_of(NGINX).max(1) as f64,
+        rss_of(LLMGW_H1) as f64 / rss_of(NGINX).max(1) as f64
     ));
     println!("{table}");
     if errors > 0 {
@@ -737,7 +797,10 @@ fn write_section(table: &str, a: &ProxyArgs) -> Result<()> {
          stream and key in the JSON body, JSON access log to a file, metrics), once as \
          configured by default (HTTP/2 to the provider, which offers it) and once with \
          `--upstream-http1-only`; nginx is a keep-alive (HTTP/1.1) reverse proxy that sets Host and Authorization, buffering off, no body \
-         rewrite. Load: oha, `--latency-correction` at fixed rates (4 and 16 connections), \
+         rewrite. The column `llmgw → nginx-fronted provider (h2)` is llmgw as configured by default with a real \
+         HTTP/2 server as the provider: nginx over TLS with HTTP/2 in front of the mock (its added latency \
+         includes that extra hop; its CPU is llmgw's alone). A `--baseline` column, when present, is another llmgw \
+         build configured as the default column. Load: oha, `--latency-correction` at fixed rates (4 and 16 connections), \
          64 connections for max throughput. CPU: the proxy's threads (all nginx processes) \
          from /proc/PID/task/*/schedstat, per request answered; context switches from \
          /proc/PID/task/*/status (waits: voluntary, the thread slept; preemptions: \

@@ -251,10 +251,20 @@ fn deploy_manifests_test(python: &Path) -> Result<()> {
     .context("deploy/kubernetes/llmgw.yaml does not validate")
 }
 
-/// The official `openai` Python client against the gateway (plain and
-/// streaming), through the quickstart's mock provider.
+/// The official `openai` Python client against the gateway (plain,
+/// streaming and converted answers), through the quickstart's mock provider
+/// and through nginx as the provider over HTTP/2 and over HTTP/1.1.
 fn python_client_test(python: &Path) -> Result<()> {
+    for provider in ["mock", "nginx-h2", "nginx-h1"] {
+        python_client_test_with(python, provider)
+            .with_context(|| format!("the openai client through the {provider} provider"))?;
+    }
+    Ok(())
+}
+
+fn python_client_test_with(python: &Path, provider: &str) -> Result<()> {
     let mut cmd = Command::new(bin_path(false, "llmgw-quickstart"));
+    cmd.arg("--provider").arg(provider);
     cmd.arg("--llmgw")
         .arg(bin_path(false, "llmgw"))
         .arg("--examples")

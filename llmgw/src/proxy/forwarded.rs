@@ -58,6 +58,35 @@ pub fn is_hop_by_hop(name: &HeaderName, connection: &[HeaderName]) -> bool {
         || connection.contains(name)
 }
 
+/// Makes a request's header fields fit for HTTP/2 (RFC 9113 §8.2.2, §8.3.1):
+/// the authority travels in `:authority` (from the URI) alone, so `Host`
+/// goes; so do the connection-specific fields (`Connection` and what it
+/// lists, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`)
+/// and `TE` unless it is exactly `trailers`. Strict HTTP/2 servers (nginx)
+/// answer 400 to a request that carries them.
+pub fn fit_for_http2(headers: &mut HeaderMap) {
+    for name in connection_listed(headers) {
+        headers.remove(name);
+    }
+    for name in [
+        header::HOST,
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    if headers
+        .get_all(header::TE)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        headers.remove(header::TE);
+    }
+}
+
 /// The header names listed in `Connection` (lower-cased).
 pub fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
@@ -108,6 +137,30 @@ mod tests {
         // Envoy parses an entry as a bare address: with a port it is no address.
         assert_eq!(remote_addr(&xff(&["[2001:db8::1]:80"]), peer, 1), peer);
         assert_eq!(remote_addr(&xff(&["192.0.2.1:80"]), peer, 1), peer);
+    }
+
+    #[test]
+    fn http2_requests_carry_no_host_nor_connection_fields() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("host", "api.example.com"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+            ("content-type", "application/json"),
+        ] {
+            h.append(k, v.parse().unwrap());
+        }
+        fit_for_http2(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["te", "content-type"]);
+        h.insert(header::TE, "gzip, trailers".parse().unwrap());
+        fit_for_http2(&mut h);
+        assert!(!h.contains_key(header::TE));
     }
 
     #[test]

@@ -334,8 +334,9 @@ async fn pipeline(
     *out.uri_mut() = uri;
     *out.version_mut() = Version::HTTP_11;
     let headers = out.headers_mut();
+    // The provider's authority is the URI's: the client sends it as Host
+    // or `:authority`, as the connection's protocol wants.
     copy_request_headers(&parts.headers, headers, &up);
-    headers.insert(header::HOST, up.host_header.clone());
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
     if let Some(auth) = &up.authorization {
         headers.insert(header::AUTHORIZATION, auth.clone());

@@ -336,7 +336,8 @@ impl Upstreams {
         Ok(pool)
     }
 
-    /// Sends `req` (absolute `https://` URI, Host set) to `authority`, TLS
+    /// Sends `req` (absolute `https://` URI; the authority goes out as `Host`
+    /// on HTTP/1.1 and as `:authority` alone on HTTP/2) to `authority`, TLS
     /// name `sni`; waits for the response headers up to the response timeout
     /// (connecting included, within its own connect timeout).
     pub async fn send(
@@ -609,7 +610,8 @@ impl Pool {
             self.forget_h2(id);
             return Err(Failed::Unsent(Box::new(req), self.h2_error(&e)));
         }
-        let (head, body) = req.into_parts();
+        let (mut head, body) = req.into_parts();
+        super::forwarded::fit_for_http2(&mut head.headers);
         // Kept to send again if the provider refuses the stream.
         let mut again = Request::new(body.clone());
         *again.method_mut() = head.method.clone();
@@ -680,6 +682,13 @@ impl Pool {
         req: Request<Bytes>,
     ) -> Result<Response<UpstreamIncoming>, Failed> {
         let (mut head, body) = req.into_parts();
+        // HTTP/1.1 names the authority in Host (RFC 9112 §3.2).
+        if !head.headers.contains_key(http::header::HOST)
+            && let Some(a) = head.uri.authority()
+            && let Ok(v) = http::HeaderValue::from_str(a.as_str())
+        {
+            head.headers.insert(http::header::HOST, v);
+        }
         // Origin form on the wire: `/path?query`.
         let origin = head.uri.path_and_query().cloned();
         head.uri = origin.map_or_else(|| Uri::from_static("/"), Uri::from);

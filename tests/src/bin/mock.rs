@@ -18,6 +18,11 @@ struct Args {
     /// Write the CA certificate (PEM) that signs the TLS certificates here.
     #[arg(long)]
     ca_out: PathBuf,
+    /// Also write `cert.pem` and `key.pem`, signed by that CA, for the
+    /// quickstart's provider hosts into this directory (for a server put in
+    /// front of the mock, such as nginx in the benchmark).
+    #[arg(long)]
+    front_cert_dir: Option<PathBuf>,
     #[arg(long, default_value_t = 20)]
     sse_chunks: usize,
     #[arg(long, default_value = "5")]
@@ -47,6 +52,15 @@ fn main() -> Result<()> {
         mock.serve_plain(plain);
         mock.set_recording(false);
         mock.pki.write_ca(&args.ca_out)?;
+        if let Some(dir) = &args.front_cert_dir {
+            let leaf = mock.pki.leaf(&[
+                "dashscope.aliyuncs.com",
+                "dashscope-intl.aliyuncs.com",
+                "dashscope-stream.aliyuncs.com",
+            ]);
+            std::fs::write(dir.join("cert.pem"), leaf.cert_pem)?;
+            std::fs::write(dir.join("key.pem"), leaf.key_pem)?;
+        }
         let body = completion(args.body_bytes);
         let (n, delay) = (args.sse_chunks, Duration::from_millis(args.sse_delay_ms));
         mock.respond(move |r| {

@@ -2,6 +2,8 @@
 //! Starts the mock provider (posing as dashscope.aliyuncs.com), runs
 //! `llmgw run --config examples/quickstart` in front of it, prints the curl
 //! to try, and with `--then CMD...` runs CMD with GATEWAY_URL set instead.
+//! `--provider nginx-h2|nginx-h1` puts Debian's nginx in the mock's place
+//! (a real server, over HTTP/2 or HTTP/1.1 only), for interop checks.
 
 use std::{
     path::PathBuf,
@@ -10,8 +12,31 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use clap::Parser;
-use llmgw_tests::{free_port, gateway::admin_get, mock::MockProvider};
+use clap::{Parser, ValueEnum};
+use llmgw_tests::{
+    free_port,
+    gateway::admin_get,
+    mock::MockProvider,
+    nginx::{Nginx, Protocol},
+    pki::Pki,
+};
+
+/// Who answers as the provider.
+#[derive(Clone, Copy, ValueEnum)]
+enum Provider {
+    /// The project's mock (HTTP/2 and HTTP/1.1).
+    Mock,
+    /// nginx offering HTTP/2 (and HTTP/1.1) by ALPN.
+    NginxH2,
+    /// nginx offering HTTP/1.1 only.
+    NginxH1,
+}
+
+/// The running provider, kept until the quickstart ends.
+enum Running {
+    Mock(MockProvider),
+    Nginx(Nginx),
+}
 
 #[derive(Parser)]
 #[command(about = "Run the quickstart offline: a mock provider and llmgw in front of it")]
@@ -25,6 +50,9 @@ struct Args {
     /// Local port for the Gateway's port 80 (0: any free port).
     #[arg(long, default_value_t = 8080)]
     port: u16,
+    /// Who answers as the provider.
+    #[arg(long, value_enum, default_value_t = Provider::Mock)]
+    provider: Provider,
     /// More configuration files or directories, added to the quickstart's.
     #[arg(long)]
     extra_config: Vec<PathBuf>,
@@ -47,10 +75,29 @@ fn main() -> ExitCode {
 fn run() -> Result<ExitCode> {
     let args = Args::parse();
     let rt = tokio::runtime::Runtime::new()?;
-    let mock = rt.block_on(MockProvider::start());
     let dir = tempfile::tempdir()?;
     let ca = dir.path().join("mock-ca.pem");
-    mock.pki.write_ca(&ca)?;
+    let (provider, addr) = match args.provider {
+        Provider::Mock => {
+            let mock = rt.block_on(MockProvider::start());
+            mock.pki.write_ca(&ca)?;
+            let addr = mock.addr;
+            (Running::Mock(mock), addr)
+        }
+        Provider::NginxH2 | Provider::NginxH1 => {
+            let pki = Pki::new();
+            pki.write_ca(&ca)?;
+            let protocol = match args.provider {
+                Provider::NginxH1 => Protocol::Http1,
+                _ => Protocol::Http2 {
+                    max_concurrent_streams: 128,
+                },
+            };
+            let nginx = Nginx::start(&pki, protocol);
+            let addr = nginx.addr;
+            (Running::Nginx(nginx), addr)
+        }
+    };
     let port = if args.port == 0 {
         free_port()
     } else {
@@ -75,11 +122,11 @@ fn run() -> Result<ExitCode> {
                 .flat_map(|c| [PathBuf::from("--config"), c.clone()]),
         )
         .arg("--resolve")
-        .arg(format!("dashscope.aliyuncs.com:443:{}", mock.addr))
+        .arg(format!("dashscope.aliyuncs.com:443:{addr}"))
         .arg("--resolve")
-        .arg(format!("dashscope-intl.aliyuncs.com:443:{}", mock.addr))
+        .arg(format!("dashscope-intl.aliyuncs.com:443:{addr}"))
         .arg("--resolve")
-        .arg(format!("dashscope-stream.aliyuncs.com:443:{}", mock.addr))
+        .arg(format!("dashscope-stream.aliyuncs.com:443:{addr}"))
         .env("API_KEY", &api_key)
         .stdin(Stdio::null())
         .spawn()
@@ -102,13 +149,16 @@ fn run() -> Result<ExitCode> {
         std::thread::sleep(Duration::from_millis(25));
     }
     let url = format!("http://localhost:{port}");
+    let who = match provider {
+        Running::Mock(_) => "a mock",
+        Running::Nginx(_) => "nginx as",
+    };
     eprintln!(
-        "\nllmgw is serving the quickstart on {url}, in front of a mock dashscope.aliyuncs.com \
-         ({}); admin on 127.0.0.1:{admin}. Try:\n\n\
+        "\nllmgw is serving the quickstart on {url}, in front of {who} dashscope.aliyuncs.com \
+         ({addr}); admin on 127.0.0.1:{admin}. Try:\n\n\
          curl --location '{url}' \\\n  --header 'Content-Type: application/json' \\\n  \
          --header \"host: test.com\" \\\n  --data '{{\n    \"messages\": [\n      \
-         {{\"role\": \"user\", \"content\": \"Please introduce yourself\"}}\n    ]\n  }}'\n",
-        mock.addr
+         {{\"role\": \"user\", \"content\": \"Please introduce yourself\"}}\n    ]\n  }}'\n"
     );
     let code = if let Some((cmd, rest)) = args.then.split_first() {
         let status = Command::new(cmd)
@@ -129,7 +179,10 @@ fn run() -> Result<ExitCode> {
         ExitCode::SUCCESS
     };
     stop(&mut child);
-    drop(mock);
+    match provider {
+        Running::Mock(m) => drop(m),
+        Running::Nginx(n) => drop(n),
+    }
     Ok(code)
 }
 
