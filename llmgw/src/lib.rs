@@ -3,6 +3,7 @@
 //! `config` turns resources into a `Snapshot` both planes read.
 
 pub mod config;
+pub mod http;
 pub mod l4;
 pub mod observe;
 pub mod policy;

@@ -89,7 +89,7 @@ struct RunArgs {
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin_address: String,
     /// Largest request body accepted (413 above), e.g. 10MiB.
-    #[arg(long, default_value = "10MiB", value_parser = serve::parse_size)]
+    #[arg(long, default_value = "10MiB", value_parser = config::duration::parse_size)]
     max_request_body: u64,
     /// Extra CA certificates (PEM) trusted for provider TLS, besides the
     /// webpki and system roots.
@@ -105,22 +105,22 @@ struct RunArgs {
     #[arg(long, default_value_t = 0)]
     num_trusted_proxies: usize,
     /// Time allowed to connect to a provider (TCP and TLS).
-    #[arg(long, default_value = "5s", value_parser = serve::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = config::duration::parse_flag_duration)]
     connect_timeout: Duration,
     /// Time allowed for a provider's response headers.
-    #[arg(long, default_value = "300s", value_parser = serve::parse_duration)]
+    #[arg(long, default_value = "300s", value_parser = config::duration::parse_flag_duration)]
     response_timeout: Duration,
     /// Longest silence allowed between two chunks of a body (either way).
-    #[arg(long, default_value = "60s", value_parser = serve::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = config::duration::parse_flag_duration)]
     stream_idle_timeout: Duration,
     /// Time a client has to send its request headers or finish a TLS handshake.
-    #[arg(long, default_value = "30s", value_parser = serve::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = config::duration::parse_flag_duration)]
     header_read_timeout: Duration,
     /// On SIGTERM/SIGINT, how long in-flight requests may finish.
-    #[arg(long, default_value = "10s", value_parser = serve::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = config::duration::parse_flag_duration)]
     drain_timeout: Duration,
     /// How often the configuration files are checked for changes; 0 for SIGHUP only.
-    #[arg(long, default_value = "2s", value_parser = serve::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = config::duration::parse_flag_duration)]
     reload_interval: Duration,
     /// Where the JSON access log goes: `-` (stdout), a file, or `off`.
     #[arg(long, default_value = "-")]
@@ -279,7 +279,7 @@ fn run_gateway(config: ConfigArgs, run: RunArgs) -> Result<ExitCode> {
             if let Ok(slot) = stats.lock()
                 && let Some(s) = slot.as_ref()
             {
-                llmgw::observe::metrics::render_xdp(out, s);
+                llmgw::l4::status::render_prometheus(out, s);
             }
         }));
         let early = follower.clone();

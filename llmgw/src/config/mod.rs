@@ -6,6 +6,7 @@
 pub mod authn;
 pub mod authz;
 pub mod dump;
+pub mod duration;
 pub mod error;
 pub mod gateway;
 pub mod load;

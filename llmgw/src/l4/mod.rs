@@ -10,7 +10,7 @@ pub mod frames;
 mod maps;
 mod plane;
 mod program;
-mod status;
+pub mod status;
 mod sync;
 mod sys;
 mod text;

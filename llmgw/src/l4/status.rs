@@ -1,6 +1,7 @@
 //! What the L4 plane is doing, read from the pinned objects alone so that
 //! `llmgw xdp status` works without (and beside) the process that owns the
-//! plane: interfaces and modes, prefixes with their rules, counters.
+//! plane: interfaces and modes, prefixes with their rules, counters (also
+//! as Prometheus text for `/metrics`).
 
 use std::{
     collections::BTreeMap,
@@ -12,7 +13,10 @@ use std::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use llmgw_common::{self as common, stat};
 
+use std::fmt::Write as _;
+
 use super::{L4Error, compile::State, maps::Maps, pin_dir, sys};
+use crate::observe::metrics::esc;
 
 /// Drops charged to one rule (summed over CPUs).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -285,5 +289,49 @@ impl Status {
             }
         }
         R(self, max_prefixes).to_string()
+    }
+}
+
+/// The XDP program's counters (summed over CPUs).
+pub fn render_prometheus(out: &mut String, stats: &PlaneStats) {
+    let _ = write!(
+        out,
+        "# HELP llmgw_xdp_packets_total Packets the XDP program saw, by verdict.\n\
+         # TYPE llmgw_xdp_packets_total counter\n\
+         llmgw_xdp_packets_total{{verdict=\"pass\"}} {}\n\
+         llmgw_xdp_packets_total{{verdict=\"drop\"}} {}\n",
+        stats.passed, stats.dropped
+    );
+    out.push_str(
+        "# HELP llmgw_xdp_pass_reasons_total Packets passed, by the reason they were not dropped.\n\
+         # TYPE llmgw_xdp_pass_reasons_total counter\n",
+    );
+    for (name, n) in &stats.counters {
+        if let Some(reason) = name.strip_prefix("pass_") {
+            let _ = writeln!(
+                out,
+                "llmgw_xdp_pass_reasons_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+    }
+    type Field = fn(&RuleStats) -> u64;
+    let per_rule: [(&str, &str, Field); 2] = [
+        ("packets", "Packets", |r| r.packets),
+        ("bytes", "Bytes", |r| r.bytes),
+    ];
+    for (unit, what, field) in per_rule {
+        let _ = write!(
+            out,
+            "# HELP llmgw_xdp_dropped_{unit}_total {what} dropped in XDP, by policy rule.\n\
+             # TYPE llmgw_xdp_dropped_{unit}_total counter\n"
+        );
+        for r in &stats.rules {
+            let _ = writeln!(
+                out,
+                "llmgw_xdp_dropped_{unit}_total{{rule=\"{}\"}} {}",
+                esc(&r.name),
+                field(r)
+            );
+        }
     }
 }

@@ -3,11 +3,17 @@
 //! `/ready`, `/metrics` and `/config_dump`.
 
 pub mod access_log;
-pub mod admin;
 pub mod metrics;
 pub mod usage;
 
 use std::sync::Arc;
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// Where finished requests are reported.
 pub struct Observer {

@@ -469,8 +469,8 @@ impl Operation {
         // sees in it (port and trailing dot stripped): `test.com:80` and
         // `test.com.` are routed as `test.com`, so a policy on `test.com`
         // must see them as that too.
-        let routed = crate::proxy::router::host_of(ctx.authority);
-        let dotless = crate::proxy::router::without_trailing_dot(ctx.authority);
+        let routed = crate::http::authority::host_of(ctx.authority);
+        let dotless = crate::http::authority::without_trailing_dot(ctx.authority);
         let host_is = |h: &Pattern| {
             h.matches_ignore_case(ctx.authority)
                 || h.matches_ignore_case(routed)
@@ -578,62 +578,6 @@ impl fmt::Display for Action {
             Action::Custom => "CUSTOM",
         })
     }
-}
-
-/// RFC 3986 path normalisation as Envoy's `normalize_path` (Istio's default
-/// `BASE`): percent-decode unreserved characters, remove `.` and `..`
-/// segments; the query is dropped. Policies and routing see this form.
-pub fn normalize_path(path_and_query: &str) -> String {
-    let path = path_and_query
-        .split_once('?')
-        .map_or(path_and_query, |(p, _)| p);
-    // Envoy's canonicaliser (Chromium's): a backslash is a slash.
-    let decoded = decode_unreserved(path).replace('\\', "/");
-    let mut out: Vec<&str> = Vec::new();
-    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
-    for seg in decoded.split('/').skip(1) {
-        match seg {
-            "." => {}
-            ".." => {
-                out.pop();
-            }
-            s => out.push(s),
-        }
-    }
-    let mut s = String::with_capacity(decoded.len());
-    for seg in &out {
-        s.push('/');
-        s.push_str(seg);
-    }
-    if s.is_empty() || (trailing && !s.ends_with('/')) {
-        s.push('/');
-    }
-    s
-}
-
-fn decode_unreserved(p: &str) -> String {
-    let b = p.as_bytes();
-    let mut out = String::with_capacity(p.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = |c: u8| (c as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                let c = (h * 16 + l) as u8;
-                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
-                    out.push(c as char);
-                } else {
-                    // Copied exactly: the server may care about the case.
-                    out.push_str(&p[i..i + 3]);
-                }
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i] as char);
-        i += 1;
-    }
-    out
 }
 
 // ---------------------------------------------------------------- compile

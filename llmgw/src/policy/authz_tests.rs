@@ -6,7 +6,7 @@ use std::{collections::HashMap, net::IpAddr, path::Path};
 use http::HeaderMap;
 use serde_json::json;
 
-use super::authz::{Decision, Identity, Policies, RequestContext, normalize_path};
+use super::authz::{Decision, Identity, Policies, RequestContext};
 use crate::config::{ErrorList, RawConfig, Settings, load::load_text};
 
 /// A request as a test describes it.
@@ -958,29 +958,6 @@ fn seed_step5_policy_denies_only_that_ip_and_host() {
         true,
         "other IP",
     );
-}
-
-#[test]
-fn path_normalisation() {
-    for (raw, want) in [
-        ("/v1/chat/completions?x=1", "/v1/chat/completions"),
-        ("/v1/./chat/../models", "/v1/models"),
-        ("/%76%31/models", "/v1/models"),
-        // Escapes that are not decoded are copied exactly, case and all.
-        ("/a%2fb", "/a%2fb"),
-        ("/a/%2F%2f/c", "/a/%2F%2f/c"),
-        ("/%5c%25", "/%5c%25"),
-        ("/a/b/%2E%2E/c", "/a/c"),
-        // A backslash is a slash (Envoy's canonicaliser).
-        ("/x\\..\\admin", "/admin"),
-        ("/a\\b", "/a/b"),
-        ("/../..", "/"),
-        ("/a/b/", "/a/b/"),
-        ("/a/..", "/"),
-        ("", "/"),
-    ] {
-        assert_eq!(normalize_path(raw), want, "{raw}");
-    }
 }
 
 /// Istio serves one extension provider per workload: CUSTOM policies that

@@ -27,7 +27,8 @@ use hyper_util::{
 use super::{LocalReply, extauthz_grpc::GrpcProvider};
 use crate::config::{
     ConfigError, ErrorList, Scalar,
-    mesh::{EnvoyExtAuthzHttp, MeshConfig, RequestBody, parse_duration},
+    duration::parse_duration,
+    mesh::{EnvoyExtAuthzHttp, MeshConfig, RequestBody},
 };
 
 /// Istio's default `timeout` of an ext_authz provider.
@@ -319,20 +320,12 @@ impl fmt::Debug for ExtAuthz {
     }
 }
 
-/// Hop-by-hop headers never copied into a check request.
-pub(super) fn hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "host"
-            | "content-length"
-    )
+/// Never copied into a check request: connection-specific headers, those
+/// the check sets itself (`Host`, `Content-Length`), and `Trailer` (the
+/// check carries the body whole, without trailers).
+pub(super) fn not_for_check(name: &HeaderName) -> bool {
+    crate::http::forwarded::is_connection_specific(name)
+        || matches!(name.as_str(), "trailer" | "host" | "content-length")
 }
 
 impl ExtAuthz {
@@ -567,7 +560,7 @@ impl HttpProvider {
             .headers_mut()
             .ok_or_else(|| "invalid request".to_string())?;
         for (name, value) in req.headers {
-            if hop_by_hop(name) {
+            if not_for_check(name) {
                 continue;
             }
             if *name == header::AUTHORIZATION
@@ -636,7 +629,7 @@ impl HttpProvider {
         let always = ["content-length", "www-authenticate", "location"];
         let forwarded: Vec<(HeaderName, HeaderValue)> = headers
             .iter()
-            .filter(|(k, _)| !hop_by_hop(k) && *k != HEADERS_TO_REMOVE)
+            .filter(|(k, _)| !not_for_check(k) && *k != HEADERS_TO_REMOVE)
             .filter(|(k, _)| {
                 if self.headers_to_downstream_on_deny.is_empty() {
                     true

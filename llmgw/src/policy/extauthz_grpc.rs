@@ -22,7 +22,7 @@ use super::{
     LocalReply,
     extauthz::{
         Allowed, CheckRequest, CheckResult, Common, CommonRaw, HeaderAction, HttpClient, call,
-        compile_common, hop_by_hop, set_all,
+        compile_common, not_for_check, set_all,
     },
     extauthz_proto as pb,
 };
@@ -133,7 +133,7 @@ impl GrpcProvider {
     fn check_message(&self, req: &CheckRequest<'_>) -> (pb::CheckRequest, bool) {
         let mut headers: HashMap<String, String> = HashMap::new();
         for (name, value) in req.headers {
-            if hop_by_hop(name) {
+            if not_for_check(name) {
                 continue;
             }
             let v = String::from_utf8_lossy(value.as_bytes());
@@ -280,7 +280,7 @@ impl GrpcProvider {
         };
         let mut set = Vec::new();
         for (k, v, action) in header_options(&denied.headers, false) {
-            if hop_by_hop(&k) {
+            if not_for_check(&k) {
                 continue;
             }
             match action {

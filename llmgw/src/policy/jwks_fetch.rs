@@ -8,7 +8,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -314,7 +314,8 @@ impl RemoteJwks {
             s.attempts += 1;
         });
         self.ok.fetch_add(1, Ordering::Relaxed);
-        self.last_ok.store(unix_now(), Ordering::Relaxed);
+        self.last_ok
+            .store(crate::observe::unix_now(), Ordering::Relaxed);
         if let Ok(mut e) = self.last_error.lock() {
             *e = None;
         }
@@ -339,12 +340,6 @@ impl RemoteJwks {
             "JWKS fetch failed"
         );
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// `d` plus up to 20 %, so many gateways do not retry in step.

@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use base64::Engine as _;
@@ -22,8 +22,8 @@ use super::{
 use crate::config::{
     ErrorList, ResourceId, Settings,
     authn::{JwtRule as RawRule, RequestAuthenticationSpec},
+    duration::parse_duration,
     load::Document,
-    mesh::parse_duration,
 };
 
 /// Envoy's (and jwt_verify_lib's) allowance for clocks that disagree.
@@ -359,7 +359,7 @@ impl Authenticator {
         }
         let parsed: Vec<Result<ParsedJwt<'_>, JwtError>> =
             tokens.iter().map(|t| ParsedJwt::parse(&t.value)).collect();
-        let now = now_secs();
+        let now = crate::observe::unix_now();
         let mut outcomes = Vec::with_capacity(self.rules.len());
         for i in 0..self.rules.len() {
             outcomes.push(self.provider(i, &tokens, &parsed, now).await);
@@ -583,12 +583,6 @@ impl Verified {
             claims,
         }
     }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn is_cors_preflight(method: &Method, headers: &HeaderMap) -> bool {

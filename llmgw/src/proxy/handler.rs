@@ -22,24 +22,27 @@ use super::{
     body::{ProxyBody, Tap, UpstreamBody},
     convert::{self, Convert, Gathered},
     error::ProxyError,
-    forwarded::{self, X_FORWARDED_FOR, X_FORWARDED_PROTO},
     record::Record,
     request_id::{self, X_REQUEST_ID},
     rewrite::{self, BodyRewrite},
-    router::{self, NoRoute, normalize_host},
+    router::{self, NoRoute},
     security,
     upstream::UpstreamIncoming,
 };
 use crate::{
     config::snapshot::Protocol,
     config::snapshot::Upstream,
+    http::{
+        authority::normalize_host,
+        forwarded::{self, X_FORWARDED_FOR, X_FORWARDED_PROTO},
+        path::normalize_path,
+    },
     observe::{
         access_log::write_ip,
         usage::{JsonUsageTap, SseTap},
     },
     policy::{
         CheckRequest, RequestContext,
-        authz::normalize_path,
         extauthz::{Allowed, Attributes},
     },
 };
@@ -457,7 +460,8 @@ fn upstream_uri(
 }
 
 /// Copies the client's end-to-end headers. Dropped: hop-by-hop ones, Host
-/// and Content-Length (set anew), Accept-Encoding (so usage can be read from
+/// and Content-Length (set anew), Trailer (the body goes whole, without
+/// trailers), Accept-Encoding (so usage can be read from
 /// the answer), Expect (the body is already read), forwarding headers and
 /// x-request-id (set anew) and, when the provider has a key, every client credential header.
 fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap, up: &Upstream) {
@@ -467,6 +471,7 @@ fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap, up: &Upstream) {
         let skip = forwarded::is_hop_by_hop(name, &listed)
             || name == header::HOST
             || name == header::CONTENT_LENGTH
+            || name == header::TRAILER
             || name == header::ACCEPT_ENCODING
             || name == header::EXPECT
             || name == X_FORWARDED_FOR
@@ -507,8 +512,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in forwarded::HOP_BY_HOP.iter().chain(&listed) {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
 }
 
 /// Which usage tap fits the response.

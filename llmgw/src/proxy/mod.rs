@@ -6,7 +6,6 @@
 pub mod body;
 pub mod convert;
 pub mod error;
-pub mod forwarded;
 pub mod handler;
 pub mod listener;
 pub mod record;

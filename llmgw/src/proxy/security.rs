@@ -7,10 +7,8 @@ use http::request::Parts;
 use super::error::ProxyError;
 use crate::{
     config::Snapshot,
-    policy::{
-        CheckRequest, CheckResult, Decision, Identity, RequestContext, authz::normalize_path,
-        extauthz::Allowed,
-    },
+    http::path::normalize_path,
+    policy::{CheckRequest, CheckResult, Decision, Identity, RequestContext, extauthz::Allowed},
 };
 
 /// Verifies a JWT if the request carries one: `Ok(None)` without a token

@@ -56,7 +56,7 @@ impl ListenerTls {
     /// [`router::server_for_sni`] picks; `None` refuses the handshake (no
     /// server takes that name, as no Envoy filter chain would).
     pub fn config_for(&self, sni: Option<&str>) -> Option<Arc<ServerConfig>> {
-        let sni = sni.map(router::normalize_host);
+        let sni = sni.map(crate::http::authority::normalize_host);
         router::best_match(
             self.servers.iter().map(|(h, c)| (h.as_slice(), c)),
             sni.as_deref(),

@@ -611,7 +611,7 @@ impl Pool {
             return Err(Failed::Unsent(Box::new(req), self.h2_error(&e)));
         }
         let (mut head, body) = req.into_parts();
-        super::forwarded::fit_for_http2(&mut head.headers);
+        crate::http::forwarded::fit_for_http2(&mut head.headers);
         // Kept to send again if the provider refuses the stream.
         let mut again = Request::new(body.clone());
         *again.method_mut() = head.method.clone();

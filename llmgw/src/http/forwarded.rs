@@ -40,22 +40,31 @@ fn parse_xff_entry(s: &str) -> Option<IpAddr> {
     s.parse().ok()
 }
 
-/// Hop-by-hop headers (and proxy credentials) that never cross the proxy.
-pub const HOP_BY_HOP: &[HeaderName] = &[
+/// The connection-specific fields of RFC 9110 §7.6.1 (besides the names
+/// `Connection` lists): meaningful for one connection only.
+pub fn is_connection_specific(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection" | "keep-alive" | "proxy-connection" | "te" | "transfer-encoding" | "upgrade"
+    )
+}
+
+/// Hop-by-hop headers (connection-specific ones and proxy credentials) that
+/// never cross the proxy, either way.
+pub static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     header::TE,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
     header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
 ];
 
 /// Whether `name` must be dropped, given the `Connection` header's list.
 pub fn is_hop_by_hop(name: &HeaderName, connection: &[HeaderName]) -> bool {
-    HOP_BY_HOP.contains(name)
-        || name == "keep-alive"
-        || name == "proxy-connection"
-        || connection.contains(name)
+    HOP_BY_HOP.contains(name) || connection.contains(name)
 }
 
 /// Makes a request's header fields fit for HTTP/2 (RFC 9113 §8.2.2, §8.3.1):
@@ -68,16 +77,17 @@ pub fn fit_for_http2(headers: &mut HeaderMap) {
     for name in connection_listed(headers) {
         headers.remove(name);
     }
+    headers.remove(header::HOST);
     for name in [
-        header::HOST,
         header::CONNECTION,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
     ] {
+        debug_assert!(is_connection_specific(&name));
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
     if headers
         .get_all(header::TE)
         .iter()

@@ -13,8 +13,10 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
+
+mod admin;
 
 use thiserror::Error;
 use tokio::{
@@ -329,12 +331,6 @@ fn compile(opts: &ServeOptions, env: &dyn Env) -> Result<Snapshot, ErrorList> {
     config::raw_to_snapshot(&opts.config, &opts.settings, env)
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Runs the gateway until SIGTERM or SIGINT, then drains.
 pub async fn serve(
     opts: ServeOptions,
@@ -355,7 +351,9 @@ pub async fn serve(
     live.snapshot.authn.start(&jwks_fetch, None);
 
     let metrics = Arc::new(Metrics::new());
-    metrics.last_reload_ok.store(now_unix(), Ordering::Relaxed);
+    metrics
+        .last_reload_ok
+        .store(crate::observe::unix_now(), Ordering::Relaxed);
     let log = access_log::AccessLog::start(&opts.access_log, metrics.clone())
         .map_err(ServeError::AccessLog)?;
     let observer = Arc::new(Observer { metrics, log });
@@ -399,7 +397,7 @@ pub async fn serve(
         if let Ok(a) = sock.local_addr() {
             info!(admin = %a, "admin server listening");
         }
-        tokio::spawn(crate::observe::admin::serve(
+        tokio::spawn(admin::serve(
             sock,
             proxy.clone(),
             ready.clone(),
@@ -540,7 +538,9 @@ async fn reload(
     let live = proxy.live.load();
     listeners.commit(bound, &live, workers);
     metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
-    metrics.last_reload_ok.store(now_unix(), Ordering::Relaxed);
+    metrics
+        .last_reload_ok
+        .store(crate::observe::unix_now(), Ordering::Relaxed);
     info!(
         reason = why,
         listeners = live.snapshot.listeners.len(),
@@ -594,68 +594,9 @@ fn hash_path(p: &Path, h: &mut DefaultHasher) {
     }
 }
 
-/// `5s`, `300ms`, `2m`, `1h`, `1.5s`; a bare number is seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 5s, 300ms, 2m)"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => n / 1e3,
-        "us" | "µs" => n / 1e6,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        u => return Err(format!("{s:?}: unknown unit {u:?} (ms, s, m, h)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
-}
-
-/// `10MiB`, `512KiB`, `1MB`, `1000`; bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 10MiB)"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1000,
-        "kib" => 1024,
-        "m" | "mb" => 1000 * 1000,
-        "mib" => 1024 * 1024,
-        "g" | "gb" => 1000 * 1000 * 1000,
-        "gib" => 1024 * 1024 * 1024,
-        u => return Err(format!("{s:?}: unknown unit {u:?} (KiB, MiB, GiB, KB, MB)")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_and_sizes() {
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("s").is_err());
-        assert_eq!(parse_size("10MiB"), Ok(10 * 1024 * 1024));
-        assert_eq!(parse_size("1kb"), Ok(1000));
-        assert_eq!(parse_size("42"), Ok(42));
-        assert!(parse_size("1TiB").is_err());
-        assert!(parse_size("-1").is_err());
-    }
 
     #[test]
     fn fingerprint_follows_a_swapped_symlink() {

@@ -18,11 +18,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch};
 use tracing::{debug, warn};
 
-use super::metrics::render_policy;
+use std::fmt::Write as _;
+
+use super::MetricsSource;
 use crate::{
     config::dump,
+    observe::metrics::esc,
     proxy::{Drain, Proxy},
-    serve::MetricsSource,
 };
 
 /// Serves the admin endpoints on `listener` until `stop` turns true.
@@ -116,5 +118,62 @@ fn answer(
             "text/plain",
             Bytes::from_static(b"/ready /metrics /config_dump\n"),
         ),
+    }
+}
+
+/// Counters of the security stage's outside calls: JWKS fetches per issuer
+/// and external authorization checks per provider.
+pub fn render_policy(out: &mut String, snapshot: &crate::config::Snapshot) {
+    let jwks = snapshot.authn.jwks_status();
+    if !jwks.is_empty() {
+        out.push_str(
+            "# HELP llmgw_jwks_fetches_total Fetches of remote JWT key sets, by issuer and result.\n\
+             # TYPE llmgw_jwks_fetches_total counter\n",
+        );
+        for j in &jwks {
+            let i = esc(&j.issuer);
+            let _ = writeln!(
+                out,
+                "llmgw_jwks_fetches_total{{issuer=\"{i}\",result=\"success\"}} {}",
+                j.fetch_ok
+            );
+            let _ = writeln!(
+                out,
+                "llmgw_jwks_fetches_total{{issuer=\"{i}\",result=\"failure\"}} {}",
+                j.fetch_failed
+            );
+        }
+        out.push_str(
+            "# HELP llmgw_jwks_keys Keys in use per issuer (0 until a fetch succeeds).\n\
+             # TYPE llmgw_jwks_keys gauge\n",
+        );
+        for j in &jwks {
+            let _ = writeln!(
+                out,
+                "llmgw_jwks_keys{{issuer=\"{}\"}} {}",
+                esc(&j.issuer),
+                j.keys
+            );
+        }
+    }
+    let checks = snapshot.ext_authz.stats();
+    if !checks.is_empty() {
+        out.push_str(
+            "# HELP llmgw_ext_authz_checks_total External authorization checks, by provider and result.\n\
+             # TYPE llmgw_ext_authz_checks_total counter\n",
+        );
+        for c in &checks {
+            let p = esc(&c.provider);
+            for (result, n) in [
+                ("allowed", c.allowed),
+                ("denied", c.denied),
+                ("error", c.errors),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "llmgw_ext_authz_checks_total{{provider=\"{p}\",result=\"{result}\"}} {n}"
+                );
+            }
+        }
     }
 }
