@@ -1,10 +1,12 @@
 //! llmgw: an LLM ingress gateway. The L4 plane drops denied networks in XDP;
 //! the L7 plane routes, rewrites and observes OpenAI-compatible traffic.
-//! `config` turns resources into a `Snapshot` both planes read.
+//! `config` reads resources, `model` compiles them into a `Snapshot` both
+//! planes read; `docs/architecture.md` gives the layers.
 
 pub mod config;
 pub mod http;
 pub mod l4;
+pub mod model;
 pub mod observe;
 pub mod policy;
 pub mod proxy;

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use llmgw::{
     config::{self, Labels, Settings, load::ProcessEnv},
     l4::{self, L4Rules, Plane, PlaneOptions, XdpMode},
+    model,
     observe::access_log,
     proxy::upstream::ResolveOverride,
     serve::{self, Hooks, ServeError, ServeOptions},
@@ -200,8 +201,8 @@ fn start_l4(opts: &ServeOptions, run: &RunArgs) -> Result<Option<l4::Follower>> 
     }
     // The rules of the configuration as it is now; serving compiles it again
     // and the follower catches up with any difference.
-    let rules = match config::raw_to_snapshot(&opts.config, &opts.settings, &ProcessEnv) {
-        Ok(s) => llmgw::policy::l4::rules(&s),
+    let rules = match model::load(&opts.config, &opts.settings, &ProcessEnv) {
+        Ok(s) => model::xdp::rules(&s),
         Err(_) => {
             // `serve` reports the errors and exits. Pinned XDP state from an
             // earlier run is left alone: it keeps its rules until a
@@ -284,15 +285,12 @@ fn run_gateway(config: ConfigArgs, run: RunArgs) -> Result<ExitCode> {
         }));
         let early = follower.clone();
         hooks.before_bind.push(Box::new(move |current, next| {
-            let (current, next) = (
-                llmgw::policy::l4::rules(current),
-                llmgw::policy::l4::rules(next),
-            );
+            let (current, next) = (model::xdp::rules(current), model::xdp::rules(next));
             l4::Follower::ports_first(&current, &next).map(|r| early.update_acked(r))
         }));
-        hooks.on_apply.push(Box::new(move |s| {
-            follower.update(llmgw::policy::l4::rules(s))
-        }));
+        hooks
+            .on_apply
+            .push(Box::new(move |s| follower.update(model::xdp::rules(s))));
     }
     let served = runtime.block_on(serve::serve(opts, Arc::new(ProcessEnv), hooks));
     // Everything is written and closed: do not wait on blocking tasks that
@@ -398,13 +396,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run { config, run } => run_gateway(config, *run),
         Command::Validate { config, json } => {
-            let snapshot = config::raw_to_snapshot(&config.config, &config.settings(), &ProcessEnv);
+            let snapshot = model::load(&config.config, &config.settings(), &ProcessEnv);
             match snapshot {
                 Ok(s) => {
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&config::dump::dump(&s))?);
+                        println!("{}", serde_json::to_string_pretty(&model::dump::dump(&s))?);
                     } else {
-                        print!("{}", config::dump::describe(&s));
+                        print!("{}", model::dump::describe(&s));
                         println!("configuration is valid");
                     }
                     Ok(ExitCode::SUCCESS)

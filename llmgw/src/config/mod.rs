@@ -1,11 +1,10 @@
 //! Configuration: the Kubernetes resources llmgw accepts, as written by users.
 //! One file per kind holds its serde types (they mirror the YAML and reject
-//! unknown fields as the CRD would); `load` reads files into them, `snapshot`
-//! validates and compiles them into the form the data path reads.
+//! unknown fields as the CRD would); `load` reads files into them. The
+//! compiler (`crate::model`) validates them into the form the data path reads.
 
 pub mod authn;
 pub mod authz;
-pub mod dump;
 pub mod duration;
 pub mod error;
 pub mod gateway;
@@ -13,7 +12,7 @@ pub mod load;
 pub mod mesh;
 pub mod provider;
 pub mod route;
-pub mod snapshot;
+pub mod settings;
 
 use std::{collections::BTreeMap, fmt, path::PathBuf};
 
@@ -21,7 +20,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 pub use error::{ConfigError, ErrorList};
 pub use load::{Document, RawConfig, load_paths};
-pub use snapshot::{Settings, Snapshot};
+pub use settings::Settings;
 
 /// Namespace a resource without `metadata.namespace` lives in (as `kubectl apply`).
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -170,27 +169,4 @@ impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d).map(Secret)
     }
-}
-
-#[cfg(test)]
-mod tests;
-
-/// Loads `paths` (and the MeshConfig file, if any) and compiles them for
-/// the gateway `settings` describes.
-pub fn raw_to_snapshot(
-    paths: &[PathBuf],
-    settings: &Settings,
-    env: &dyn load::Env,
-) -> Result<Snapshot, ErrorList> {
-    let raw = load_paths(paths, env)?;
-    let Some(mesh_path) = &settings.mesh_path else {
-        return snapshot::compile(&raw, settings);
-    };
-    let with_mesh = Settings {
-        mesh: mesh::load_mesh_config(mesh_path)?,
-        ..settings.clone()
-    };
-    let mut snapshot = snapshot::compile(&raw, &with_mesh)?;
-    snapshot.watched.push(mesh_path.clone());
-    Ok(snapshot)
 }

@@ -41,42 +41,7 @@ pub fn pin_dir(bpf_root: &std::path::Path) -> PathBuf {
     bpf_root.join(PIN_LAYOUT)
 }
 
-/// One source network denied by one policy rule (the policy compiler's
-/// output). `ports: None` denies every listener port; `Some(ports)` only
-/// those (an empty list denies nothing).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DenyEntry {
-    pub net: ipnet::IpNet,
-    /// The rule's name, e.g. `"istio-system/auth-policy[0]"`; counters are
-    /// kept per rule name.
-    pub rule: String,
-    pub ports: Option<Vec<u16>>,
-}
-
-/// Everything the XDP plane enforces.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct L4Rules {
-    pub entries: Vec<DenyEntry>,
-    /// Local TCP/UDP ports the gateway listens on; XDP only drops packets
-    /// addressed to one of them.
-    pub listener_ports: Vec<u16>,
-    /// Which destination addresses count as the gateway's.
-    pub destinations: Destinations,
-}
-
-/// The destination addresses a dropped packet must be sent to.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum Destinations {
-    /// Any address (the destination is not checked).
-    #[default]
-    Any,
-    /// Every address of this host's network namespace, read when the maps
-    /// are synced (and re-read every few seconds by the follower): what a
-    /// listener bound to `0.0.0.0` or `::` accepts.
-    Host,
-    /// These addresses only (listeners bound to them).
-    Only(Vec<std::net::IpAddr>),
-}
+pub use crate::model::xdp::{DenyEntry, Destinations, L4Rules};
 
 /// The addresses of every interface of this network namespace.
 pub fn host_addresses() -> std::io::Result<Vec<std::net::IpAddr>> {

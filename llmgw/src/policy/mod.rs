@@ -10,7 +10,6 @@ pub mod extauthz_proto;
 pub mod jwks;
 pub mod jwks_fetch;
 pub mod jwt;
-pub mod l4;
 
 use std::sync::Arc;
 

@@ -9,8 +9,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::json;
 use thiserror::Error;
 
-use super::{body::ProxyBody, rewrite::JsonError, router::NoRoute, upstream::UpstreamError};
-use crate::{config::ResourceId, policy::LocalReply};
+use super::{body::ProxyBody, rewrite::JsonError, upstream::UpstreamError};
+use crate::{config::ResourceId, model::routing::NoRoute, policy::LocalReply};
 
 #[derive(Debug, Error)]
 pub enum ProxyError {

@@ -25,18 +25,18 @@ use super::{
     record::Record,
     request_id::{self, X_REQUEST_ID},
     rewrite::{self, BodyRewrite},
-    router::{self, NoRoute},
     security,
     upstream::UpstreamIncoming,
 };
 use crate::{
-    config::snapshot::Protocol,
-    config::snapshot::Upstream,
     http::{
         authority::normalize_host,
         forwarded::{self, X_FORWARDED_FOR, X_FORWARDED_PROTO},
         path::normalize_path,
     },
+    model::Protocol,
+    model::Upstream,
+    model::routing::{self as router, NoRoute},
     observe::{
         access_log::write_ip,
         usage::{JsonUsageTap, SseTap},
@@ -659,7 +659,7 @@ mod tests {
     }
 
     use super::*;
-    use crate::config::snapshot::provider_host_header;
+    use crate::model::route::provider_host_header;
 
     fn upstream(path: Option<&str>, port: u16, key: bool) -> Upstream {
         Upstream {

@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 
 use super::{ConnInfo, Drain, Worker, handler};
 use crate::{
-    config::snapshot::Protocol,
+    model::Protocol,
     observe::access_log::{Entry, Rfc3339},
 };
 

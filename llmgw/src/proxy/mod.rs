@@ -11,7 +11,6 @@ pub mod listener;
 pub mod record;
 pub mod request_id;
 pub mod rewrite;
-pub mod router;
 pub mod security;
 pub mod tls;
 pub mod upstream;
@@ -34,7 +33,7 @@ use hyper_util::{
 use tokio::sync::{Notify, watch};
 
 use crate::{
-    config::{Snapshot, snapshot::Protocol},
+    model::{Protocol, Snapshot},
     observe::Observer,
 };
 

@@ -12,7 +12,7 @@ use http::{HeaderValue, Method};
 
 use super::Worker;
 use crate::{
-    config::snapshot::RouteRule,
+    model::RouteRule,
     observe::{
         access_log::{Entry, Rfc3339},
         metrics::{Labels, Observation, UpstreamErrorKind},

@@ -6,8 +6,8 @@ use http::request::Parts;
 
 use super::error::ProxyError;
 use crate::{
-    config::Snapshot,
     http::path::normalize_path,
+    model::Snapshot,
     policy::{CheckRequest, CheckResult, Decision, Identity, RequestContext, extauthz::Allowed},
 };
 

@@ -12,8 +12,8 @@ use rustls::{
 };
 use thiserror::Error;
 
-use super::router;
-use crate::config::snapshot::{HostPattern, Listener, Server, ServerTls};
+use crate::model::routing as router;
+use crate::model::{HostPattern, Listener, Server, ServerTls};
 
 #[derive(Debug, Error)]
 pub enum ServerTlsError {

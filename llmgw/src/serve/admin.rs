@@ -22,7 +22,7 @@ use std::fmt::Write as _;
 
 use super::MetricsSource;
 use crate::{
-    config::dump,
+    model::dump,
     observe::metrics::esc,
     proxy::{Drain, Proxy},
 };
@@ -123,7 +123,7 @@ fn answer(
 
 /// Counters of the security stage's outside calls: JWKS fetches per issuer
 /// and external authorization checks per provider.
-pub fn render_policy(out: &mut String, snapshot: &crate::config::Snapshot) {
+pub fn render_policy(out: &mut String, snapshot: &crate::model::Snapshot) {
     let jwks = snapshot.authn.jwks_status();
     if !jwks.is_empty() {
         out.push_str(

@@ -27,7 +27,8 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{self, ErrorList, Settings, Snapshot, load::Env},
+    config::{ErrorList, Settings, load::Env},
+    model::{self, Snapshot},
     observe::{Observer, access_log, metrics::Metrics},
     policy::jwks_fetch::FetchSettings,
     proxy::{
@@ -328,7 +329,7 @@ impl Listeners {
 }
 
 fn compile(opts: &ServeOptions, env: &dyn Env) -> Result<Snapshot, ErrorList> {
-    config::raw_to_snapshot(&opts.config, &opts.settings, env)
+    model::load(&opts.config, &opts.settings, env)
 }
 
 /// Runs the gateway until SIGTERM or SIGINT, then drains.

@@ -1,15 +1,13 @@
 //! Routing: from a request's host and headers to the server, virtual host
-//! and LLMRoute rule that serve it (first matching rule wins), then a
-//! weighted choice of backend. Pure functions over the snapshot.
+//! and LLMRoute rule that serve it (first matching rule wins). Pure
+//! functions over the compiled tables.
 
 use std::sync::Arc;
 
 use http::{HeaderMap, header};
 
-use crate::{
-    config::snapshot::{HostPattern, Listener, RequestMatch, RouteRule, Server},
-    http::authority::normalize_host,
-};
+use super::{HostPattern, Listener, RouteRule, Server, route::RequestMatch};
+use crate::http::authority::normalize_host;
 
 /// Where a request goes.
 #[derive(Debug)]

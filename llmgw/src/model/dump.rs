@@ -7,12 +7,12 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::snapshot::{HostPattern, Protocol, RouteRule, Snapshot, StrMatcher};
-use crate::policy::{authz::Policy, l4};
+use super::{HostPattern, Protocol, RouteRule, Snapshot, route::StrMatcher, xdp};
+use crate::policy::authz::Policy;
 
 /// The snapshot as JSON (keys redacted).
 pub fn dump(s: &Snapshot) -> Value {
-    let l4 = l4::rules(s);
+    let l4 = xdp::rules(s);
     json!({
         "listeners": s.listeners.iter().map(|l| json!({
             "port": l.port,
@@ -42,9 +42,9 @@ pub fn dump(s: &Snapshot) -> Value {
         "xdp": {
             "listenerPorts": l4.listener_ports,
             "destinations": match &l4.destinations {
-                crate::l4::Destinations::Any => json!("any"),
-                crate::l4::Destinations::Host => json!("host"),
-                crate::l4::Destinations::Only(ips) => json!(ips),
+                xdp::Destinations::Any => json!("any"),
+                xdp::Destinations::Host => json!("host"),
+                xdp::Destinations::Only(ips) => json!(ips),
             },
             "deny": l4.entries.iter().map(|e| json!({
                 "net": e.net.to_string(),
@@ -265,11 +265,11 @@ pub fn describe(s: &Snapshot) -> String {
             let _ = writeln!(w, "  {line}");
         }
     }
-    let l4 = l4::rules(s);
+    let l4 = xdp::rules(s);
     let destinations = match &l4.destinations {
-        crate::l4::Destinations::Any => "any address".to_string(),
-        crate::l4::Destinations::Host => "every address of this host".to_string(),
-        crate::l4::Destinations::Only(ips) => ips
+        xdp::Destinations::Any => "any address".to_string(),
+        xdp::Destinations::Host => "every address of this host".to_string(),
+        xdp::Destinations::Only(ips) => ips
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()

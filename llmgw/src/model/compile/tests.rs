@@ -5,12 +5,17 @@ use std::{collections::HashMap, path::Path, path::PathBuf};
 
 use http::HeaderMap;
 
-use super::{
-    ErrorList, RawConfig, Settings, Snapshot,
-    load::{load_paths, load_text},
-    snapshot::{Protocol, compile},
+use super::compile;
+use crate::{
+    config::{
+        ErrorList, RawConfig, Settings,
+        load::{load_paths, load_text},
+    },
+    model::{
+        Protocol, Snapshot,
+        routing::{NoRoute, route},
+    },
 };
-use crate::proxy::router::{NoRoute, route};
 
 fn env() -> HashMap<String, String> {
     [
@@ -116,7 +121,7 @@ fn seed_policy_stays_at_l7_because_of_hosts() {
     assert_eq!(snap.policies.deny.len(), 1);
     let rule = &snap.policies.deny[0].rules[0];
     assert!(!rule.placement.xdp, "{:?}", rule.placement);
-    assert!(crate::policy::l4::rules(&snap).entries.is_empty());
+    assert!(crate::model::xdp::rules(&snap).entries.is_empty());
 }
 
 #[test]
@@ -141,7 +146,7 @@ spec:
         .authorization_policies,
     );
     let snap = compile_ok(&raw);
-    let l4 = crate::policy::l4::rules(&snap);
+    let l4 = crate::model::xdp::rules(&snap);
     assert_eq!(l4.listener_ports, vec![80]);
     let got: Vec<(String, String, Option<Vec<u16>>)> = l4
         .entries
@@ -171,8 +176,8 @@ fn route_specific_config_overrides_default_field_by_field() {
     let mut raw = seed();
     raw.providers[0].spec.configs.route_specific_configs.insert(
         "ingress-route".into(),
-        super::provider::ProviderConfig {
-            openai_config: Some(super::provider::OpenAiConfig {
+        crate::config::provider::ProviderConfig {
+            openai_config: Some(crate::config::provider::OpenAiConfig {
                 model: Some("qwen-turbo".into()),
                 stream: Some(true),
                 api_key: None,
@@ -257,7 +262,7 @@ fn port_map_and_selection_by_labels() {
     let snap = compile(&seed(), &settings).unwrap();
     assert_eq!(snap.listeners[0].port, 80);
     assert_eq!(snap.listeners[0].local.port(), 18080);
-    let l4 = crate::policy::l4::rules(&snap);
+    let l4 = crate::model::xdp::rules(&snap);
     assert_eq!(l4.listener_ports, vec![18080]);
     // Listeners on 0.0.0.0: XDP takes every address of the host as ours;
     // bound to an address, that address only.
@@ -266,7 +271,7 @@ fn port_map_and_selection_by_labels() {
         bind_address: "127.0.0.1".parse().unwrap(),
         ..settings.clone()
     };
-    let l4 = crate::policy::l4::rules(&compile(&seed(), &bound).unwrap());
+    let l4 = crate::model::xdp::rules(&compile(&seed(), &bound).unwrap());
     assert_eq!(
         l4.destinations,
         crate::l4::Destinations::Only(vec!["127.0.0.1".parse().unwrap()])
@@ -609,7 +614,7 @@ spec:
     );
     raw.providers.extend(extra.providers);
     raw.routes.extend(extra.routes);
-    let text = super::dump::describe(&compile_ok(&raw));
+    let text = crate::model::dump::describe(&compile_ok(&raw));
     assert!(
         text.contains("rule bound of LLMRoute default/gw-only when any request\n"),
         "{text}"
