@@ -39,6 +39,19 @@ pub struct Snapshot {
     pub watched: Vec<PathBuf>,
 }
 
+impl Snapshot {
+    /// Every backend's rewrite, once per (rule, server) it is bound to.
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.listeners
+            .iter()
+            .flat_map(|l| &l.servers)
+            .flat_map(|s| &s.vhosts)
+            .flat_map(|v| &v.rules)
+            .flat_map(|r| &r.backends)
+            .map(|b| &b.upstream)
+    }
+}
+
 /// Loads `paths` (and the MeshConfig file, if any) and compiles them for
 /// the gateway `settings` describes.
 pub fn load(paths: &[PathBuf], settings: &Settings, env: &dyn Env) -> Result<Snapshot, ErrorList> {

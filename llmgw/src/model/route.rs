@@ -106,6 +106,13 @@ pub struct Upstream {
     pub authorization: Option<HeaderValue>,
 }
 
+impl Upstream {
+    /// The TLS server name: the host without a port.
+    pub fn tls_name(&self) -> &str {
+        self.host.split(':').next().unwrap_or(&self.host)
+    }
+}
+
 /// A selected LLMProvider.
 #[derive(Debug)]
 pub struct Provider {

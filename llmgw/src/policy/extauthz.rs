@@ -117,14 +117,13 @@ pub struct Common {
     pub fail_open: bool,
     pub status_on_error: StatusCode,
     pub body: Option<BodySettings>,
-    pub(super) stats: Counters,
 }
 
 impl Common {
     /// An authorizer that could not answer: `failOpen` allows, else
     /// `statusOnError` with an empty body.
-    pub(super) fn on_error(&self) -> CheckResult {
-        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+    pub(super) fn on_error(&self, counts: &Counters) -> CheckResult {
+        counts.errors.fetch_add(1, Ordering::Relaxed);
         if self.fail_open {
             CheckResult::Allow(Allowed::default())
         } else {
@@ -144,19 +143,12 @@ impl Common {
             self.name, self.timeout
         )
     }
-
-    fn stats(&self) -> ProviderStats {
-        ProviderStats {
-            provider: self.name.clone(),
-            allowed: self.stats.allowed.load(Ordering::Relaxed),
-            denied: self.stats.denied.load(Ordering::Relaxed),
-            errors: self.stats.errors.load(Ordering::Relaxed),
-        }
-    }
 }
 
+/// Check counters of one provider: runtime state, kept by provider name
+/// across reloads (see [`ExtAuthzClients`]).
 #[derive(Debug, Default)]
-pub(super) struct Counters {
+pub struct Counters {
     pub(super) allowed: AtomicU64,
     pub(super) denied: AtomicU64,
     pub(super) errors: AtomicU64,
@@ -303,13 +295,96 @@ pub(super) fn set_all(headers: &mut HeaderMap, items: &[(HeaderName, HeaderValue
 
 pub(super) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-/// The extension providers of MeshConfig, and pooled clients for them
-/// (HTTP/1.1 for HTTP authorizers, HTTP/2 cleartext for gRPC ones).
+/// The extension providers of MeshConfig, compiled.
 #[derive(Default)]
 pub struct ExtAuthz {
     providers: BTreeMap<String, Provider>,
+}
+
+/// What checks need at run time: pooled clients (HTTP/1.1 for HTTP
+/// authorizers, HTTP/2 cleartext for gRPC ones) and each provider's
+/// counters. Built from the compiled providers and the state of the
+/// configuration being replaced: connections and counts carry over.
+#[derive(Default)]
+pub struct ExtAuthzClients {
     client: OnceLock<HttpClient>,
     grpc_client: OnceLock<HttpClient>,
+    counters: BTreeMap<String, Arc<Counters>>,
+}
+
+impl fmt::Debug for ExtAuthzClients {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExtAuthzClients")
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExtAuthzClients {
+    pub fn build(ext: &ExtAuthz, previous: Option<&ExtAuthzClients>) -> Self {
+        let carry = |cell: Option<&OnceLock<HttpClient>>| {
+            let out = OnceLock::new();
+            if let Some(c) = cell.and_then(OnceLock::get) {
+                let _ = out.set(c.clone());
+            }
+            out
+        };
+        let counters = ext
+            .providers
+            .iter()
+            .filter(|(_, p)| matches!(p, Provider::Http(_) | Provider::Grpc(_)))
+            .map(|(name, _)| {
+                let c = previous
+                    .and_then(|p| p.counters.get(name).cloned())
+                    .unwrap_or_default();
+                (name.clone(), c)
+            })
+            .collect();
+        ExtAuthzClients {
+            client: carry(previous.map(|p| &p.client)),
+            grpc_client: carry(previous.map(|p| &p.grpc_client)),
+            counters,
+        }
+    }
+
+    /// Per-provider counters, for metrics.
+    pub fn stats(&self) -> Vec<ProviderStats> {
+        self.counters
+            .iter()
+            .map(|(name, c)| ProviderStats {
+                provider: name.clone(),
+                allowed: c.allowed.load(Ordering::Relaxed),
+                denied: c.denied.load(Ordering::Relaxed),
+                errors: c.errors.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    fn counters(&self, provider: &str) -> Arc<Counters> {
+        self.counters.get(provider).cloned().unwrap_or_default()
+    }
+
+    fn client(&self) -> &HttpClient {
+        self.client.get_or_init(|| {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(16)
+                .build(connector)
+        })
+    }
+
+    fn grpc_client(&self) -> &HttpClient {
+        self.grpc_client.get_or_init(|| {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector)
+        })
+    }
 }
 
 impl fmt::Debug for ExtAuthz {
@@ -396,66 +471,6 @@ impl ExtAuthz {
             .collect()
     }
 
-    /// Counters are per snapshot: a reload's new snapshot starts from the
-    /// counts of the one it replaces (provider by provider name), so the
-    /// series never go backwards.
-    pub fn carry_counts_from(&self, previous: &ExtAuthz) {
-        fn common(p: &Provider) -> Option<&Common> {
-            match p {
-                Provider::Http(p) => Some(&p.common),
-                Provider::Grpc(p) => Some(&p.common),
-                Provider::Other(_) | Provider::Invalid => None,
-            }
-        }
-        for (name, p) in &self.providers {
-            let (Some(new), Some(old)) = (common(p), previous.providers.get(name).and_then(common))
-            else {
-                continue;
-            };
-            for (n, o) in [
-                (&new.stats.allowed, &old.stats.allowed),
-                (&new.stats.denied, &old.stats.denied),
-                (&new.stats.errors, &old.stats.errors),
-            ] {
-                n.fetch_add(o.load(Ordering::Relaxed), Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Per-provider counters, for metrics.
-    pub fn stats(&self) -> Vec<ProviderStats> {
-        self.providers
-            .values()
-            .filter_map(|p| match p {
-                Provider::Http(p) => Some(p.common.stats()),
-                Provider::Grpc(p) => Some(p.common.stats()),
-                Provider::Other(_) | Provider::Invalid => None,
-            })
-            .collect()
-    }
-
-    fn client(&self) -> &HttpClient {
-        self.client.get_or_init(|| {
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .pool_max_idle_per_host(16)
-                .build(connector)
-        })
-    }
-
-    fn grpc_client(&self) -> &HttpClient {
-        self.grpc_client.get_or_init(|| {
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .pool_idle_timeout(Duration::from_secs(30))
-                .build(connector)
-        })
-    }
-
     /// Asks provider `provider` whether `req` may proceed, as Envoy's
     /// ext_authz filter does. HTTP: a 200 answer allows; 5xx, no answer
     /// within the timeout, or no connection is an error (`failOpen` allows,
@@ -463,9 +478,15 @@ impl ExtAuthz {
     /// with the authorizer's status, body and allowed headers. gRPC: see
     /// `extauthz_grpc`. An unknown provider (which validation prevents)
     /// answers 403.
-    pub async fn check(&self, provider: &str, req: &CheckRequest<'_>) -> CheckResult {
+    pub async fn check(
+        &self,
+        rt: &ExtAuthzClients,
+        provider: &str,
+        req: &CheckRequest<'_>,
+    ) -> CheckResult {
+        let counts = rt.counters(provider);
         if let Some(Provider::Grpc(p)) = self.providers.get(provider) {
-            return p.check(self.grpc_client(), req).await;
+            return p.check(rt.grpc_client(), req, &counts).await;
         }
         let Some(p) = self.http_provider(provider) else {
             tracing::error!(
@@ -478,18 +499,18 @@ impl ExtAuthz {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(provider, error = %e, "ext_authz: cannot build the check request");
-                return p.common.on_error();
+                return p.common.on_error(&counts);
             }
         };
         if too_large {
-            p.common.stats.denied.fetch_add(1, Ordering::Relaxed);
+            counts.denied.fetch_add(1, Ordering::Relaxed);
             return CheckResult::Deny(LocalReply::empty(StatusCode::PAYLOAD_TOO_LARGE));
         }
         let timeout = p.common.timeout;
-        let Some((parts, body, _)) = call(self.client(), request, timeout, provider).await else {
-            return p.common.on_error();
+        let Some((parts, body, _)) = call(rt.client(), request, timeout, provider).await else {
+            return p.common.on_error(&counts);
         };
-        p.on_response(parts.status, &parts.headers, body)
+        p.on_response(parts.status, &parts.headers, body, &counts)
     }
 }
 
@@ -585,13 +606,19 @@ impl HttpProvider {
         Ok((request, false))
     }
 
-    fn on_response(&self, status: StatusCode, headers: &HeaderMap, body: Bytes) -> CheckResult {
+    fn on_response(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Bytes,
+        counts: &Counters,
+    ) -> CheckResult {
         if status.is_server_error() {
             tracing::warn!(provider = %self.common.name, %status, "ext_authz: authorizer failed");
-            return self.common.on_error();
+            return self.common.on_error(counts);
         }
         if status == StatusCode::OK {
-            self.common.stats.allowed.fetch_add(1, Ordering::Relaxed);
+            counts.allowed.fetch_add(1, Ordering::Relaxed);
             let pick = |patterns: &[HeaderPattern]| -> Vec<(HeaderName, HeaderValue)> {
                 headers
                     .iter()
@@ -615,7 +642,7 @@ impl HttpProvider {
                 downstream_add: pick(&self.headers_to_downstream_on_allow),
             });
         }
-        self.common.stats.denied.fetch_add(1, Ordering::Relaxed);
+        counts.denied.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(provider = %self.common.name, %status, "ext_authz: denied");
         let mut reply = if body.is_empty() {
             LocalReply::empty(status)
@@ -820,7 +847,6 @@ pub(super) fn compile_common(
         fail_open,
         status_on_error,
         body,
-        stats: Counters::default(),
     }
 }
 

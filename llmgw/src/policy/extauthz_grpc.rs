@@ -21,8 +21,8 @@ use prost::Message as _;
 use super::{
     LocalReply,
     extauthz::{
-        Allowed, CheckRequest, CheckResult, Common, CommonRaw, HeaderAction, HttpClient, call,
-        compile_common, not_for_check, set_all,
+        Allowed, CheckRequest, CheckResult, Common, CommonRaw, Counters, HeaderAction, HttpClient,
+        call, compile_common, not_for_check, set_all,
     },
     extauthz_proto as pb,
 };
@@ -97,33 +97,34 @@ impl GrpcProvider {
         }
     }
 
-    fn on_error(&self) -> CheckResult {
-        self.common.on_error()
-    }
-
-    pub(super) async fn check(&self, client: &HttpClient, req: &CheckRequest<'_>) -> CheckResult {
+    pub(super) async fn check(
+        &self,
+        client: &HttpClient,
+        req: &CheckRequest<'_>,
+        counts: &Counters,
+    ) -> CheckResult {
         let (message, too_large) = self.check_message(req);
         if too_large {
-            self.common.stats.denied.fetch_add(1, Ordering::Relaxed);
+            counts.denied.fetch_add(1, Ordering::Relaxed);
             return CheckResult::Deny(LocalReply::empty(StatusCode::PAYLOAD_TOO_LARGE));
         }
         let request = match self.http_request(&message) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(provider = %self.common.name, error = %e, "ext_authz: cannot build the check request");
-                return self.on_error();
+                return self.common.on_error(counts);
             }
         };
         let Some((parts, body, trailers)) =
             call(client, request, self.common.timeout, &self.common.name).await
         else {
-            return self.on_error();
+            return self.common.on_error(counts);
         };
         match decode_reply(parts.status, &parts.headers, trailers.as_ref(), &body) {
-            Ok(resp) => self.on_check_response(resp),
+            Ok(resp) => self.on_check_response(resp, counts),
             Err(e) => {
                 tracing::warn!(provider = %self.common.name, error = %e, "ext_authz: check failed");
-                self.on_error()
+                self.common.on_error(counts)
             }
         }
     }
@@ -240,10 +241,10 @@ impl GrpcProvider {
             .map_err(|e| e.to_string())
     }
 
-    fn on_check_response(&self, resp: pb::CheckResponse) -> CheckResult {
+    fn on_check_response(&self, resp: pb::CheckResponse, counts: &Counters) -> CheckResult {
         let code = resp.status.as_ref().map_or(0, |s| s.code);
         if code == 0 {
-            self.common.stats.allowed.fetch_add(1, Ordering::Relaxed);
+            counts.allowed.fetch_add(1, Ordering::Relaxed);
             let ok = resp.ok_response.unwrap_or_default();
             let mut allowed = Allowed::default();
             for (k, v, action) in header_options(&ok.headers, false) {
@@ -264,7 +265,7 @@ impl GrpcProvider {
                 .collect();
             return CheckResult::Allow(allowed);
         }
-        self.common.stats.denied.fetch_add(1, Ordering::Relaxed);
+        counts.denied.fetch_add(1, Ordering::Relaxed);
         let denied = resp.denied_response.unwrap_or_default();
         let status = denied
             .status

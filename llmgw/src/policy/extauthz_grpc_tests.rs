@@ -18,8 +18,9 @@ use prost::Message as _;
 use tokio::net::TcpListener;
 
 use super::{
-    extauthz::{self, Attributes, CheckRequest, CheckResult, ExtAuthz},
+    extauthz::{self, Attributes, CheckRequest, CheckResult},
     extauthz_proto as pb,
+    test_support::Ext,
 };
 use crate::config::{ErrorList, mesh::parse_mesh_config};
 
@@ -106,7 +107,7 @@ async fn authorizer(
     Authorizer { addr, seen, task }
 }
 
-fn ext_authz(port: u16, extra: &str) -> ExtAuthz {
+fn ext_authz(port: u16, extra: &str) -> Ext {
     let mesh = parse_mesh_config(&format!(
         "extensionProviders:\n- name: g\n  envoyExtAuthzGrpc:\n    service: authz/127.0.0.1\n    port: {port}\n{extra}"
     ))
@@ -114,7 +115,7 @@ fn ext_authz(port: u16, extra: &str) -> ExtAuthz {
     let mut errors = ErrorList::default();
     let e = extauthz::compile(&mesh, &mut errors);
     assert!(errors.is_empty(), "{errors}");
-    e
+    Ext::new(e)
 }
 
 fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -125,7 +126,7 @@ fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
     h
 }
 
-async fn check(e: &ExtAuthz, h: &HeaderMap, body: Option<&Bytes>) -> CheckResult {
+async fn check(e: &Ext, h: &HeaderMap, body: Option<&Bytes>) -> CheckResult {
     let req = CheckRequest {
         method: &Method::POST,
         host: "test.com",

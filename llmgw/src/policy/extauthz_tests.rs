@@ -7,17 +7,17 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 
 use super::{
-    extauthz::{self, CheckRequest, CheckResult, ExtAuthz},
-    test_support::{Reply, Seen, serve},
+    extauthz::{self, CheckRequest, CheckResult, ExtAuthz, ExtAuthzClients},
+    test_support::{Ext, Reply, Seen, serve},
 };
 use crate::config::{ErrorList, RawConfig, Settings, load::load_text, mesh::parse_mesh_config};
 
-fn ext_authz(providers: &str) -> ExtAuthz {
+fn ext_authz(providers: &str) -> Ext {
     let mesh = parse_mesh_config(&format!("extensionProviders:\n{providers}")).expect("mesh");
     let mut errors = ErrorList::default();
     let e = extauthz::compile(&mesh, &mut errors);
     assert!(errors.is_empty(), "{errors}");
-    e
+    Ext::new(e)
 }
 
 fn provider(name: &str, port: u16, extra: &str) -> String {
@@ -34,7 +34,7 @@ fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
     h
 }
 
-async fn check(e: &ExtAuthz, name: &str, h: &HeaderMap, body: Option<&Bytes>) -> CheckResult {
+async fn check(e: &Ext, name: &str, h: &HeaderMap, body: Option<&Bytes>) -> CheckResult {
     let req = CheckRequest {
         method: &Method::POST,
         host: "test.com",
@@ -405,11 +405,13 @@ fn futures_are_send() {
         body: None,
         attrs: None,
     };
-    is_send(&e.check("p", &req));
+    let clients = ExtAuthzClients::default();
+    is_send(&e.check(&clients, "p", &req));
     let a = super::Authenticator::default();
+    let keys = super::jwks_fetch::JwksFetchers::default();
     let mut uri = http::Uri::from_static("/");
     let mut headers = HeaderMap::new();
-    is_send(&a.authenticate(&Method::GET, &mut uri, &mut headers));
+    is_send(&a.authenticate(&keys, &Method::GET, &mut uri, &mut headers));
     let mut r = http::Request::new(());
-    is_send(&a.authenticate_request(&mut r));
+    is_send(&a.authenticate_request(&keys, &mut r));
 }

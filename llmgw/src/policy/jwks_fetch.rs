@@ -1,8 +1,10 @@
 //! Remote key sets: `jwksUri` (or the issuer's OpenID discovery document)
 //! fetched over HTTP(S) with a timeout, refreshed periodically and retried
 //! with backoff; a failure is logged and counted and the last good keys stay.
+//! [`JwksFetchers`] is the runtime's set of them, carried across reloads.
 
 use std::{
+    collections::HashMap,
     fmt,
     sync::{
         Arc, Mutex,
@@ -21,7 +23,10 @@ use thiserror::Error;
 use tokio::{net::TcpStream, sync::watch};
 use tokio_rustls::TlsConnector;
 
-use super::jwks::{Jwks, JwksError};
+use super::{
+    jwks::{Jwks, JwksError},
+    jwt::{Authenticator, KeyStore, Keys},
+};
 
 /// Istio's default refresh period for remote keys (`PILOT_JWT_PUB_KEY_REFRESH_INTERVAL`).
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(20 * 60);
@@ -32,7 +37,7 @@ pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(5 * 60);
 pub const MAX_JWKS_BYTES: usize = 1 << 20;
 
 /// Where a rule's keys come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum JwksSource {
     /// `jwksUri`.
     Uri(Uri),
@@ -339,6 +344,71 @@ impl RemoteJwks {
             keeping_previous_keys = keeping,
             "JWKS fetch failed"
         );
+    }
+}
+
+/// The runtime's remote key sets: one fetcher per source the compiled
+/// rules name. Built from the rules and the fetchers of the configuration
+/// being replaced: a source still in use keeps its fetcher (its keys,
+/// counters and refresh task); a source no longer named is dropped with its
+/// fetcher, which stops its task.
+#[derive(Debug, Default)]
+pub struct JwksFetchers {
+    by_source: HashMap<JwksSource, Arc<RemoteJwks>>,
+}
+
+impl JwksFetchers {
+    /// Must be called inside a tokio runtime (new fetchers start at once).
+    pub fn build(
+        authn: &Authenticator,
+        settings: &FetchSettings,
+        previous: Option<&JwksFetchers>,
+    ) -> Self {
+        let mut by_source = HashMap::new();
+        for rule in &authn.rules {
+            let Keys::Remote { source, timeout } = &rule.keys else {
+                continue;
+            };
+            if by_source.contains_key(source) {
+                continue;
+            }
+            let prev = previous.and_then(|p| p.by_source.get(source));
+            let fetcher = match prev {
+                Some(p) if p.timeout() == *timeout => p.clone(),
+                _ => {
+                    // New, or fetched with another timeout: a new fetcher
+                    // that starts from the previous one's keys and counts.
+                    let f = Arc::new(RemoteJwks::new(source.clone(), *timeout));
+                    f.start(settings.clone(), prev.map(|p| &**p));
+                    f
+                }
+            };
+            by_source.insert(source.clone(), fetcher);
+        }
+        Self { by_source }
+    }
+
+    /// Fetch counters and state of every remote key set `authn` uses, for metrics.
+    pub fn status(&self, authn: &Authenticator) -> Vec<JwksStatus> {
+        authn
+            .rules
+            .iter()
+            .filter_map(|r| match &r.keys {
+                Keys::Remote { source, .. } => {
+                    self.by_source.get(source).map(|f| f.status(&r.issuer))
+                }
+                Keys::Inline(_) => None,
+            })
+            .collect()
+    }
+}
+
+impl KeyStore for JwksFetchers {
+    async fn keys(&self, source: &JwksSource) -> Option<Arc<Jwks>> {
+        match self.by_source.get(source) {
+            Some(f) => f.keys().await,
+            None => None,
+        }
     }
 }
 

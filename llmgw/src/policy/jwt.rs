@@ -17,7 +17,7 @@ use super::{
     LocalReply,
     authz::Identity,
     jwks::{Alg, B64URL, Jwks},
-    jwks_fetch::{FetchSettings, JwksSource, JwksStatus, RemoteJwks},
+    jwks_fetch::JwksSource,
 };
 use crate::config::{
     ErrorList, ResourceId, Settings,
@@ -173,15 +173,37 @@ const DEFAULT_SPACE_DELIMITED: [&str; 2] = ["scope", "permission"];
 #[derive(Debug)]
 pub enum Keys {
     Inline(Arc<Jwks>),
-    Remote(Arc<RemoteJwks>),
+    /// Fetched at run time by the runtime's [`KeyStore`].
+    Remote {
+        source: JwksSource,
+        timeout: Duration,
+    },
 }
 
 impl Keys {
     fn describe(&self) -> String {
         match self {
             Keys::Inline(j) => format!("inline ({} keys)", j.keys.len()),
-            Keys::Remote(r) => format!("from {} (timeout {:?})", r.source(), r.timeout()),
+            Keys::Remote { source, timeout } => format!("from {source} (timeout {timeout:?})"),
         }
+    }
+}
+
+/// Where remote key sets come from while requests are verified: the
+/// runtime's fetchers (`jwks_fetch::JwksFetchers`), kept apart from the
+/// compiled rules so a reload keeps what was fetched.
+pub trait KeyStore: Sync {
+    /// The keys of `source` now; `None` when none were ever fetched.
+    fn keys(&self, source: &JwksSource) -> impl Future<Output = Option<Arc<Jwks>>> + Send;
+}
+
+/// A store without remote keys: rules with `jwksUri` fail
+/// (`Jwks remote fetch is failed`).
+pub struct NoRemoteKeys;
+
+impl KeyStore for NoRemoteKeys {
+    async fn keys(&self, _: &JwksSource) -> Option<Arc<Jwks>> {
+        None
     }
 }
 
@@ -220,28 +242,6 @@ pub struct Authenticator {
 impl Authenticator {
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
-    }
-
-    /// Starts fetching every `jwksUri` (and OpenID discovery) in the
-    /// background and refreshing it; must be called inside a tokio runtime.
-    /// Keys already fetched by `previous` (the snapshot being replaced) for
-    /// the same source are reused until the first fetch completes. Until
-    /// this is called, tokens of remote-key rules fail with
-    /// `Jwks remote fetch is failed`.
-    pub fn start(&self, settings: &FetchSettings, previous: Option<&Authenticator>) {
-        for rule in &self.rules {
-            if let Keys::Remote(remote) = &rule.keys {
-                let prev = previous.and_then(|p| p.remote(remote.source()));
-                remote.start(settings.clone(), prev.as_deref());
-            }
-        }
-    }
-
-    fn remote(&self, source: &JwksSource) -> Option<Arc<RemoteJwks>> {
-        self.rules.iter().find_map(|r| match &r.keys {
-            Keys::Remote(remote) if remote.source() == source => Some(remote.clone()),
-            _ => None,
-        })
     }
 
     /// The rules as JSON, for `/config_dump`.
@@ -291,27 +291,17 @@ impl Authenticator {
             .collect()
     }
 
-    /// Fetch counters and state of every remote key set, for metrics.
-    pub fn jwks_status(&self) -> Vec<JwksStatus> {
-        self.rules
-            .iter()
-            .filter_map(|r| match &r.keys {
-                Keys::Remote(remote) => Some(remote.status(&r.issuer)),
-                Keys::Inline(_) => None,
-            })
-            .collect()
-    }
-
     /// [`Authenticator::authenticate`] on a whole request.
     pub async fn authenticate_request<B>(
         &self,
+        keys: &impl KeyStore,
         req: &mut http::Request<B>,
     ) -> Result<Option<Identity>, JwtError> {
         let method = req.method().clone();
         // `Request` cannot lend its URI and headers mutably at once: move the URI out.
         let mut uri = std::mem::take(req.uri_mut());
         let result = self
-            .authenticate(&method, &mut uri, req.headers_mut())
+            .authenticate(keys, &method, &mut uri, req.headers_mut())
             .await;
         *req.uri_mut() = uri;
         result
@@ -340,6 +330,7 @@ impl Authenticator {
     ///   over `Jwt issuer is not configured` over `Jwt is missing`.
     pub async fn authenticate(
         &self,
+        keys: &impl KeyStore,
         method: &Method,
         uri: &mut Uri,
         headers: &mut HeaderMap,
@@ -362,7 +353,7 @@ impl Authenticator {
         let now = crate::observe::unix_now();
         let mut outcomes = Vec::with_capacity(self.rules.len());
         for i in 0..self.rules.len() {
-            outcomes.push(self.provider(i, &tokens, &parsed, now).await);
+            outcomes.push(self.provider(keys, i, &tokens, &parsed, now).await);
         }
         let mut identity = None;
         for outcome in &outcomes {
@@ -420,6 +411,7 @@ impl Authenticator {
     /// each verified against it, the last found first.
     async fn provider(
         &self,
+        keys: &impl KeyStore,
         i: usize,
         tokens: &[Token],
         parsed: &[Result<ParsedJwt<'_>, JwtError>],
@@ -431,7 +423,7 @@ impl Authenticator {
                 continue;
             }
             let result = match &parsed[k] {
-                Ok(jwt) => self.verify(i, jwt, now).await,
+                Ok(jwt) => self.verify(keys, i, jwt, now).await,
                 Err(e) => Err(e.clone()),
             };
             match result {
@@ -496,7 +488,13 @@ impl Authenticator {
         tokens
     }
 
-    async fn verify(&self, i: usize, jwt: &ParsedJwt<'_>, now: u64) -> Result<Verified, JwtError> {
+    async fn verify(
+        &self,
+        keys: &impl KeyStore,
+        i: usize,
+        jwt: &ParsedJwt<'_>,
+        now: u64,
+    ) -> Result<Verified, JwtError> {
         let rule = &self.rules[i];
         if jwt.iss != rule.issuer {
             return Err(JwtError::UnknownIssuer);
@@ -512,7 +510,9 @@ impl Authenticator {
         }
         let jwks = match &rule.keys {
             Keys::Inline(j) => j.clone(),
-            Keys::Remote(r) => r.keys().await.ok_or(JwtError::JwksFetchFail)?,
+            Keys::Remote { source, .. } => {
+                keys.keys(source).await.ok_or(JwtError::JwksFetchFail)?
+            }
         };
         jwks.verify(
             jwt.alg,
@@ -997,10 +997,10 @@ fn compile_rule(
             }
         },
         (None, Some(uri)) => match parse_fetch_uri(uri) {
-            Ok(u) => Some(Keys::Remote(Arc::new(RemoteJwks::new(
-                JwksSource::Uri(u),
+            Ok(u) => Some(Keys::Remote {
+                source: JwksSource::Uri(u),
                 timeout,
-            )))),
+            }),
             Err(m) => {
                 err(format!("{field}.jwksUri"), m);
                 None
@@ -1012,10 +1012,10 @@ fn compile_rule(
                 raw.issuer.trim_end_matches('/')
             );
             match parse_fetch_uri(&discovery) {
-                Ok(u) => Some(Keys::Remote(Arc::new(RemoteJwks::new(
-                    JwksSource::Discovery(u),
+                Ok(u) => Some(Keys::Remote {
+                    source: JwksSource::Discovery(u),
                     timeout,
-                )))),
+                }),
                 Err(_) => {
                     err(
                         field.to_string(),

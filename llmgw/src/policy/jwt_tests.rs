@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 
 use super::{
     jwks::Jwks,
-    jwks_fetch::FetchSettings,
-    jwt::{Authenticator, JwtError, b64url},
+    jwks_fetch::{FetchSettings, JwksFetchers, JwksSource, JwksStatus},
+    jwt::{Authenticator, JwtError, KeyStore, b64url},
     test_support::{Reply, TestPki, eventually, serve, test_pki},
 };
 use crate::config::{ErrorList, RawConfig, Settings, load::load_text};
@@ -174,7 +174,48 @@ fn claims(iss: &str, sub: &str) -> Value {
 
 const ISS: &str = "https://issuer.example.com";
 
-fn compile(yaml: &str) -> Result<(Authenticator, Vec<String>), String> {
+/// Compiled rules with the runtime's key fetchers, once started.
+#[derive(Debug)]
+struct Auth {
+    compiled: Authenticator,
+    fetchers: OnceLock<JwksFetchers>,
+}
+
+impl std::ops::Deref for Auth {
+    type Target = Authenticator;
+    fn deref(&self) -> &Authenticator {
+        &self.compiled
+    }
+}
+
+impl KeyStore for Auth {
+    async fn keys(&self, source: &JwksSource) -> Option<Arc<Jwks>> {
+        match self.fetchers.get() {
+            Some(f) => f.keys(source).await,
+            None => None,
+        }
+    }
+}
+
+impl Auth {
+    /// Starts fetching remote keys, carrying over `previous`'s fetchers as
+    /// a reload does.
+    fn start(&self, settings: &FetchSettings, previous: Option<&Auth>) {
+        let prev = previous.and_then(|p| p.fetchers.get());
+        let _ = self
+            .fetchers
+            .set(JwksFetchers::build(&self.compiled, settings, prev));
+    }
+
+    fn jwks_status(&self) -> Vec<JwksStatus> {
+        self.fetchers
+            .get()
+            .map(|f| f.status(&self.compiled))
+            .unwrap_or_default()
+    }
+}
+
+fn compile(yaml: &str) -> Result<(Auth, Vec<String>), String> {
     let mut raw = RawConfig::default();
     let mut errors = ErrorList::default();
     load_text(
@@ -193,6 +234,10 @@ fn compile(yaml: &str) -> Result<(Authenticator, Vec<String>), String> {
         &mut warnings,
     );
     if errors.is_empty() {
+        let a = Auth {
+            compiled: a,
+            fetchers: OnceLock::new(),
+        };
         Ok((a, warnings))
     } else {
         Err(errors.to_string())
@@ -206,7 +251,7 @@ fn ra(rules: &str) -> String {
 }
 
 /// One rule for `ISS` with inline `jwks` and `extra` YAML lines (indented 4).
-fn one_rule(jwks: &str, extra: &str) -> Authenticator {
+fn one_rule(jwks: &str, extra: &str) -> Auth {
     let yaml = ra(&format!("  - issuer: {ISS}\n    jwks: '{jwks}'\n{extra}"));
     compile(&yaml).unwrap_or_else(|e| panic!("{e}")).0
 }
@@ -233,13 +278,14 @@ impl Req {
     fn bearer(self, t: &str) -> Self {
         self.header("authorization", &format!("Bearer {t}"))
     }
-    async fn run(&mut self, a: &Authenticator) -> Result<Option<super::Identity>, JwtError> {
-        a.authenticate(&self.method, &mut self.uri, &mut self.headers)
+    async fn run(&mut self, a: &Auth) -> Result<Option<super::Identity>, JwtError> {
+        a.compiled
+            .authenticate(a, &self.method, &mut self.uri, &mut self.headers)
             .await
     }
 }
 
-async fn verify(a: &Authenticator, t: &str) -> Result<String, JwtError> {
+async fn verify(a: &Auth, t: &str) -> Result<String, JwtError> {
     Req::get("/v1/chat/completions")
         .bearer(t)
         .run(a)
@@ -898,7 +944,7 @@ impl JwksServer {
     }
 }
 
-fn remote_rule(uri: &str, extra: &str) -> Authenticator {
+fn remote_rule(uri: &str, extra: &str) -> Auth {
     compile(&ra(&format!(
         "  - issuer: {ISS}\n    jwksUri: {uri}\n{extra}"
     )))

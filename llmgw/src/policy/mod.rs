@@ -10,6 +10,7 @@ pub mod extauthz_proto;
 pub mod jwks;
 pub mod jwks_fetch;
 pub mod jwt;
+pub mod runtime;
 
 use std::sync::Arc;
 

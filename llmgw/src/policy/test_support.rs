@@ -192,3 +192,33 @@ where
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// Compiled ext_authz providers with their runtime clients and counters,
+/// as the gateway holds them.
+pub struct Ext {
+    pub compiled: super::ExtAuthz,
+    pub clients: super::extauthz::ExtAuthzClients,
+}
+
+impl std::ops::Deref for Ext {
+    type Target = super::ExtAuthz;
+    fn deref(&self) -> &super::ExtAuthz {
+        &self.compiled
+    }
+}
+
+impl Ext {
+    pub fn new(compiled: super::ExtAuthz) -> Self {
+        let clients = super::extauthz::ExtAuthzClients::build(&compiled, None);
+        Ext { compiled, clients }
+    }
+
+    /// Shadows `ExtAuthz::check`: with this gateway's clients.
+    pub async fn check(&self, provider: &str, req: &super::CheckRequest<'_>) -> super::CheckResult {
+        self.compiled.check(&self.clients, provider, req).await
+    }
+
+    pub fn stats(&self) -> Vec<super::extauthz::ProviderStats> {
+        self.clients.stats()
+    }
+}

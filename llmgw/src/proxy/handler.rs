@@ -180,7 +180,7 @@ async fn pipeline(
         Protocol::Https => "https",
         Protocol::Http => "http",
     };
-    let identity = security::authenticate(snapshot, &mut parts, scheme, &authority).await?;
+    let identity = security::authenticate(&live, &mut parts, scheme, &authority).await?;
     // JWT may have removed a token from the query: read the path after it.
     let raw_path = parts
         .uri
@@ -238,7 +238,7 @@ async fn pipeline(
                 request_id: rec.request_id.to_str().unwrap_or(""),
             }),
         };
-        let allowed = security::check_custom(snapshot, &provider, &check).await?;
+        let allowed = security::check_custom(&live, &provider, &check).await?;
         allowed.apply_to_request(&mut parts.headers);
         *downstream = Some(allowed);
     }
@@ -356,8 +356,10 @@ async fn pipeline(
     request_id.set_sensitive(true);
     headers.insert(X_REQUEST_ID, request_id);
 
-    let sni = up.host.split(':').next().unwrap_or(&up.host);
-    let resp = worker.upstreams.send(&up.authority, sni, out).await?;
+    let resp = worker
+        .upstreams
+        .send(&up.authority, up.tls_name(), out)
+        .await?;
     let tap = tap_for(resp.headers(), rec.stream);
     Ok(Reply::Upstream(resp, tap, convert))
 }

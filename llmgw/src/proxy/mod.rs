@@ -11,6 +11,7 @@ pub mod listener;
 pub mod record;
 pub mod request_id;
 pub mod rewrite;
+pub mod runtime;
 pub mod security;
 pub mod tls;
 pub mod upstream;
@@ -49,23 +50,33 @@ pub struct ProxyOptions {
     pub header_read_timeout: Duration,
 }
 
-/// A snapshot with what the data path derives from it once.
+/// A snapshot in service: the compiled data, the runtime state built for
+/// it, and what the data path derives from it once.
 pub struct Live {
     pub snapshot: Arc<Snapshot>,
+    pub runtime: runtime::Runtime,
     /// TLS configurations of the HTTPS listeners, by bound address.
     pub tls: HashMap<SocketAddr, Arc<tls::ListenerTls>>,
 }
 
 impl Live {
-    pub fn build(snapshot: Arc<Snapshot>) -> Result<Self, tls::ServerTlsError> {
+    /// `previous` is the `Live` being replaced: its runtime state carries
+    /// over. Must be called inside a tokio runtime.
+    pub fn build(
+        snapshot: Arc<Snapshot>,
+        settings: &runtime::RuntimeSettings,
+        previous: Option<&Live>,
+    ) -> Result<Self, tls::ServerTlsError> {
         let mut by_addr = HashMap::new();
         for l in &snapshot.listeners {
             if l.protocol == Protocol::Https {
                 by_addr.insert(l.local, Arc::new(tls::ListenerTls::build(l)?));
             }
         }
+        let runtime = runtime::Runtime::build(&snapshot, settings, previous.map(|p| &p.runtime));
         Ok(Self {
             snapshot,
+            runtime,
             tls: by_addr,
         })
     }

@@ -4,7 +4,7 @@
 
 use http::request::Parts;
 
-use super::error::ProxyError;
+use super::{Live, error::ProxyError};
 use crate::{
     http::path::normalize_path,
     model::Snapshot,
@@ -16,11 +16,12 @@ use crate::{
 /// it does not. Removes the token unless its rule forwards it and writes the
 /// rule's output headers.
 pub async fn authenticate(
-    snapshot: &Snapshot,
+    live: &Live,
     parts: &mut Parts,
     scheme: &str,
     authority: &str,
 ) -> Result<Option<Identity>, ProxyError> {
+    let snapshot = &live.snapshot;
     if snapshot.authn.is_empty() {
         return Ok(None);
     }
@@ -33,7 +34,12 @@ pub async fn authenticate(
     }
     snapshot
         .authn
-        .authenticate(&parts.method, &mut parts.uri, &mut parts.headers)
+        .authenticate(
+            &live.runtime.security.jwks,
+            &parts.method,
+            &mut parts.uri,
+            &mut parts.headers,
+        )
         .await
         .map_err(|e| ProxyError::Refused {
             reply: Box::new(e.local_reply(scheme, authority, &original)),
@@ -45,11 +51,12 @@ pub async fn authenticate(
 /// returns the header changes it asks for (the caller applies them to the
 /// request, once the check no longer borrows its headers).
 pub async fn check_custom(
-    snapshot: &Snapshot,
+    live: &Live,
     provider: &str,
     req: &CheckRequest<'_>,
 ) -> Result<Allowed, ProxyError> {
-    match snapshot.ext_authz.check(provider, req).await {
+    let clients = &live.runtime.security.ext_authz;
+    match live.snapshot.ext_authz.check(clients, provider, req).await {
         CheckResult::Allow(allowed) => Ok(allowed),
         CheckResult::Deny(reply) => Err(ProxyError::Refused {
             reason: format!(

@@ -357,6 +357,26 @@ impl Upstreams {
         }
     }
 
+    /// Drops the pools `keep` does not want (those of providers a reload
+    /// removed), with their connections.
+    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
+        let mut map = match self.pools.write() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        for (authority, pools) in map.iter_mut() {
+            pools.retain(|(sni, _)| keep(authority, sni));
+        }
+        map.retain(|_, pools| !pools.is_empty());
+    }
+
+    /// How many pools there are (one per provider endpoint used).
+    pub fn pool_count(&self) -> usize {
+        self.pools
+            .read()
+            .map_or(0, |m| m.values().map(Vec::len).sum())
+    }
+
     /// Closes connections idle for longer than `POOL_IDLE` (called every
     /// second by the worker's heartbeat).
     pub fn close_idle(&self, now: Instant) {
@@ -970,6 +990,26 @@ impl http_body::Body for UpstreamIncoming {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pools_of_removed_providers_are_dropped() {
+        let tls = client_tls(None, true).unwrap();
+        let ups = Upstreams::new(
+            tls,
+            UpstreamOptions {
+                connect_timeout: Duration::from_secs(1),
+                response_timeout: Duration::from_secs(1),
+                resolve: Vec::new(),
+            },
+        );
+        ups.pool("a.example:443", "a.example").unwrap();
+        ups.pool("b.example:443", "b.example").unwrap();
+        ups.pool("b.example:443", "other-name").unwrap();
+        assert_eq!(ups.pool_count(), 3);
+        ups.retain(|authority, sni| authority == "b.example:443" && sni == "b.example");
+        assert_eq!(ups.pool_count(), 1);
+        assert!(ups.pools.read().unwrap().contains_key("b.example:443"));
+    }
 
     #[test]
     fn parses_resolve_like_curl() {

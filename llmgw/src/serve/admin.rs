@@ -24,7 +24,7 @@ use super::MetricsSource;
 use crate::{
     model::dump,
     observe::metrics::esc,
-    proxy::{Drain, Proxy},
+    proxy::{Drain, Live, Proxy},
 };
 
 /// Serves the admin endpoints on `listener` until `stop` turns true.
@@ -97,7 +97,7 @@ fn answer(
         ),
         "/metrics" => {
             let mut body = proxy.observer.metrics.render();
-            render_policy(&mut body, &proxy.live.load().snapshot);
+            render_policy(&mut body, &proxy.live.load());
             for source in extra {
                 source(&mut body);
             }
@@ -123,8 +123,9 @@ fn answer(
 
 /// Counters of the security stage's outside calls: JWKS fetches per issuer
 /// and external authorization checks per provider.
-pub fn render_policy(out: &mut String, snapshot: &crate::model::Snapshot) {
-    let jwks = snapshot.authn.jwks_status();
+fn render_policy(out: &mut String, live: &Live) {
+    let security = &live.runtime.security;
+    let jwks = security.jwks.status(&live.snapshot.authn);
     if !jwks.is_empty() {
         out.push_str(
             "# HELP llmgw_jwks_fetches_total Fetches of remote JWT key sets, by issuer and result.\n\
@@ -156,7 +157,7 @@ pub fn render_policy(out: &mut String, snapshot: &crate::model::Snapshot) {
             );
         }
     }
-    let checks = snapshot.ext_authz.stats();
+    let checks = security.ext_authz.stats();
     if !checks.is_empty() {
         out.push_str(
             "# HELP llmgw_ext_authz_checks_total External authorization checks, by provider and result.\n\

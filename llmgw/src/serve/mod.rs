@@ -33,6 +33,7 @@ use crate::{
     policy::jwks_fetch::FetchSettings,
     proxy::{
         Live, Proxy, ProxyOptions, Worker, listener,
+        runtime::RuntimeSettings,
         tls::ServerTlsError,
         upstream::{self, ResolveOverride, TlsSetupError, UpstreamOptions},
     },
@@ -263,13 +264,35 @@ impl Workers {
 async fn heartbeat(worker: Arc<Worker>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The snapshot whose providers the pools were last pruned for.
+    let mut pruned_for: Option<Arc<Live>> = None;
     loop {
         tokio::select! {
-            _ = tick.tick() => worker.upstreams.close_idle(std::time::Instant::now()),
+            _ = tick.tick() => {
+                worker.upstreams.close_idle(std::time::Instant::now());
+                let live = worker.proxy.live.load_full();
+                if !pruned_for.as_ref().is_some_and(|p| Arc::ptr_eq(p, &live)) {
+                    prune_pools(&worker, &live);
+                    pruned_for = Some(live);
+                }
+            }
             _ = worker.log.due() => {}
         }
         worker.log.flush();
     }
+}
+
+/// Drops the worker's pools to providers the snapshot in service no longer
+/// names (after a reload removed them).
+fn prune_pools(worker: &Worker, live: &Live) {
+    let wanted: std::collections::HashSet<(&str, &str)> = live
+        .snapshot
+        .upstreams()
+        .map(|u| (u.authority.as_str(), u.tls_name()))
+        .collect();
+    worker
+        .upstreams
+        .retain(|authority, sni| wanted.contains(&(authority, sni)));
 }
 
 /// The bound listeners, by configured address; dropping a sender's value
@@ -346,10 +369,11 @@ pub async fn serve(
     for w in &snapshot.warnings {
         warn!("{w}");
     }
-    let live = Live::build(Arc::new(snapshot))?;
     // JWKS fetches trust what provider connections trust; HTTP/1 only.
-    let jwks_fetch = FetchSettings::new(upstream::client_tls(opts.upstream_ca.as_deref(), false)?);
-    live.snapshot.authn.start(&jwks_fetch, None);
+    let runtime_settings = RuntimeSettings {
+        jwks_fetch: FetchSettings::new(upstream::client_tls(opts.upstream_ca.as_deref(), false)?),
+    };
+    let live = Live::build(Arc::new(snapshot), &runtime_settings, None)?;
 
     let metrics = Arc::new(Metrics::new());
     metrics
@@ -459,7 +483,7 @@ pub async fn serve(
             (&proxy, &workers),
             &mut listeners,
             &mut hooks,
-            &jwks_fetch,
+            &runtime_settings,
         )
         .await;
         fingerprint = (compiled, read_files());
@@ -497,7 +521,7 @@ async fn reload(
     (proxy, workers): (&Arc<Proxy>, &Workers),
     listeners: &mut Listeners,
     hooks: &mut Hooks,
-    jwks_fetch: &FetchSettings,
+    runtime_settings: &RuntimeSettings,
 ) {
     let metrics = &proxy.observer.metrics;
     let fail = |msg: String| {
@@ -511,11 +535,13 @@ async fn reload(
         Ok(s) => s,
         Err(errors) => return fail(errors.to_string()),
     };
-    let live = match Live::build(Arc::new(snapshot)) {
+    // Built over the runtime in service: key sets already fetched, ext_authz
+    // connections and counters carry over.
+    let current = proxy.live.load_full();
+    let live = match Live::build(Arc::new(snapshot), runtime_settings, Some(&current)) {
         Ok(l) => l,
         Err(e) => return fail(e.to_string()),
     };
-    let current = proxy.live.load_full();
     hooks.prepare(&current.snapshot, &live.snapshot).await;
     drop(current);
     let bound = match listeners.bind_new(&live).await {
@@ -525,16 +551,6 @@ async fn reload(
     for w in &live.snapshot.warnings {
         warn!("{w}");
     }
-    // Key sets already fetched for the same sources serve until the new
-    // fetches complete.
-    let previous = proxy.live.load();
-    live.snapshot
-        .authn
-        .start(jwks_fetch, Some(&previous.snapshot.authn));
-    live.snapshot
-        .ext_authz
-        .carry_counts_from(&previous.snapshot.ext_authz);
-    drop(previous);
     proxy.live.store(Arc::new(live));
     let live = proxy.live.load();
     listeners.commit(bound, &live, workers);
