@@ -7,8 +7,8 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::authz::Policy;
 use super::{HostPattern, Protocol, RouteRule, Snapshot, route::StrMatcher, xdp};
-use crate::policy::authz::Policy;
 
 /// The snapshot as JSON (keys redacted).
 pub fn dump(s: &Snapshot) -> Value {

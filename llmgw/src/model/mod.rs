@@ -4,19 +4,24 @@
 //! Runtime state (connections, fetched keys, counters) lives apart, in the
 //! proxy's runtime, built from a snapshot and the previous runtime.
 
+pub mod authn;
+pub mod authz;
 pub mod compile;
 pub mod dump;
+pub mod extauthz;
 pub mod gateway;
+pub mod jwks;
 pub mod route;
 pub mod routing;
 pub mod xdp;
 
 use std::{path::PathBuf, sync::Arc};
 
-use crate::{
-    config::{ErrorList, Settings, load::Env, load_paths, mesh},
-    policy::{Authenticator, ExtAuthz, Policies},
-};
+use crate::config::{ErrorList, Settings, load::Env, load_paths, mesh};
+
+use authn::Authenticator;
+use authz::Policies;
+use extauthz::ExtAuthz;
 
 pub use compile::compile;
 pub use gateway::{HostPattern, Listener, Protocol, Server, ServerTls};

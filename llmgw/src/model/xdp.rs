@@ -48,7 +48,7 @@ pub fn rules(snapshot: &Snapshot) -> L4Rules {
     let mut entries = Vec::new();
     for policy in &snapshot.policies.deny {
         for rule in &policy.rules {
-            for (net, ports) in crate::policy::authz::offload(rule) {
+            for (net, ports) in super::compile::authz::offload(rule) {
                 entries.push(DenyEntry {
                     net,
                     rule: format!("{}[{}]", policy.id, rule.index),

@@ -6,8 +6,9 @@ use std::{collections::HashMap, net::IpAddr, path::Path};
 use http::HeaderMap;
 use serde_json::json;
 
-use super::authz::{Decision, Identity, Policies, RequestContext};
+use super::authz::{Decision, Identity, RequestContext};
 use crate::config::{ErrorList, RawConfig, Settings, load::load_text};
+use crate::model::authz::Policies;
 
 /// A request as a test describes it.
 #[derive(Clone)]
@@ -85,7 +86,8 @@ fn compile_yaml(yaml: &str, settings: &Settings) -> (Policies, ErrorList) {
         &mut errors,
     );
     assert!(errors.is_empty(), "{errors}");
-    let p = super::authz::compile(&raw.authorization_policies, settings, &mut errors);
+    let p =
+        crate::model::compile::authz::compile(&raw.authorization_policies, settings, &mut errors);
     (p, errors)
 }
 

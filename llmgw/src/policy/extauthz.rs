@@ -1,7 +1,8 @@
-//! CUSTOM authorization: the `envoyExtAuthzHttp` and `envoyExtAuthzGrpc`
-//! extension providers of MeshConfig, and the check exchange Envoy's
-//! ext_authz filter performs with such an authorizer (HTTP here, gRPC in
-//! `extauthz_grpc`).
+//! CUSTOM authorization: the check exchange Envoy's ext_authz filter
+//! performs with an authorizer (HTTP here, gRPC in `extauthz_grpc`), and
+//! what its answer does to the request and the response. The providers are
+//! compiled in `crate::model::extauthz`; clients and counters are runtime
+//! state ([`ExtAuthzClients`]), kept across reloads.
 
 use std::{
     collections::BTreeMap,
@@ -24,17 +25,11 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 
-use super::{LocalReply, extauthz_grpc::GrpcProvider};
-use crate::config::{
-    ConfigError, ErrorList, Scalar,
-    duration::parse_duration,
-    mesh::{EnvoyExtAuthzHttp, MeshConfig, RequestBody},
+use super::LocalReply;
+use crate::model::extauthz::{
+    Common, DEFAULT_STATUS_ON_ERROR, ExtAuthz, HeaderPattern, HttpProvider, Provider, any_match,
 };
 
-/// Istio's default `timeout` of an ext_authz provider.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
-/// Istio's default `statusOnError`.
-pub const DEFAULT_STATUS_ON_ERROR: StatusCode = StatusCode::FORBIDDEN;
 /// The largest authorizer response body llmgw reads.
 const MAX_RESPONSE_BODY: usize = 1 << 20;
 /// Header Envoy's check request carries when the client body was cut.
@@ -42,106 +37,14 @@ const PARTIAL_BODY: HeaderName = HeaderName::from_static("x-envoy-auth-partial-b
 /// Authorizer response header listing request headers to drop on allow.
 const HEADERS_TO_REMOVE: HeaderName = HeaderName::from_static("x-envoy-auth-headers-to-remove");
 
-/// A header-name pattern of the provider's lists: `exact`, `prefix*` or
-/// `*suffix`, compared case-insensitively.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeaderPattern {
-    Exact(String),
-    Prefix(String),
-    Suffix(String),
-}
-
-impl HeaderPattern {
-    fn parse(s: &str) -> Result<Self, String> {
-        let s = s.to_ascii_lowercase();
-        if s.is_empty() {
-            return Err("empty header pattern".into());
-        }
-        if s == "*" {
-            return Err(
-                "a single wildcard (\"*\") is not supported, change it to either prefix or suffix match"
-                    .into(),
-            );
-        }
-        Ok(if let Some(p) = s.strip_prefix('*') {
-            HeaderPattern::Suffix(p.to_string())
-        } else if let Some(p) = s.strip_suffix('*') {
-            HeaderPattern::Prefix(p.to_string())
-        } else {
-            HeaderPattern::Exact(s)
-        })
-    }
-
-    /// `name` is lower-case (as `http::HeaderName`s are).
-    pub fn matches(&self, name: &str) -> bool {
-        match self {
-            HeaderPattern::Exact(e) => name == e,
-            HeaderPattern::Prefix(p) => name.starts_with(p.as_str()),
-            HeaderPattern::Suffix(s) => name.ends_with(s.as_str()),
-        }
-    }
-}
-
-fn any_match(patterns: &[HeaderPattern], name: &str) -> bool {
-    patterns.iter().any(|p| p.matches(name))
-}
-
-/// `includeRequestBodyInCheck`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BodySettings {
-    pub max_request_bytes: usize,
-    pub allow_partial_message: bool,
-}
-
-/// One compiled `envoyExtAuthzHttp` provider.
-#[derive(Debug)]
-pub struct HttpProvider {
-    pub common: Common,
-    pub path_prefix: String,
-    pub include_request_headers: Vec<HeaderPattern>,
-    pub additional_headers: Vec<(HeaderName, HeaderValue)>,
-    pub headers_to_upstream_on_allow: Vec<HeaderPattern>,
-    pub headers_to_downstream_on_deny: Vec<HeaderPattern>,
-    pub headers_to_downstream_on_allow: Vec<HeaderPattern>,
-}
-
-/// What every provider kind has: its name, where it is, how long to wait,
-/// what a failure means, the body it wants, and its counters.
-#[derive(Debug)]
-pub struct Common {
-    pub name: String,
-    /// `service` without a `namespace/` part.
-    pub host: String,
-    pub port: u16,
-    pub timeout: Duration,
-    pub fail_open: bool,
-    pub status_on_error: StatusCode,
-    pub body: Option<BodySettings>,
-}
-
-impl Common {
-    /// An authorizer that could not answer: `failOpen` allows, else
-    /// `statusOnError` with an empty body.
-    pub(super) fn on_error(&self, counts: &Counters) -> CheckResult {
-        counts.errors.fetch_add(1, Ordering::Relaxed);
-        if self.fail_open {
-            CheckResult::Allow(Allowed::default())
-        } else {
-            CheckResult::Deny(LocalReply::empty(self.status_on_error))
-        }
-    }
-
-    /// One line for `llmgw validate`: `kind` reached at `url`.
-    fn describe(&self, kind: &str, url: &str) -> String {
-        let failure = if self.fail_open {
-            "fail open".to_string()
-        } else {
-            format!("{} on error", self.status_on_error.as_u16())
-        };
-        format!(
-            "{}: {kind} {url} (timeout {:?}, {failure})",
-            self.name, self.timeout
-        )
+/// An authorizer that could not answer: `failOpen` allows, else
+/// `statusOnError` with an empty body.
+pub(super) fn on_error(common: &Common, counts: &Counters) -> CheckResult {
+    counts.errors.fetch_add(1, Ordering::Relaxed);
+    if common.fail_open {
+        CheckResult::Allow(Allowed::default())
+    } else {
+        CheckResult::Deny(LocalReply::empty(common.status_on_error))
     }
 }
 
@@ -162,16 +65,6 @@ pub struct ProviderStats {
     pub denied: u64,
     /// Unreachable, timed out, or answered 5xx.
     pub errors: u64,
-}
-
-#[derive(Debug)]
-enum Provider {
-    Http(Arc<HttpProvider>),
-    Grpc(Arc<GrpcProvider>),
-    /// Another kind of extension provider, by its key (`zipkin`, ...).
-    Other(String),
-    /// Failed validation (the errors were reported).
-    Invalid,
 }
 
 /// What the request in question looks like to the authorizer.
@@ -295,12 +188,6 @@ pub(super) fn set_all(headers: &mut HeaderMap, items: &[(HeaderName, HeaderValue
 
 pub(super) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-/// The extension providers of MeshConfig, compiled.
-#[derive(Default)]
-pub struct ExtAuthz {
-    providers: BTreeMap<String, Provider>,
-}
-
 /// What checks need at run time: pooled clients (HTTP/1.1 for HTTP
 /// authorizers, HTTP/2 cleartext for gRPC ones) and each provider's
 /// counters. Built from the compiled providers and the state of the
@@ -387,14 +274,6 @@ impl ExtAuthzClients {
     }
 }
 
-impl fmt::Debug for ExtAuthz {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ExtAuthz")
-            .field("providers", &self.providers)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Never copied into a check request: connection-specific headers, those
 /// the check sets itself (`Host`, `Content-Length`), and `Trailer` (the
 /// check carries the body whole, without trailers).
@@ -404,73 +283,6 @@ pub(super) fn not_for_check(name: &HeaderName) -> bool {
 }
 
 impl ExtAuthz {
-    /// The HTTP provider named `name`, if it is one.
-    pub fn http_provider(&self, name: &str) -> Option<&Arc<HttpProvider>> {
-        match self.providers.get(name) {
-            Some(Provider::Http(p)) => Some(p),
-            _ => None,
-        }
-    }
-
-    /// Whether a CUSTOM policy may name `name`: `Ok` for an HTTP or gRPC
-    /// authorizer, else why not.
-    pub fn usable(&self, name: &str) -> Result<(), String> {
-        match self.providers.get(name) {
-            Some(Provider::Http(_) | Provider::Grpc(_)) => Ok(()),
-            Some(Provider::Other(kind)) => Err(format!(
-                "extension provider {name:?} is {kind}, which is not an authorizer (CUSTOM needs envoyExtAuthzHttp or envoyExtAuthzGrpc)"
-            )),
-            Some(Provider::Invalid) => Err(format!(
-                "extension provider {name:?} is invalid (see its errors)"
-            )),
-            None => {
-                let known: Vec<&str> = self.providers.keys().map(String::as_str).collect();
-                Err(if known.is_empty() {
-                    format!(
-                        "extension provider {name:?} is not defined: no extensionProviders were given (--mesh-config)"
-                    )
-                } else {
-                    format!(
-                        "extension provider {name:?} is not defined; available providers are {known:?}"
-                    )
-                })
-            }
-        }
-    }
-
-    /// The body a provider wants with its check requests (the proxy buffers
-    /// up to `max_request_bytes + 1` bytes and passes them in [`CheckRequest::body`]).
-    pub fn body_settings(&self, provider: &str) -> Option<BodySettings> {
-        match self.providers.get(provider) {
-            Some(Provider::Http(p)) => p.common.body,
-            Some(Provider::Grpc(p)) => p.common.body,
-            _ => None,
-        }
-    }
-
-    /// One line per provider, for `llmgw validate`.
-    pub fn describe(&self) -> Vec<String> {
-        self.providers
-            .iter()
-            .map(|(name, p)| match p {
-                Provider::Http(p) => {
-                    let c = &p.common;
-                    let url = format!("http://{}:{}{}", c.host, c.port, p.path_prefix);
-                    c.describe("envoyExtAuthzHttp", &url)
-                }
-                Provider::Grpc(p) => {
-                    let c = &p.common;
-                    c.describe(
-                        "envoyExtAuthzGrpc",
-                        &format!("grpc://{}:{}", c.host, c.port),
-                    )
-                }
-                Provider::Other(kind) => format!("{name}: {kind} (not used by llmgw)"),
-                Provider::Invalid => format!("{name}: invalid"),
-            })
-            .collect()
-    }
-
     /// Asks provider `provider` whether `req` may proceed, as Envoy's
     /// ext_authz filter does. HTTP: a 200 answer allows; 5xx, no answer
     /// within the timeout, or no connection is an error (`failOpen` allows,
@@ -499,7 +311,7 @@ impl ExtAuthz {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(provider, error = %e, "ext_authz: cannot build the check request");
-                return p.common.on_error(&counts);
+                return on_error(&p.common, &counts);
             }
         };
         if too_large {
@@ -508,7 +320,7 @@ impl ExtAuthz {
         }
         let timeout = p.common.timeout;
         let Some((parts, body, _)) = call(rt.client(), request, timeout, provider).await else {
-            return p.common.on_error(&counts);
+            return on_error(&p.common, &counts);
         };
         p.on_response(parts.status, &parts.headers, body, &counts)
     }
@@ -615,7 +427,7 @@ impl HttpProvider {
     ) -> CheckResult {
         if status.is_server_error() {
             tracing::warn!(provider = %self.common.name, %status, "ext_authz: authorizer failed");
-            return self.common.on_error(counts);
+            return on_error(&self.common, counts);
         }
         if status == StatusCode::OK {
             counts.allowed.fetch_add(1, Ordering::Relaxed);
@@ -670,262 +482,4 @@ impl HttpProvider {
         set_all(&mut reply.headers, &forwarded);
         CheckResult::Deny(reply)
     }
-}
-
-// ---------------------------------------------------------------- compile
-
-/// Compiles MeshConfig's extension providers. Every `envoyExtAuthzHttp`
-/// provider is validated; other kinds are kept by name so a CUSTOM policy
-/// naming one gets a clear error.
-pub(crate) fn compile(mesh: &MeshConfig, errors: &mut ErrorList) -> ExtAuthz {
-    let mut out = ExtAuthz::default();
-    for (i, p) in mesh.extension_providers.iter().enumerate() {
-        let mut err = |field: &str, message: String| {
-            errors.push(ConfigError::Invalid {
-                at: None,
-                resource: Some(format!("mesh config extensionProviders[{i}] ({})", p.name)),
-                field: field.to_string(),
-                message,
-            })
-        };
-        if p.name.is_empty() {
-            err("name", "extension provider name must not be empty".into());
-            continue;
-        }
-        if out.providers.contains_key(&p.name) {
-            err(
-                "name",
-                format!(
-                    "extension provider name must be unique, found duplicate: {}",
-                    p.name
-                ),
-            );
-            continue;
-        }
-        let kinds = usize::from(p.envoy_ext_authz_http.is_some())
-            + usize::from(p.envoy_ext_authz_grpc.is_some())
-            + p.other.len();
-        if kinds != 1 {
-            err(
-                "",
-                format!("exactly one provider kind must be set, found {kinds}"),
-            );
-            out.providers.insert(p.name.clone(), Provider::Invalid);
-            continue;
-        }
-        let compiled = match (&p.envoy_ext_authz_http, &p.envoy_ext_authz_grpc) {
-            (Some(h), _) => compile_http(&p.name, h).map(|c| Provider::Http(Arc::new(c))),
-            (_, Some(g)) => GrpcProvider::compile(&p.name, g).map(|c| Provider::Grpc(Arc::new(c))),
-            _ => Ok(Provider::Other(p.kind().unwrap_or("unknown").to_string())),
-        };
-        let provider = compiled.unwrap_or_else(|list| {
-            for (f, m) in list {
-                err(&format!("{}.{f}", p.kind().unwrap_or("")), m);
-            }
-            Provider::Invalid
-        });
-        out.providers.insert(p.name.clone(), provider);
-    }
-    out
-}
-
-/// The fields of [`Common`] as a provider kind's YAML gives them.
-pub(super) struct CommonRaw<'a> {
-    pub service: &'a str,
-    pub port: Option<&'a Scalar>,
-    pub timeout: Option<&'a String>,
-    pub fail_open: bool,
-    pub status_on_error: Option<&'a Scalar>,
-    pub request_body: Option<&'a RequestBody>,
-}
-
-/// Validates `service`, `port`, `timeout`, `statusOnError` and
-/// `includeRequestBodyInCheck`, reporting each problem through `e`.
-pub(super) fn compile_common(
-    name: &str,
-    raw: CommonRaw<'_>,
-    e: &mut impl FnMut(&str, String),
-) -> Common {
-    let CommonRaw {
-        service,
-        port,
-        timeout,
-        fail_open,
-        status_on_error,
-        request_body,
-    } = raw;
-    let host = match service.rsplit_once('/') {
-        Some((_ns, host)) => host,
-        None => service,
-    }
-    .trim()
-    .to_ascii_lowercase();
-    let host_ok = !host.is_empty()
-        && (host.parse::<std::net::IpAddr>().is_ok()
-            || host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')));
-    if service.is_empty() {
-        e("service", "service must not be empty".into());
-    } else if !host_ok {
-        e(
-            "service",
-            format!("{:?} is not [namespace/]hostname", service),
-        );
-    }
-    let port = match port {
-        None => {
-            e("port", "port is required".into());
-            0
-        }
-        Some(s) => match s.0.parse::<u16>() {
-            Ok(p) if p > 0 => p,
-            _ => {
-                e(
-                    "port",
-                    format!("port must be in the range [1, 65535], found: {}", s.0),
-                );
-                0
-            }
-        },
-    };
-    let timeout = match timeout {
-        None => DEFAULT_TIMEOUT,
-        Some(t) => match parse_duration(t) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                e("timeout", "must be greater than 0".into());
-                DEFAULT_TIMEOUT
-            }
-            Err(m) => {
-                e("timeout", m);
-                DEFAULT_TIMEOUT
-            }
-        },
-    };
-    let status_on_error = match status_on_error {
-        None => DEFAULT_STATUS_ON_ERROR,
-        Some(s) if s.0.is_empty() => DEFAULT_STATUS_ON_ERROR,
-        Some(s) => match s
-            .0
-            .parse::<u16>()
-            .ok()
-            .and_then(|c| StatusCode::from_u16(c).ok())
-        {
-            Some(c) if c.canonical_reason().is_some() && c.as_u16() >= 200 => c,
-            _ => {
-                e(
-                    "statusOnError",
-                    format!(
-                        "unsupported statusOnError {:?}: not an HTTP status code",
-                        s.0
-                    ),
-                );
-                DEFAULT_STATUS_ON_ERROR
-            }
-        },
-    };
-    let body = match request_body {
-        None => None,
-        Some(b) if b.max_request_bytes == 0 => {
-            e(
-                "includeRequestBodyInCheck.maxRequestBytes",
-                "must be greater than 0".into(),
-            );
-            None
-        }
-        Some(b) => Some(BodySettings {
-            max_request_bytes: b.max_request_bytes as usize,
-            allow_partial_message: b.allow_partial_message,
-        }),
-    };
-    Common {
-        name: name.to_string(),
-        host,
-        port,
-        timeout,
-        fail_open,
-        status_on_error,
-        body,
-    }
-}
-
-fn compile_http(name: &str, h: &EnvoyExtAuthzHttp) -> Result<HttpProvider, Vec<(String, String)>> {
-    let mut errs: Vec<(String, String)> = Vec::new();
-    let mut e = |f: &str, m: String| errs.push((f.to_string(), m));
-    let common = compile_common(
-        name,
-        CommonRaw {
-            service: &h.service,
-            port: h.port.as_ref(),
-            timeout: h.timeout.as_ref(),
-            fail_open: h.fail_open,
-            status_on_error: h.status_on_error.as_ref(),
-            request_body: h.include_request_body_in_check.as_ref(),
-        },
-        &mut e,
-    );
-    let path_prefix = h.path_prefix.clone().unwrap_or_default();
-    if !path_prefix.is_empty() {
-        if !path_prefix.starts_with('/') {
-            e(
-                "pathPrefix",
-                format!("pathPrefix must begin with `/`, found: {path_prefix:?}"),
-            );
-        } else if path_prefix.parse::<PathAndQuery>().is_err() || path_prefix.contains('?') {
-            e("pathPrefix", format!("invalid pathPrefix {path_prefix:?}"));
-        }
-    }
-    let mut patterns = |field: &str, items: &[String]| -> Vec<HeaderPattern> {
-        let mut out = Vec::new();
-        for (i, s) in items.iter().enumerate() {
-            match HeaderPattern::parse(s) {
-                Ok(p) => out.push(p),
-                Err(m) => e(&format!("{field}[{i}]"), m),
-            }
-        }
-        out
-    };
-    let include_request_headers = if h.include_request_headers_in_check.is_empty() {
-        patterns("includeHeadersInCheck", &h.include_headers_in_check)
-    } else {
-        patterns(
-            "includeRequestHeadersInCheck",
-            &h.include_request_headers_in_check,
-        )
-    };
-    let headers_to_upstream_on_allow =
-        patterns("headersToUpstreamOnAllow", &h.headers_to_upstream_on_allow);
-    let headers_to_downstream_on_deny = patterns(
-        "headersToDownstreamOnDeny",
-        &h.headers_to_downstream_on_deny,
-    );
-    let headers_to_downstream_on_allow = patterns(
-        "headersToDownstreamOnAllow",
-        &h.headers_to_downstream_on_allow,
-    );
-    let mut additional_headers = Vec::new();
-    for (k, v) in &h.include_additional_headers_in_check {
-        let f = format!("includeAdditionalHeadersInCheck.{k}");
-        match (
-            HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            (Ok(n), Ok(v)) => additional_headers.push((n, v)),
-            (Err(_), _) => e(&f, format!("{k:?} is not a header name")),
-            (_, Err(_)) => e(&f, "value has characters a header cannot carry".into()),
-        }
-    }
-    if !errs.is_empty() {
-        return Err(errs);
-    }
-    Ok(HttpProvider {
-        common,
-        path_prefix,
-        include_request_headers,
-        additional_headers,
-        headers_to_upstream_on_allow,
-        headers_to_downstream_on_deny,
-        headers_to_downstream_on_allow,
-    })
 }

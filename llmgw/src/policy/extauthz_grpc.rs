@@ -14,89 +14,21 @@ use std::{
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, Request, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderName, Request, StatusCode, header};
 use http_body_util::Full;
 use prost::Message as _;
 
 use super::{
     LocalReply,
     extauthz::{
-        Allowed, CheckRequest, CheckResult, Common, CommonRaw, Counters, HeaderAction, HttpClient,
-        call, compile_common, not_for_check, set_all,
+        Allowed, CheckRequest, CheckResult, Counters, HeaderAction, HttpClient, call,
+        not_for_check, on_error, set_all,
     },
     extauthz_proto as pb,
 };
-use crate::config::mesh::EnvoyExtAuthzGrpc;
-
-const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
-
-/// One compiled `envoyExtAuthzGrpc` provider.
-#[derive(Debug)]
-pub struct GrpcProvider {
-    pub common: Common,
-    /// `http://host:port/envoy.service.auth.v3.Authorization/Check`, and the
-    /// `grpc-timeout` header: the same for every check.
-    uri: Uri,
-    grpc_timeout: http::HeaderValue,
-    /// `includeRequestBodyInCheck.packAsBytes`: the body goes in `raw_body`.
-    pub pack_as_bytes: bool,
-}
+use crate::model::extauthz::GrpcProvider;
 
 impl GrpcProvider {
-    pub(super) fn compile(
-        name: &str,
-        g: &EnvoyExtAuthzGrpc,
-    ) -> Result<GrpcProvider, Vec<(String, String)>> {
-        let mut errs: Vec<(String, String)> = Vec::new();
-        let mut e = |f: &str, m: String| errs.push((f.to_string(), m));
-        let common = compile_common(
-            name,
-            CommonRaw {
-                service: &g.service,
-                port: g.port.as_ref(),
-                timeout: g.timeout.as_ref(),
-                fail_open: g.fail_open,
-                status_on_error: g.status_on_error.as_ref(),
-                request_body: g.include_request_body_in_check.as_ref(),
-            },
-            &mut e,
-        );
-        // Both always form for a validated host, port and timeout.
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(format!("{}:{}", common.host, common.port).as_str())
-            .path_and_query(CHECK_PATH)
-            .build();
-        let ms = common.timeout.as_millis().max(1);
-        let grpc_timeout = http::HeaderValue::from_str(&format!("{ms}m"));
-        let built = match (uri, grpc_timeout) {
-            (Ok(u), Ok(t)) => Some((u, t)),
-            (Err(err), _) => {
-                e(
-                    "service",
-                    format!("{:?} does not form a URI: {err}", g.service),
-                );
-                None
-            }
-            (_, Err(_)) => {
-                e("timeout", "not a gRPC timeout".into());
-                None
-            }
-        };
-        match built {
-            Some((uri, grpc_timeout)) if errs.is_empty() => Ok(GrpcProvider {
-                common,
-                uri,
-                grpc_timeout,
-                pack_as_bytes: g
-                    .include_request_body_in_check
-                    .as_ref()
-                    .is_some_and(|b| b.pack_as_bytes),
-            }),
-            _ => Err(errs),
-        }
-    }
-
     pub(super) async fn check(
         &self,
         client: &HttpClient,
@@ -112,19 +44,19 @@ impl GrpcProvider {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(provider = %self.common.name, error = %e, "ext_authz: cannot build the check request");
-                return self.common.on_error(counts);
+                return on_error(&self.common, counts);
             }
         };
         let Some((parts, body, trailers)) =
             call(client, request, self.common.timeout, &self.common.name).await
         else {
-            return self.common.on_error(counts);
+            return on_error(&self.common, counts);
         };
         match decode_reply(parts.status, &parts.headers, trailers.as_ref(), &body) {
             Ok(resp) => self.on_check_response(resp, counts),
             Err(e) => {
                 tracing::warn!(provider = %self.common.name, error = %e, "ext_authz: check failed");
-                self.common.on_error(counts)
+                on_error(&self.common, counts)
             }
         }
     }

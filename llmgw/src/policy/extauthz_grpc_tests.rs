@@ -18,7 +18,7 @@ use prost::Message as _;
 use tokio::net::TcpListener;
 
 use super::{
-    extauthz::{self, Attributes, CheckRequest, CheckResult},
+    extauthz::{Attributes, CheckRequest, CheckResult},
     extauthz_proto as pb,
     test_support::Ext,
 };
@@ -113,7 +113,7 @@ fn ext_authz(port: u16, extra: &str) -> Ext {
     ))
     .expect("mesh");
     let mut errors = ErrorList::default();
-    let e = extauthz::compile(&mesh, &mut errors);
+    let e = crate::model::compile::extauthz::compile(&mesh, &mut errors);
     assert!(errors.is_empty(), "{errors}");
     Ext::new(e)
 }
@@ -378,7 +378,7 @@ fn grpc_provider_fields_are_validated() {
     )
     .expect("mesh");
     let mut errors = ErrorList::default();
-    extauthz::compile(&mesh, &mut errors);
+    crate::model::compile::extauthz::compile(&mesh, &mut errors);
     let e = errors.to_string();
     for field in [
         "envoyExtAuthzGrpc.service",

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 
 use super::{
-    extauthz::{self, CheckRequest, CheckResult, ExtAuthz, ExtAuthzClients},
+    extauthz::{CheckRequest, CheckResult, ExtAuthzClients},
     test_support::{Ext, Reply, Seen, serve},
 };
 use crate::config::{ErrorList, RawConfig, Settings, load::load_text, mesh::parse_mesh_config};
@@ -15,7 +15,7 @@ use crate::config::{ErrorList, RawConfig, Settings, load::load_text, mesh::parse
 fn ext_authz(providers: &str) -> Ext {
     let mesh = parse_mesh_config(&format!("extensionProviders:\n{providers}")).expect("mesh");
     let mut errors = ErrorList::default();
-    let e = extauthz::compile(&mesh, &mut errors);
+    let e = crate::model::compile::extauthz::compile(&mesh, &mut errors);
     assert!(errors.is_empty(), "{errors}");
     Ext::new(e)
 }
@@ -329,13 +329,12 @@ fn compile_errors(mesh: &str, policy_provider: &str) -> String {
         mesh: parse_mesh_config(mesh).expect("mesh parses"),
         ..Settings::default()
     };
-    let mut warnings = Vec::new();
-    let compiled = super::compile(&raw, &settings, &mut errors, &mut warnings);
-    if errors.is_empty() {
-        assert_eq!(compiled.policies.custom.len(), 1);
-        String::new()
-    } else {
-        errors.to_string()
+    match crate::model::compile(&raw, &settings) {
+        Ok(snapshot) => {
+            assert_eq!(snapshot.policies.custom.len(), 1);
+            String::new()
+        }
+        Err(errors) => errors.to_string(),
     }
 }
 
@@ -395,7 +394,7 @@ fn defaults_follow_istio() {
 #[test]
 fn futures_are_send() {
     fn is_send<T: Send>(_: &T) {}
-    let e = ExtAuthz::default();
+    let e = crate::model::extauthz::ExtAuthz::default();
     let h = HeaderMap::new();
     let req = CheckRequest {
         method: &Method::GET,
@@ -407,7 +406,7 @@ fn futures_are_send() {
     };
     let clients = ExtAuthzClients::default();
     is_send(&e.check(&clients, "p", &req));
-    let a = super::Authenticator::default();
+    let a = crate::model::authn::Authenticator::default();
     let keys = super::jwks_fetch::JwksFetchers::default();
     let mut uri = http::Uri::from_static("/");
     let mut headers = HeaderMap::new();

@@ -23,9 +23,10 @@ use thiserror::Error;
 use tokio::{net::TcpStream, sync::watch};
 use tokio_rustls::TlsConnector;
 
-use super::{
+use super::jwt::KeyStore;
+use crate::model::{
+    authn::{Authenticator, JwksSource, Keys},
     jwks::{Jwks, JwksError},
-    jwt::{Authenticator, KeyStore, Keys},
 };
 
 /// Istio's default refresh period for remote keys (`PILOT_JWT_PUB_KEY_REFRESH_INTERVAL`).
@@ -35,24 +36,6 @@ pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(5 * 60);
 /// A key set larger than this is refused.
 pub const MAX_JWKS_BYTES: usize = 1 << 20;
-
-/// Where a rule's keys come from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum JwksSource {
-    /// `jwksUri`.
-    Uri(Uri),
-    /// `ISSUER/.well-known/openid-configuration`, whose `jwks_uri` is then fetched.
-    Discovery(Uri),
-}
-
-impl fmt::Display for JwksSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            JwksSource::Uri(u) => write!(f, "{u}"),
-            JwksSource::Discovery(u) => write!(f, "{u} (OpenID discovery)"),
-        }
-    }
-}
 
 /// How remote keys are fetched: TLS roots, refresh period, retry backoff.
 #[derive(Clone)]

@@ -1,35 +1,23 @@
-//! Istio `RequestAuthentication`, compiled and enforced as Envoy's jwt_authn
-//! filter does for Istio: find the token, pick the rule by `iss`, check time,
-//! audience and signature, rewrite headers, and yield the request's identity.
+//! Istio `RequestAuthentication` enforced as Envoy's jwt_authn filter does
+//! for Istio: find the token, pick the rule by `iss`, check time, audience
+//! and signature, rewrite headers, and yield the request's identity. The
+//! compiled rules are `crate::model::authn`.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-    time::Duration,
-};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use serde_json::Value;
 use thiserror::Error;
 
-use super::{
-    LocalReply,
-    authz::Identity,
-    jwks::{Alg, B64URL, Jwks},
-    jwks_fetch::JwksSource,
-};
-use crate::config::{
-    ErrorList, ResourceId, Settings,
-    authn::{JwtRule as RawRule, RequestAuthenticationSpec},
-    duration::parse_duration,
-    load::Document,
+use super::{LocalReply, authz::Identity};
+use crate::model::{
+    authn::{Authenticator, JwksSource, Keys, Rule, sanitize_audience},
+    jwks::{Alg, B64URL, Jwks, SignatureError},
 };
 
 /// Envoy's (and jwt_verify_lib's) allowance for clocks that disagree.
 pub const CLOCK_SKEW_SECS: u64 = 60;
-/// Istio's default for `JWTRule.timeout`.
-pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Envoy truncates the path in the `WWW-Authenticate` realm to this length.
 const MAX_REALM_PATH: usize = 256;
 
@@ -144,51 +132,6 @@ impl JwtError {
     }
 }
 
-/// One compiled `jwtRules[]` entry.
-#[derive(Debug)]
-pub struct Rule {
-    /// The RequestAuthentication it came from and its index in `jwtRules`.
-    pub origin: ResourceId,
-    pub index: usize,
-    pub issuer: String,
-    /// As written; compared after removing `http(s)://` and a trailing `/`.
-    pub audiences: Vec<String>,
-    sanitized_audiences: Vec<String>,
-    pub keys: Keys,
-    pub forward_original_token: bool,
-    pub output_payload_to_header: Option<HeaderName>,
-    /// `(header, claim path)`; nested claims are `a.b.c`.
-    pub output_claim_to_headers: Vec<(HeaderName, Vec<String>)>,
-    /// Where this rule looks for tokens (for `validate` and logs).
-    pub locations: Vec<String>,
-    /// Top-level claims whose string value authorization sees as the list
-    /// of its space-separated words: `scope`, `permission` and the rule's
-    /// `spaceDelimitedClaims` (Envoy's `normalize_payload_in_metadata`).
-    pub space_delimited_claims: Vec<String>,
-}
-
-/// Claims every rule splits on spaces (as Istio configures Envoy).
-const DEFAULT_SPACE_DELIMITED: [&str; 2] = ["scope", "permission"];
-
-#[derive(Debug)]
-pub enum Keys {
-    Inline(Arc<Jwks>),
-    /// Fetched at run time by the runtime's [`KeyStore`].
-    Remote {
-        source: JwksSource,
-        timeout: Duration,
-    },
-}
-
-impl Keys {
-    fn describe(&self) -> String {
-        match self {
-            Keys::Inline(j) => format!("inline ({} keys)", j.keys.len()),
-            Keys::Remote { source, timeout } => format!("from {source} (timeout {timeout:?})"),
-        }
-    }
-}
-
 /// Where remote key sets come from while requests are verified: the
 /// runtime's fetchers (`jwks_fetch::JwksFetchers`), kept apart from the
 /// compiled rules so a reload keeps what was fetched.
@@ -207,15 +150,6 @@ impl KeyStore for NoRemoteKeys {
     }
 }
 
-/// Where a token may be, and which issuers may put one there.
-#[derive(Debug, Default)]
-struct Locations {
-    /// `(lower-case name, prefix)` → the header and rule indexes.
-    headers: BTreeMap<(String, String), (HeaderName, Vec<usize>)>,
-    params: BTreeMap<String, Vec<usize>>,
-    cookies: BTreeMap<String, Vec<usize>>,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Found {
     Header(HeaderName),
@@ -230,67 +164,7 @@ struct Token {
     issuers: Vec<usize>,
 }
 
-/// Every `RequestAuthentication` rule that applies to this gateway.
-#[derive(Debug, Default)]
-pub struct Authenticator {
-    pub rules: Vec<Arc<Rule>>,
-    locations: Locations,
-    /// Output headers removed from every request so clients cannot forge them.
-    sanitize: Vec<HeaderName>,
-}
-
 impl Authenticator {
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
-
-    /// The rules as JSON, for `/config_dump`.
-    pub fn dump(&self) -> Value {
-        Value::Array(
-            self.rules
-                .iter()
-                .map(|r| {
-                    serde_json::json!({
-                        "requestAuthentication": r.origin.to_string(),
-                        "rule": r.index,
-                        "issuer": r.issuer,
-                        "audiences": r.audiences,
-                        "keys": r.keys.describe(),
-                        "locations": r.locations,
-                        "spaceDelimitedClaims": r.space_delimited_claims,
-                        "forwardOriginalToken": r.forward_original_token,
-                        "outputPayloadToHeader": r.output_payload_to_header.as_ref().map(HeaderName::as_str),
-                        "outputClaimToHeaders": r.output_claim_to_headers.iter()
-                            .map(|(h, c)| (h.to_string(), Value::String(c.join("."))))
-                            .collect::<serde_json::Map<_, _>>(),
-                    })
-                })
-                .collect(),
-        )
-    }
-
-    /// One line per rule, for `llmgw validate`.
-    pub fn describe(&self) -> Vec<String> {
-        self.rules
-            .iter()
-            .map(|r| {
-                format!(
-                    "{} (RequestAuthentication {} jwtRules[{}]): keys {}; tokens from {}{}",
-                    r.issuer,
-                    r.origin,
-                    r.index,
-                    r.keys.describe(),
-                    r.locations.join(", "),
-                    if r.audiences.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; audiences {:?}", r.audiences)
-                    }
-                )
-            })
-            .collect()
-    }
-
     /// [`Authenticator::authenticate`] on a whole request.
     pub async fn authenticate_request<B>(
         &self,
@@ -519,7 +393,12 @@ impl Authenticator {
             jwt.kid.as_deref(),
             jwt.signed.as_bytes(),
             &jwt.signature,
-        )?;
+        )
+        .map_err(|e| match e {
+            SignatureError::NoKey => JwtError::JwksKidAlgMismatch,
+            SignatureError::Failed => JwtError::VerificationFail,
+            SignatureError::Ed25519WrongLength => JwtError::Ed25519SignatureWrongLength,
+        })?;
         Ok(Verified {
             rule: i,
             payload_b64: jwt.payload_b64.to_string(),
@@ -717,15 +596,6 @@ fn claim_header_value(claims: &Value, path: &[String]) -> Option<HeaderValue> {
     HeaderValue::from_str(&s).ok()
 }
 
-/// jwt_verify_lib compares audiences without `http://`/`https://` and a trailing `/`.
-fn sanitize_audience(a: &str) -> String {
-    let s = a
-        .strip_prefix("http://")
-        .or_else(|| a.strip_prefix("https://"))
-        .unwrap_or(a);
-    s.strip_suffix('/').unwrap_or(s).to_string()
-}
-
 /// A token split and decoded, its registered claims type-checked in
 /// jwt_verify_lib's order.
 struct ParsedJwt<'a> {
@@ -845,314 +715,6 @@ impl<'a> ParsedJwt<'a> {
         }
         Ok(())
     }
-}
-
-// ---------------------------------------------------------------- compile
-
-/// `jwtRules[].outputClaimToHeaders[].header` as Istio's CRD allows it.
-fn valid_claim_header(h: &str) -> bool {
-    !h.is_empty()
-        && h.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
-pub(crate) fn compile(
-    docs: &[Document<RequestAuthenticationSpec>],
-    settings: &Settings,
-    errors: &mut ErrorList,
-    warnings: &mut Vec<String>,
-) -> Authenticator {
-    let mut out = Authenticator::default();
-    // issuer → (resource, index) of the rule that claimed it first.
-    let mut seen: HashMap<String, (ResourceId, usize)> = HashMap::new();
-    for doc in docs {
-        let spec = &doc.spec;
-        let targeted = spec.target_ref.is_some() || !spec.target_refs.is_empty();
-        if !super::applies(doc, spec.selector.as_ref(), targeted, settings, errors) {
-            continue;
-        }
-        for (i, raw) in spec.jwt_rules.iter().enumerate() {
-            let before = errors.0.len();
-            let field = format!("spec.jwtRules[{i}]");
-            if let Some((other, j)) = seen.get(&raw.issuer) {
-                errors.push(doc.error(
-                    format!("{field}.issuer"),
-                    format!(
-                        "issuer {:?} is already configured by RequestAuthentication {other} (jwtRules[{j}]); one rule per issuer",
-                        raw.issuer
-                    ),
-                ));
-                continue;
-            }
-            let Some(rule) = compile_rule(doc, i, raw, &field, errors, warnings) else {
-                continue;
-            };
-            if errors.0.len() != before {
-                continue;
-            }
-            seen.insert(raw.issuer.clone(), (doc.id.clone(), i));
-            out.add(rule, raw);
-        }
-    }
-    out
-}
-
-impl Authenticator {
-    fn add(&mut self, rule: Rule, raw: &RawRule) {
-        let idx = self.rules.len();
-        let mut headers: Vec<(HeaderName, String)> = Vec::new();
-        for h in &raw.from_headers {
-            if let Ok(name) = HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()) {
-                headers.push((name, h.prefix.clone().unwrap_or_default()));
-            }
-        }
-        let mut params = raw.from_params.clone();
-        if raw.from_headers.is_empty() && raw.from_params.is_empty() && raw.from_cookies.is_empty()
-        {
-            headers.push((header::AUTHORIZATION, "Bearer ".to_string()));
-            params.push("access_token".to_string());
-        }
-        for (name, prefix) in headers {
-            self.locations
-                .headers
-                .entry((name.as_str().to_string(), prefix))
-                .or_insert_with(|| (name, Vec::new()))
-                .1
-                .push(idx);
-        }
-        for p in params {
-            self.locations.params.entry(p).or_default().push(idx);
-        }
-        for c in &raw.from_cookies {
-            self.locations
-                .cookies
-                .entry(c.clone())
-                .or_default()
-                .push(idx);
-        }
-        if let Some(h) = &rule.output_payload_to_header {
-            self.sanitize.push(h.clone());
-        }
-        for (h, _) in &rule.output_claim_to_headers {
-            self.sanitize.push(h.clone());
-        }
-        self.rules.push(Arc::new(rule));
-    }
-}
-
-fn compile_rule(
-    doc: &Document<RequestAuthenticationSpec>,
-    index: usize,
-    raw: &RawRule,
-    field: &str,
-    errors: &mut ErrorList,
-    warnings: &mut Vec<String>,
-) -> Option<Rule> {
-    let mut err = |f: String, m: String| errors.push(doc.error(f, m));
-    if raw.issuer.is_empty() {
-        err(format!("{field}.issuer"), "is required".into());
-        return None;
-    }
-    for (j, a) in raw.audiences.iter().enumerate() {
-        if a.is_empty() {
-            err(format!("{field}.audiences[{j}]"), "empty audience".into());
-        }
-    }
-    let timeout = match &raw.timeout {
-        None => DEFAULT_FETCH_TIMEOUT,
-        Some(t) => match parse_duration(t) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                err(format!("{field}.timeout"), "must be greater than 0".into());
-                DEFAULT_FETCH_TIMEOUT
-            }
-            Err(m) => {
-                err(format!("{field}.timeout"), m);
-                DEFAULT_FETCH_TIMEOUT
-            }
-        },
-    };
-    let keys = match (&raw.jwks, &raw.jwks_uri) {
-        (Some(_), Some(_)) => {
-            err(
-                field.to_string(),
-                "only one of jwks or jwksUri can be set".into(),
-            );
-            None
-        }
-        (Some(jwks), None) => match Jwks::parse(jwks) {
-            Ok((set, skipped)) => {
-                for s in skipped {
-                    warnings.push(format!(
-                        "{}: {}: {field}.jwks: key skipped: {s}",
-                        doc.source,
-                        doc.describe()
-                    ));
-                }
-                Some(Keys::Inline(Arc::new(set)))
-            }
-            Err(e) => {
-                err(format!("{field}.jwks"), e.to_string());
-                None
-            }
-        },
-        (None, Some(uri)) => match parse_fetch_uri(uri) {
-            Ok(u) => Some(Keys::Remote {
-                source: JwksSource::Uri(u),
-                timeout,
-            }),
-            Err(m) => {
-                err(format!("{field}.jwksUri"), m);
-                None
-            }
-        },
-        (None, None) => {
-            let discovery = format!(
-                "{}/.well-known/openid-configuration",
-                raw.issuer.trim_end_matches('/')
-            );
-            match parse_fetch_uri(&discovery) {
-                Ok(u) => Some(Keys::Remote {
-                    source: JwksSource::Discovery(u),
-                    timeout,
-                }),
-                Err(_) => {
-                    err(
-                        field.to_string(),
-                        "needs jwks or jwksUri: the issuer is not an http(s) URL, so its keys cannot be found by OpenID discovery".into(),
-                    );
-                    None
-                }
-            }
-        }
-    };
-    let mut locations = Vec::new();
-    for (j, h) in raw.from_headers.iter().enumerate() {
-        if h.name.is_empty()
-            || HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()).is_err()
-        {
-            err(
-                format!("{field}.fromHeaders[{j}].name"),
-                format!("{:?} is not a header name", h.name),
-            );
-        }
-        locations.push(match h.prefix.as_deref() {
-            Some(p) if !p.is_empty() => {
-                format!("header {} (prefix {p:?})", h.name.to_ascii_lowercase())
-            }
-            _ => format!("header {}", h.name.to_ascii_lowercase()),
-        });
-    }
-    for (j, p) in raw.from_params.iter().enumerate() {
-        if p.is_empty() {
-            err(
-                format!("{field}.fromParams[{j}]"),
-                "empty parameter name".into(),
-            );
-        }
-        locations.push(format!("query parameter {p}"));
-    }
-    for (j, c) in raw.from_cookies.iter().enumerate() {
-        if c.is_empty() {
-            err(
-                format!("{field}.fromCookies[{j}]"),
-                "empty cookie name".into(),
-            );
-        }
-        locations.push(format!("cookie {c}"));
-    }
-    if locations.is_empty() {
-        locations.push("header authorization (prefix \"Bearer \")".into());
-        locations.push("query parameter access_token".into());
-    }
-    let output_payload_to_header = match raw.output_payload_to_header.as_deref() {
-        None | Some("") => None,
-        Some(h) => match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
-            Ok(n) => Some(n),
-            Err(_) => {
-                err(
-                    format!("{field}.outputPayloadToHeader"),
-                    format!("{h:?} is not a header name"),
-                );
-                None
-            }
-        },
-    };
-    let mut output_claim_to_headers: Vec<(HeaderName, Vec<String>)> = Vec::new();
-    for (j, c) in raw.output_claim_to_headers.iter().enumerate() {
-        let f = format!("{field}.outputClaimToHeaders[{j}]");
-        if !valid_claim_header(&c.header) {
-            err(
-                format!("{f}.header"),
-                format!(
-                    "{:?} is not a header name (letters, digits, - and _)",
-                    c.header
-                ),
-            );
-            continue;
-        }
-        if c.claim.is_empty() {
-            err(format!("{f}.claim"), "is required".into());
-            continue;
-        }
-        let Ok(name) = HeaderName::from_bytes(c.header.to_ascii_lowercase().as_bytes()) else {
-            continue;
-        };
-        if output_claim_to_headers.iter().any(|(n, _)| *n == name) {
-            err(
-                format!("{f}.header"),
-                format!("header {name} is already the target of another claim; each header once"),
-            );
-            continue;
-        }
-        output_claim_to_headers.push((name, c.claim.split('.').map(str::to_string).collect()));
-    }
-    Some(Rule {
-        origin: doc.id.clone(),
-        index,
-        issuer: raw.issuer.clone(),
-        sanitized_audiences: raw.audiences.iter().map(|a| sanitize_audience(a)).collect(),
-        audiences: raw.audiences.clone(),
-        keys: keys?,
-        forward_original_token: raw.forward_original_token,
-        output_payload_to_header,
-        output_claim_to_headers,
-        locations,
-        space_delimited_claims: space_delimited(raw, field, &mut err),
-    })
-}
-
-/// `scope`, `permission` and the rule's own `spaceDelimitedClaims`, once each.
-fn space_delimited(
-    raw: &RawRule,
-    field: &str,
-    err: &mut impl FnMut(String, String),
-) -> Vec<String> {
-    let mut out: Vec<String> = DEFAULT_SPACE_DELIMITED.map(str::to_string).to_vec();
-    for (j, c) in raw.space_delimited_claims.iter().enumerate() {
-        if c.is_empty() {
-            err(
-                format!("{field}.spaceDelimitedClaims[{j}]"),
-                "is empty".into(),
-            );
-        } else if !out.contains(c) {
-            out.push(c.clone());
-        }
-    }
-    out
-}
-
-/// A `jwksUri` (or discovery URL): absolute, `http` or `https`, with a host.
-fn parse_fetch_uri(s: &str) -> Result<Uri, String> {
-    let uri: Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http" | "https") => {}
-        _ => return Err(format!("{s:?}: url must have scheme http:// or https://")),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("{s:?} has no host"));
-    }
-    Ok(uri)
 }
 
 /// Encodes `payload` as a JWT segment (tests and tools build tokens with it).

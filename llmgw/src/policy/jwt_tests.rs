@@ -18,12 +18,17 @@ use ring::{
 use serde_json::{Value, json};
 
 use super::{
-    jwks::Jwks,
-    jwks_fetch::{FetchSettings, JwksFetchers, JwksSource, JwksStatus},
-    jwt::{Authenticator, JwtError, KeyStore, b64url},
+    jwks_fetch::{FetchSettings, JwksFetchers, JwksStatus},
+    jwt::{JwtError, KeyStore, b64url},
     test_support::{Reply, TestPki, eventually, serve, test_pki},
 };
-use crate::config::{ErrorList, RawConfig, Settings, load::load_text};
+use crate::{
+    config::{ErrorList, RawConfig, Settings, load::load_text},
+    model::{
+        authn::{Authenticator, JwksSource},
+        jwks::Jwks,
+    },
+};
 
 // ---------------------------------------------------------------- keys
 
@@ -227,7 +232,7 @@ fn compile(yaml: &str) -> Result<(Auth, Vec<String>), String> {
     );
     assert!(errors.is_empty(), "{errors}");
     let mut warnings = Vec::new();
-    let a = super::jwt::compile(
+    let a = crate::model::compile::authn::compile(
         &raw.request_authentications,
         &Settings::default(),
         &mut errors,
@@ -327,7 +332,7 @@ async fn every_algorithm_verifies() {
             );
             // The same token with one bit of its signature flipped.
             let (head, sig) = t.rsplit_once('.').expect("three parts");
-            let mut sig = super::jwks::B64URL.decode(sig).expect("signature");
+            let mut sig = crate::model::jwks::B64URL.decode(sig).expect("signature");
             let mid = sig.len() / 2;
             sig[mid] ^= 1;
             let forged = format!("{head}.{}", b64url(&sig));

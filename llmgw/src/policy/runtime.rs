@@ -5,10 +5,10 @@
 //! connections and counts, and drops what is no longer named.
 
 use super::{
-    Authenticator, ExtAuthz,
     extauthz::ExtAuthzClients,
     jwks_fetch::{FetchSettings, JwksFetchers},
 };
+use crate::model::{authn::Authenticator, extauthz::ExtAuthz};
 
 #[derive(Debug, Default)]
 pub struct SecurityState {

@@ -196,19 +196,19 @@ where
 /// Compiled ext_authz providers with their runtime clients and counters,
 /// as the gateway holds them.
 pub struct Ext {
-    pub compiled: super::ExtAuthz,
+    pub compiled: crate::model::extauthz::ExtAuthz,
     pub clients: super::extauthz::ExtAuthzClients,
 }
 
 impl std::ops::Deref for Ext {
-    type Target = super::ExtAuthz;
-    fn deref(&self) -> &super::ExtAuthz {
+    type Target = crate::model::extauthz::ExtAuthz;
+    fn deref(&self) -> &crate::model::extauthz::ExtAuthz {
         &self.compiled
     }
 }
 
 impl Ext {
-    pub fn new(compiled: super::ExtAuthz) -> Self {
+    pub fn new(compiled: crate::model::extauthz::ExtAuthz) -> Self {
         let clients = super::extauthz::ExtAuthzClients::build(&compiled, None);
         Ext { compiled, clients }
     }

@@ -2,8 +2,13 @@
 //! their TLS, providers, routes, policies), each adding to one [`Compiler`]
 //! that collects every error with its file, document and field.
 
+pub(crate) mod authn;
+pub(crate) mod authz;
+pub(crate) mod extauthz;
 mod gateway;
 mod policy;
+
+pub(crate) use policy::applies;
 mod provider;
 mod route;
 #[cfg(test)]

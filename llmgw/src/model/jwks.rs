@@ -11,8 +11,6 @@ use ring::{
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use super::jwt::JwtError;
-
 /// base64url, with or without padding (JWTs and JWKs are written both ways).
 pub(crate) const B64URL: base64::engine::GeneralPurpose =
     base64::engine::general_purpose::URL_SAFE_NO_PAD_INDIFFERENT;
@@ -189,7 +187,7 @@ impl Jwks {
         kid: Option<&str>,
         signed: &[u8],
         sig: &[u8],
-    ) -> Result<(), JwtError> {
+    ) -> Result<(), SignatureError> {
         let mut matched = false;
         for jwk in &self.keys {
             if let (Some(want), Some(have)) = (kid, jwk.kid.as_deref())
@@ -205,16 +203,27 @@ impl Jwks {
             matched = true;
             match verify_one(&jwk.key, alg, signed, sig) {
                 Verified::Ok => return Ok(()),
-                Verified::Ed25519WrongLength => return Err(JwtError::Ed25519SignatureWrongLength),
+                Verified::Ed25519WrongLength => return Err(SignatureError::Ed25519WrongLength),
                 Verified::Failed => {}
             }
         }
         Err(if matched {
-            JwtError::VerificationFail
+            SignatureError::Failed
         } else {
-            JwtError::JwksKidAlgMismatch
+            SignatureError::NoKey
         })
     }
+}
+
+/// Why a signature did not verify against a key set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureError {
+    /// No key matches the token's `kid` and `alg`.
+    NoKey,
+    /// Keys matched, none verified the signature.
+    Failed,
+    /// An Ed25519 signature that is not 64 bytes.
+    Ed25519WrongLength,
 }
 
 enum Verified {
