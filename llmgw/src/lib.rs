@@ -6,6 +6,7 @@
 pub mod config;
 pub mod http;
 pub mod l4;
+pub mod llm;
 pub mod model;
 pub mod observe;
 pub mod policy;

@@ -285,6 +285,18 @@ async fn seed_step_5_denies_the_listed_ip_for_test_com_only() {
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(mock.requests().len(), 1);
     assert!(gw.metrics().contains("code=\"403\"} 4"));
+    // The access log names the policy that denied.
+    let denied = llmgw_tests::eventually(Duration::from_secs(5), || async {
+        gw.stdout()
+            .lines()
+            .find(|l| l.contains("\"status\":403"))
+            .map(str::to_string)
+    })
+    .await
+    .expect("a 403 logged");
+    let v: serde_json::Value = serde_json::from_str(&denied).unwrap();
+    assert_eq!(v["policy"], "istio-system/auth-policy", "{denied}");
+    assert_eq!(v["error"], "RBAC: access denied", "{denied}");
 }
 
 #[tokio::test]

@@ -29,7 +29,7 @@ use std::{
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use super::{metrics::Metrics, usage::Usage};
+use super::{Usage, metrics::Metrics};
 
 /// Lines queued for the writer thread before new ones are dropped.
 const QUEUE_LINES: usize = 16 * 1024;
@@ -78,6 +78,8 @@ pub struct Entry<'a> {
     pub total_tokens: Option<u64>,
     pub bytes_sent: u64,
     pub error: Option<&'a str>,
+    /// The AuthorizationPolicy that denied the request (`namespace/name`).
+    pub policy: Option<String>,
 }
 
 fn ser_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -151,6 +153,8 @@ impl Entry<'_> {
         write_u64(out, self.bytes_sent);
         out.extend_from_slice(b",\"error\":");
         json_opt_str(out, self.error);
+        out.extend_from_slice(b",\"policy\":");
+        json_opt_str(out, self.policy.as_deref());
         out.push(b'}');
     }
 }
@@ -742,6 +746,9 @@ mod tests {
             total_tokens: Some(n * 1_000_003),
             bytes_sent: n * 31,
             error: Some(strs[7]),
+            policy: n
+                .is_multiple_of(3)
+                .then(|| strs[n as usize % strs.len()].to_string()),
         }
     }
 

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use super::usage::Usage;
+use super::Usage;
 
 /// Upper bounds (seconds) of the duration histograms: proxy overhead is
 /// sub-millisecond, LLM answers take minutes.

@@ -4,9 +4,16 @@
 
 pub mod access_log;
 pub mod metrics;
-pub mod usage;
 
 use std::sync::Arc;
+
+/// Token counts as OpenAI-compatible providers report them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub total_tokens: Option<u64>,
+}
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now() -> u64 {

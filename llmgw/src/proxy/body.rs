@@ -15,7 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
 use super::{record::Record, upstream::UpstreamIncoming};
-use crate::observe::usage::{JsonUsageTap, SseTap};
+use crate::llm::usage::UsageTap;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -37,13 +37,6 @@ impl ProxyBody {
     }
 }
 
-/// How usage is read from a response.
-pub enum Tap {
-    None,
-    Json(JsonUsageTap),
-    Sse(SseTap),
-}
-
 #[derive(Debug, thiserror::Error)]
 #[error("the provider sent nothing for {0:?}")]
 pub struct IdleTimeout(pub Duration);
@@ -55,13 +48,21 @@ pub struct UpstreamBody {
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
     last_frame: tokio::time::Instant,
-    tap: Tap,
+    tap: UsageTap,
     record: Record,
     done: bool,
+    /// Log the record when the provider's body ends (off while the body is
+    /// gathered for a conversion, which logs what the client got).
+    log_at_end: bool,
 }
 
 impl UpstreamBody {
-    pub fn new(inner: UpstreamIncoming, record: Record, tap: Tap, idle_timeout: Duration) -> Self {
+    pub fn new(
+        inner: UpstreamIncoming,
+        record: Record,
+        tap: UsageTap,
+        idle_timeout: Duration,
+    ) -> Self {
         Self {
             inner,
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
@@ -70,7 +71,15 @@ impl UpstreamBody {
             tap,
             record,
             done: false,
+            log_at_end: true,
         }
+    }
+
+    /// Whether the record is logged when the provider's body ends: not
+    /// while it is gathered whole for a conversion (the gatherer logs what
+    /// the client got).
+    pub fn log_at_end(&mut self, yes: bool) {
+        self.log_at_end = yes;
     }
 
     /// The request's record, reported when this body is dropped.
@@ -82,28 +91,19 @@ impl UpstreamBody {
         let now = self.record.start.elapsed();
         self.record.ttfb.get_or_insert(now);
         self.record.bytes_sent += data.len() as u64;
-        match &mut self.tap {
-            Tap::None => {}
-            Tap::Json(t) => t.feed(data),
-            Tap::Sse(t) => {
-                if t.feed(data).first_event {
-                    self.record.ttft = Some(now);
-                }
-            }
+        if self.tap.feed(data) {
+            self.record.ttft = Some(now);
         }
     }
 
     fn on_end(&mut self) {
         self.done = true;
-        match &mut self.tap {
-            Tap::None => {}
-            Tap::Json(t) => self.record.usage = t.usage(),
-            Tap::Sse(t) => {
-                if t.finish().first_event {
-                    self.record.ttft = Some(self.record.start.elapsed());
-                }
-                self.record.usage = t.usage();
-            }
+        if self.tap.finish() {
+            self.record.ttft = Some(self.record.start.elapsed());
+        }
+        self.record.usage = self.tap.usage();
+        if self.log_at_end {
+            self.record.log();
         }
     }
 }
@@ -115,11 +115,7 @@ impl Drop for UpstreamBody {
         }
         if !self.done {
             // Keep what the stream already told us.
-            match &self.tap {
-                Tap::Json(t) => self.record.usage = t.usage(),
-                Tap::Sse(t) => self.record.usage = t.usage(),
-                Tap::None => {}
-            }
+            self.record.usage = self.tap.usage();
             self.record
                 .error
                 .get_or_insert_with(|| "client disconnected during the response".into());
@@ -154,8 +150,8 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.on_end();
                 this.record.error = Some(format!("provider response body: {e}"));
+                this.on_end();
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
@@ -172,9 +168,9 @@ impl Body for UpstreamBody {
                     this.idle.as_mut().reset(due);
                     continue;
                 }
-                this.on_end();
                 let e = IdleTimeout(this.idle_timeout);
                 this.record.error = Some(e.to_string());
+                this.on_end();
                 return Poll::Ready(Some(Err(e.into())));
             },
         }

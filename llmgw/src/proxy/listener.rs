@@ -215,6 +215,7 @@ fn log_rejection(
         total_tokens: None,
         bytes_sent: 0,
         error: Some(&why),
+        policy: None,
     };
     worker.log.write(&entry, now);
 }

@@ -4,13 +4,15 @@
 //! reload swaps in whole.
 
 pub mod body;
-pub mod convert;
+pub mod context;
 pub mod error;
 pub mod handler;
 pub mod listener;
+pub mod outbound;
 pub mod record;
+pub mod request_body;
 pub mod request_id;
-pub mod rewrite;
+pub mod respond;
 pub mod runtime;
 pub mod security;
 pub mod tls;

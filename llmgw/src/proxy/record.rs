@@ -1,6 +1,7 @@
 //! What the proxy learns about one request as it goes (route, model, status,
 //! timings, tokens), reported once to metrics and the access log when the
-//! request ends: normally, with an error, or because the client went away.
+//! request ends: by [`Record::log`] when it ends normally or with an error;
+//! when dropped unlogged (the client went away), by `Drop` as a backstop.
 
 use std::{
     net::IpAddr,
@@ -10,13 +11,14 @@ use std::{
 
 use http::{HeaderValue, Method};
 
-use super::Worker;
+use super::{Worker, error::ProxyError};
 use crate::{
+    config::ResourceId,
     model::RouteRule,
     observe::{
+        Usage,
         access_log::{Entry, Rfc3339},
         metrics::{Labels, Observation, UpstreamErrorKind},
-        usage::Usage,
     },
 };
 
@@ -47,12 +49,34 @@ pub struct Record {
     pub bytes_sent: u64,
     pub error: Option<String>,
     pub upstream_error: Option<UpstreamErrorKind>,
+    /// The AuthorizationPolicy that denied the request, if one did.
+    pub policy: Option<ResourceId>,
+    /// Reported already (a record is reported once).
+    pub logged: bool,
 }
 
 /// nginx's code for "client closed request".
 pub const CLIENT_CLOSED: u16 = 499;
 
 impl Record {
+    /// What failed, when the request ends with `error`: the status it gets,
+    /// the reason, and who denied it.
+    pub fn fail(&mut self, error: &ProxyError) {
+        self.error = Some(error.to_string());
+        match error {
+            ProxyError::Upstream(u) => self.upstream_error = Some(u.kind()),
+            ProxyError::Denied { policy } => self.policy.clone_from(policy),
+            _ => {}
+        }
+    }
+
+    /// Reports the request to metrics and the access log, once.
+    pub fn log(&mut self) {
+        if !std::mem::replace(&mut self.logged, true) {
+            self.emit();
+        }
+    }
+
     fn emit(&mut self) {
         if self.status == 0 {
             self.status = CLIENT_CLOSED;
@@ -117,6 +141,7 @@ impl Record {
                 total_tokens: None,
                 bytes_sent: self.bytes_sent,
                 error: self.error.as_deref(),
+                policy: self.policy.as_ref().map(ResourceId::to_string),
             };
             e.set_usage(self.usage);
             log.write(&e, now);
@@ -126,6 +151,32 @@ impl Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
-        self.emit();
+        self.log();
+    }
+}
+
+/// The longest model name the access log keeps (a client may send any
+/// string): longer ones are cut, marked with `...`.
+pub const MAX_LOGGED_MODEL: usize = 256;
+
+pub fn clip(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn long_model_names_are_clipped_at_a_character_boundary() {
+        assert_eq!(super::clip("short".into(), 10), "short");
+        assert_eq!(super::clip("éééé".into(), 3), "é...");
+        assert_eq!(super::clip("x".repeat(300), 256).len(), 259);
     }
 }

@@ -4,6 +4,7 @@
 //! stream gathered into one `chat.completion`. OpenAI clients read either
 //! shape only where they asked for it.
 
+use http::{HeaderMap, header};
 use serde_json::{Map, Value, json};
 
 /// What to turn the provider's answer into.
@@ -14,6 +15,45 @@ pub enum Convert {
     ToStream { usage: bool },
     /// The client asked for JSON, the provider streamed.
     ToCompletion,
+}
+
+impl Convert {
+    /// Whether the provider's answer has the shape this converts from
+    /// (uncompressed JSON for `ToStream`, an event stream for `ToCompletion`).
+    pub fn applies_to(self, headers: &HeaderMap) -> bool {
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        !headers.contains_key(header::CONTENT_ENCODING)
+            && match self {
+                Convert::ToStream { .. } => ct.starts_with("application/json"),
+                Convert::ToCompletion => ct.starts_with("text/event-stream"),
+            }
+    }
+
+    /// The conversion a request needs: `client_stream` is what the client
+    /// asked for (`None`: it said nothing), `stream` what goes to the
+    /// provider; `accept` the client's `Accept`. A client that said nothing
+    /// of streaming gets the provider's stream, unless it only accepts JSON
+    /// (as OpenAI's SDKs say for a plain completion).
+    pub fn choose(
+        client_stream: Option<bool>,
+        stream: bool,
+        client_usage: bool,
+        accept: Option<&str>,
+    ) -> Option<Convert> {
+        let json_only = accept
+            .is_some_and(|a| a.contains("application/json") && !a.contains("text/event-stream"));
+        match (client_stream, stream) {
+            (Some(true), false) => Some(Convert::ToStream {
+                usage: client_usage,
+            }),
+            (Some(false), true) => Some(Convert::ToCompletion),
+            (None, true) if json_only => Some(Convert::ToCompletion),
+            _ => None,
+        }
+    }
 }
 
 /// The members a completion and its chunks share.
@@ -115,18 +155,18 @@ pub fn stream_to_completion(body: &[u8]) -> Gathered {
 }
 
 fn gather(body: &[u8]) -> Result<Option<Vec<u8>>, Value> {
-    let Ok(text) = std::str::from_utf8(body) else {
+    if std::str::from_utf8(body).is_err() {
         return Ok(None);
-    };
+    }
     let mut head = Map::new();
     let mut choices: Vec<(u64, Map<String, Value>, Value)> = Vec::new();
     let mut usage = Value::Null;
     let mut seen = false;
-    for data in sse_data(text) {
-        if data == "[DONE]" {
+    for data in super::sse::events(body) {
+        if data.trim_ascii() == b"[DONE]" {
             break;
         }
-        let Ok(Value::Object(chunk)) = serde_json::from_str::<Value>(&data) else {
+        let Ok(Value::Object(chunk)) = serde_json::from_slice::<Value>(&data) else {
             continue;
         };
         if let Some(e) = chunk.get("error")
@@ -251,35 +291,6 @@ fn merge_delta(message: &mut Map<String, Value>, delta: &Map<String, Value>) {
 /// The `data` of each event of a server-sent-events text (lines split on
 /// `\n`, `\r\n` or `\r`; `data:` with or without a space; several `data`
 /// lines of one event joined by `\n`; comments and other fields skipped).
-fn sse_data(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut data: Option<String> = None;
-    for line in text.split(['\n', '\r']) {
-        if line.is_empty() {
-            // `\r\n` gives an empty piece between the two: harmless, since
-            // an event only ends when it has data and a blank line follows.
-            if let Some(d) = data.take() {
-                out.push(d);
-            }
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("data:") {
-            let rest = rest.strip_prefix(' ').unwrap_or(rest);
-            match &mut data {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(rest);
-                }
-                None => data = Some(rest.to_string()),
-            }
-        }
-    }
-    if let Some(d) = data {
-        out.push(d);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,10 +298,10 @@ mod tests {
     const COMPLETION: &str = r#"{"choices":[{"message":{"role":"assistant","content":"Hello! I am Qwen."},"finish_reason":"stop","index":0,"logprobs":null}],"object":"chat.completion","usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17},"created":1720682745,"system_fingerprint":null,"model":"qwen1.5-72b-chat","id":"chatcmpl-1"}"#;
 
     fn events(sse: &[u8]) -> Vec<Value> {
-        sse_data(std::str::from_utf8(sse).unwrap())
+        crate::llm::sse::events(sse)
             .into_iter()
-            .filter(|d| d != "[DONE]")
-            .map(|d| serde_json::from_str(&d).unwrap())
+            .filter(|d| d.as_slice() != b"[DONE]")
+            .map(|d| serde_json::from_slice(&d).unwrap())
             .collect()
     }
 

@@ -1,18 +1,14 @@
 //! Token usage read from responses as they stream past, without holding the
 //! body: `JsonUsageTap` captures only the top-level `usage` member of a JSON
-//! body, `SseTap` parses server-sent events incrementally (split reads, CRLF,
-//! comments, `data:` without a space, `[DONE]`) and keeps the last usage seen.
+//! body, `SseTap` reads server-sent events (`super::sse`) and keeps the last
+//! usage seen; [`UsageTap::for_response`] picks the one an answer needs.
 
+use http::{HeaderMap, header};
 use memchr::memmem;
 use serde::Deserialize;
 
-/// Token counts as OpenAI-compatible providers report them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub prompt_tokens: Option<u64>,
-    pub completion_tokens: Option<u64>,
-    pub total_tokens: Option<u64>,
-}
+use super::sse::SseParser;
+pub use crate::observe::Usage;
 
 /// A usage object as sent: OpenAI's names, the Responses API's
 /// (`input_tokens`, `output_tokens`), or both at once. A count that is not a
@@ -35,21 +31,20 @@ fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error
     Ok(serde_json::Value::deserialize(d)?.as_u64())
 }
 
-impl Usage {
-    fn from_value(v: &[u8]) -> Option<Usage> {
-        let r: RawUsage = serde_json::from_slice(v).ok()?;
-        let mut u = Usage {
-            prompt_tokens: r.prompt_tokens.or(r.input_tokens),
-            completion_tokens: r.completion_tokens.or(r.output_tokens),
-            total_tokens: r.total_tokens,
-        };
-        if u.total_tokens.is_none()
-            && let (Some(p), Some(c)) = (u.prompt_tokens, u.completion_tokens)
-        {
-            u.total_tokens = Some(p.saturating_add(c));
-        }
-        (u != Usage::default()).then_some(u)
+/// A provider's usage object as recorded, if it holds any count.
+pub fn parse_usage(v: &[u8]) -> Option<Usage> {
+    let r: RawUsage = serde_json::from_slice(v).ok()?;
+    let mut u = Usage {
+        prompt_tokens: r.prompt_tokens.or(r.input_tokens),
+        completion_tokens: r.completion_tokens.or(r.output_tokens),
+        total_tokens: r.total_tokens,
+    };
+    if u.total_tokens.is_none()
+        && let (Some(p), Some(c)) = (u.prompt_tokens, u.completion_tokens)
+    {
+        u.total_tokens = Some(p.saturating_add(c));
     }
+    (u != Usage::default()).then_some(u)
 }
 
 /// Usage objects are small; anything bigger is not one we can read.
@@ -141,7 +136,7 @@ impl JsonUsageTap {
                 if self.append_capture(&chunk[from..i])
                     && let Some(buf) = self.capture.take()
                 {
-                    self.usage = Usage::from_value(&buf).or(self.usage);
+                    self.usage = parse_usage(&buf).or(self.usage);
                 }
             }
             i += 1;
@@ -211,50 +206,37 @@ pub struct SseProgress {
     pub first_event: bool,
 }
 
-/// Incremental server-sent events parser that keeps the last `usage`.
-#[derive(Debug, Default)]
+/// The usage tap of a server-sent event stream: keeps the last `usage` any
+/// event carried, counts events, notes `[DONE]`.
+#[derive(Debug)]
 pub struct SseTap {
-    /// The current (incomplete) line.
-    line: Vec<u8>,
-    line_overflow: bool,
-    /// The previous chunk ended with CR: a following LF belongs to it.
-    after_cr: bool,
-    /// The data of the current event (lines joined with `\n`).
-    data: Vec<u8>,
-    has_data: bool,
+    parser: SseParser,
     events: u64,
     done: bool,
     usage: Option<Usage>,
 }
 
+impl Default for SseTap {
+    fn default() -> Self {
+        SseTap {
+            parser: SseParser::new(MAX_EVENT_BYTES),
+            events: 0,
+            done: false,
+            usage: None,
+        }
+    }
+}
+
 impl SseTap {
-    pub fn feed(&mut self, mut chunk: &[u8]) -> SseProgress {
+    pub fn feed(&mut self, chunk: &[u8]) -> SseProgress {
         let before = self.events;
-        if self.after_cr && chunk.first() == Some(&b'\n') {
-            chunk = &chunk[1..];
-        }
-        self.after_cr = false;
-        while !chunk.is_empty() {
-            match memchr::memchr2(b'\n', b'\r', chunk) {
-                Some(i) => {
-                    self.push_line_bytes(&chunk[..i]);
-                    self.end_line();
-                    let crlf = chunk[i] == b'\r';
-                    chunk = &chunk[i + 1..];
-                    if crlf {
-                        match chunk.first() {
-                            Some(b'\n') => chunk = &chunk[1..],
-                            None => self.after_cr = true,
-                            _ => {}
-                        }
-                    }
-                }
-                None => {
-                    self.push_line_bytes(chunk);
-                    break;
-                }
-            }
-        }
+        let SseTap {
+            parser,
+            events,
+            done,
+            usage,
+        } = self;
+        parser.feed(chunk, &mut |data| on_event(data, events, done, usage));
         SseProgress {
             first_event: before == 0 && self.events > 0,
         }
@@ -263,10 +245,13 @@ impl SseTap {
     /// The stream ended: an event without its closing blank line still counts.
     pub fn finish(&mut self) -> SseProgress {
         let before = self.events;
-        if !self.line.is_empty() {
-            self.end_line();
-        }
-        self.dispatch();
+        let SseTap {
+            parser,
+            events,
+            done,
+            usage,
+        } = self;
+        parser.finish(&mut |data| on_event(data, events, done, usage));
         SseProgress {
             first_event: before == 0 && self.events > 0,
         }
@@ -284,65 +269,79 @@ impl SseTap {
     pub fn saw_done(&self) -> bool {
         self.done
     }
+}
 
-    fn push_line_bytes(&mut self, b: &[u8]) {
-        if self.line.len() + b.len() <= MAX_EVENT_BYTES {
-            self.line.extend_from_slice(b);
+fn on_event(data: &[u8], events: &mut u64, done: &mut bool, usage: &mut Option<Usage>) {
+    let trimmed = data.trim_ascii();
+    if trimmed == b"[DONE]" {
+        *done = true;
+        return;
+    }
+    *events += 1;
+    // Parse only the events that can carry usage.
+    if memmem::find(trimmed, b"\"usage\"").is_some()
+        && let Ok(ev) = serde_json::from_slice::<UsageEvent>(trimmed)
+        && let Some(u) = ev.usage.and_then(|u| parse_usage(u.get().as_bytes()))
+    {
+        *usage = Some(u);
+    }
+}
+
+/// How usage is read from one response.
+#[derive(Debug)]
+pub enum UsageTap {
+    None,
+    Json(JsonUsageTap),
+    Sse(SseTap),
+}
+
+impl UsageTap {
+    /// The tap that fits an answer with `headers`; `stream`: the request
+    /// asked for a stream (a provider may omit the content type).
+    pub fn for_response(headers: &HeaderMap, stream: bool) -> UsageTap {
+        if headers.contains_key(header::CONTENT_ENCODING) {
+            return UsageTap::None;
+        }
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if ct.starts_with("text/event-stream") || (stream && ct.is_empty()) {
+            UsageTap::Sse(SseTap::default())
+        } else if ct.contains("json") || ct.is_empty() {
+            UsageTap::Json(JsonUsageTap::default())
         } else {
-            self.line_overflow = true;
+            UsageTap::None
         }
     }
 
-    fn end_line(&mut self) {
-        let line = std::mem::take(&mut self.line);
-        let overflow = std::mem::replace(&mut self.line_overflow, false);
-        if line.is_empty() {
-            self.dispatch();
-        } else if line[0] == b':' || overflow {
-            // A comment (keep-alive), or a line too long to hold.
-        } else {
-            let (field, value) = match memchr::memchr(b':', &line) {
-                Some(i) => {
-                    let v = &line[i + 1..];
-                    (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
-                }
-                None => (&line[..], &b""[..]),
-            };
-            if field == b"data" {
-                if self.has_data {
-                    self.data.push(b'\n');
-                }
-                if self.data.len() + value.len() <= MAX_EVENT_BYTES {
-                    self.data.extend_from_slice(value);
-                }
-                self.has_data = true;
+    /// Feeds a chunk of the body; true when it completed the first event of
+    /// a stream (the first token).
+    pub fn feed(&mut self, chunk: &[u8]) -> bool {
+        match self {
+            UsageTap::None => false,
+            UsageTap::Json(t) => {
+                t.feed(chunk);
+                false
             }
+            UsageTap::Sse(t) => t.feed(chunk).first_event,
         }
-        self.line = line;
-        self.line.clear();
     }
 
-    fn dispatch(&mut self) {
-        if !self.has_data {
-            return;
+    /// The body ended; true when that completed the first event.
+    pub fn finish(&mut self) -> bool {
+        match self {
+            UsageTap::Sse(t) => t.finish().first_event,
+            _ => false,
         }
-        self.has_data = false;
-        let data = std::mem::take(&mut self.data);
-        let trimmed = data.trim_ascii();
-        if trimmed == b"[DONE]" {
-            self.done = true;
-        } else {
-            self.events += 1;
-            // Parse only the events that can carry usage.
-            if memmem::find(trimmed, b"\"usage\"").is_some()
-                && let Ok(ev) = serde_json::from_slice::<UsageEvent>(trimmed)
-                && let Some(u) = ev.usage.and_then(|u| Usage::from_value(u.get().as_bytes()))
-            {
-                self.usage = Some(u);
-            }
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        match self {
+            UsageTap::None => None,
+            UsageTap::Json(t) => t.usage(),
+            UsageTap::Sse(t) => t.usage(),
         }
-        self.data = data;
-        self.data.clear();
     }
 }
 
@@ -390,7 +389,7 @@ mod tests {
                 if let Some(buf) = &mut self.capture {
                     let ends = !self.in_string && self.depth == 1 && (c == b',' || c == b'}');
                     if ends {
-                        self.usage = Usage::from_value(buf).or(self.usage);
+                        self.usage = parse_usage(buf).or(self.usage);
                         self.capture = None;
                     } else if buf.len() < MAX_USAGE_BYTES {
                         buf.push(c);
@@ -529,7 +528,7 @@ mod tests {
 
     #[test]
     fn usage_objects_in_either_naming_or_both_with_odd_counts() {
-        let u = |s: &str| Usage::from_value(s.as_bytes());
+        let u = |s: &str| parse_usage(s.as_bytes());
         let both = u(
             r#"{"prompt_tokens":3,"input_tokens":3,"completion_tokens":5,"output_tokens":5,"total_tokens":8}"#,
         );
@@ -668,5 +667,26 @@ mod tests {
             "data: {{\"usage\": nope}}\n\ndata: {LAST}\n\ndata: {{\"usage\":\n\n"
         ));
         assert_eq!(tap.usage(), usage(5, 7, 12));
+    }
+
+    #[test]
+    fn taps() {
+        let h = |ct: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            m
+        };
+        assert!(matches!(
+            UsageTap::for_response(&h("text/event-stream; charset=utf-8"), false),
+            UsageTap::Sse(_)
+        ));
+        assert!(matches!(
+            UsageTap::for_response(&h("application/json"), true),
+            UsageTap::Json(_)
+        ));
+        assert!(matches!(
+            UsageTap::for_response(&h("text/html"), false),
+            UsageTap::None
+        ));
     }
 }
