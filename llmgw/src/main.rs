@@ -11,11 +11,11 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use llmgw::{
+    client::ResolveOverride,
     config::{self, Labels, Settings, load::ProcessEnv},
     l4::{self, L4Rules, Plane, PlaneOptions, XdpMode},
     model,
     observe::access_log,
-    proxy::upstream::ResolveOverride,
     serve::{self, Hooks, ServeError, ServeOptions},
 };
 

@@ -1,15 +1,15 @@
 //! CUSTOM authorization: the check exchange Envoy's ext_authz filter
 //! performs with an authorizer (HTTP here, gRPC in `extauthz_grpc`), and
 //! what its answer does to the request and the response. The providers are
-//! compiled in `crate::model::extauthz`; clients and counters are runtime
-//! state ([`ExtAuthzClients`]), kept across reloads.
+//! compiled in `crate::model::extauthz`; checks go through the worker's
+//! outbound client; counters are runtime state ([`ExtAuthzCounters`]), kept
+//! across reloads.
 
 use std::{
     collections::BTreeMap,
-    fmt,
     net::SocketAddr,
     sync::{
-        Arc, OnceLock,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -19,13 +19,10 @@ use bytes::Bytes;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header, uri::PathAndQuery,
 };
-use http_body_util::{BodyExt as _, Full, Limited};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
+use http_body_util::{BodyExt as _, Limited};
 
 use super::LocalReply;
+use crate::client::{Client, Scheme};
 use crate::model::extauthz::{
     Common, DEFAULT_STATUS_ON_ERROR, ExtAuthz, HeaderPattern, HttpProvider, Provider, any_match,
 };
@@ -186,36 +183,17 @@ pub(super) fn set_all(headers: &mut HeaderMap, items: &[(HeaderName, HeaderValue
     }
 }
 
-pub(super) type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-/// What checks need at run time: pooled clients (HTTP/1.1 for HTTP
-/// authorizers, HTTP/2 cleartext for gRPC ones) and each provider's
-/// counters. Built from the compiled providers and the state of the
-/// configuration being replaced: connections and counts carry over.
-#[derive(Default)]
-pub struct ExtAuthzClients {
-    client: OnceLock<HttpClient>,
-    grpc_client: OnceLock<HttpClient>,
+/// Each provider's check counters: the runtime state of CUSTOM
+/// authorization (connections are the worker's client's). Built from the
+/// compiled providers and the counters of the configuration being
+/// replaced, so the counts carry over by provider name.
+#[derive(Debug, Default)]
+pub struct ExtAuthzCounters {
     counters: BTreeMap<String, Arc<Counters>>,
 }
 
-impl fmt::Debug for ExtAuthzClients {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ExtAuthzClients")
-            .field("counters", &self.counters)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ExtAuthzClients {
-    pub fn build(ext: &ExtAuthz, previous: Option<&ExtAuthzClients>) -> Self {
-        let carry = |cell: Option<&OnceLock<HttpClient>>| {
-            let out = OnceLock::new();
-            if let Some(c) = cell.and_then(OnceLock::get) {
-                let _ = out.set(c.clone());
-            }
-            out
-        };
+impl ExtAuthzCounters {
+    pub fn build(ext: &ExtAuthz, previous: Option<&ExtAuthzCounters>) -> Self {
         let counters = ext
             .providers
             .iter()
@@ -227,11 +205,7 @@ impl ExtAuthzClients {
                 (name.clone(), c)
             })
             .collect();
-        ExtAuthzClients {
-            client: carry(previous.map(|p| &p.client)),
-            grpc_client: carry(previous.map(|p| &p.grpc_client)),
-            counters,
-        }
+        ExtAuthzCounters { counters }
     }
 
     /// Per-provider counters, for metrics.
@@ -249,28 +223,6 @@ impl ExtAuthzClients {
 
     fn counters(&self, provider: &str) -> Arc<Counters> {
         self.counters.get(provider).cloned().unwrap_or_default()
-    }
-
-    fn client(&self) -> &HttpClient {
-        self.client.get_or_init(|| {
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .pool_max_idle_per_host(16)
-                .build(connector)
-        })
-    }
-
-    fn grpc_client(&self) -> &HttpClient {
-        self.grpc_client.get_or_init(|| {
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .pool_idle_timeout(Duration::from_secs(30))
-                .build(connector)
-        })
     }
 }
 
@@ -292,13 +244,14 @@ impl ExtAuthz {
     /// answers 403.
     pub async fn check(
         &self,
-        rt: &ExtAuthzClients,
+        counters: &ExtAuthzCounters,
+        client: &Client,
         provider: &str,
         req: &CheckRequest<'_>,
     ) -> CheckResult {
-        let counts = rt.counters(provider);
+        let counts = counters.counters(provider);
         if let Some(Provider::Grpc(p)) = self.providers.get(provider) {
-            return p.check(rt.grpc_client(), req, &counts).await;
+            return p.check(client, req, &counts).await;
         }
         let Some(p) = self.http_provider(provider) else {
             tracing::error!(
@@ -319,7 +272,8 @@ impl ExtAuthz {
             return CheckResult::Deny(LocalReply::empty(StatusCode::PAYLOAD_TOO_LARGE));
         }
         let timeout = p.common.timeout;
-        let Some((parts, body, _)) = call(rt.client(), request, timeout, provider).await else {
+        let Some((parts, body, _)) = call(client, Scheme::Http, request, timeout, provider).await
+        else {
             return on_error(&p.common, &counts);
         };
         p.on_response(parts.status, &parts.headers, body, &counts)
@@ -329,14 +283,18 @@ impl ExtAuthz {
 /// One exchange with an authorizer within `timeout`: the answer's head,
 /// body (at most 1 MiB) and trailers, or `None` (logged) when it fails.
 pub(super) async fn call(
-    client: &HttpClient,
-    request: Request<Full<Bytes>>,
+    client: &Client,
+    scheme: Scheme,
+    request: Request<Bytes>,
     timeout: Duration,
     provider: &str,
 ) -> Option<(http::response::Parts, Bytes, Option<HeaderMap>)> {
     let exchange = async {
+        let uri = request.uri().clone();
+        let authority = uri.authority().map_or("", |a| a.as_str());
+        let host = uri.host().unwrap_or("");
         let resp = client
-            .request(request)
+            .send_to(scheme, authority, host, request, timeout)
             .await
             .map_err(|e| format!("request failed: {e}"))?;
         let (parts, body) = resp.into_parts();
@@ -362,16 +320,13 @@ pub(super) async fn call(
 
 impl HttpProvider {
     /// The HTTP request Envoy would send, and whether the body is too large.
-    fn check_request(
-        &self,
-        req: &CheckRequest<'_>,
-    ) -> Result<(Request<Full<Bytes>>, bool), String> {
+    fn check_request(&self, req: &CheckRequest<'_>) -> Result<(Request<Bytes>, bool), String> {
         let mut body = Bytes::new();
         let mut partial = None;
         if let (Some(settings), Some(b)) = (self.common.body, req.body) {
             if b.len() > settings.max_request_bytes {
                 if !settings.allow_partial_message {
-                    return Ok((Request::new(Full::new(Bytes::new())), true));
+                    return Ok((Request::new(Bytes::new()), true));
                 }
                 body = b.slice(..settings.max_request_bytes);
                 partial = Some(true);
@@ -414,7 +369,7 @@ impl HttpProvider {
             );
         }
         set_all(headers, &self.additional_headers);
-        let request = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let request = builder.body(body).map_err(|e| e.to_string())?;
         Ok((request, false))
     }
 

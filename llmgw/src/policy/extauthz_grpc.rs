@@ -15,23 +15,25 @@ use std::{
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, Request, StatusCode, header};
-use http_body_util::Full;
 use prost::Message as _;
 
 use super::{
     LocalReply,
     extauthz::{
-        Allowed, CheckRequest, CheckResult, Counters, HeaderAction, HttpClient, call,
-        not_for_check, on_error, set_all,
+        Allowed, CheckRequest, CheckResult, Counters, HeaderAction, call, not_for_check, on_error,
+        set_all,
     },
     extauthz_proto as pb,
 };
-use crate::model::extauthz::GrpcProvider;
+use crate::{
+    client::{Client, Scheme},
+    model::extauthz::GrpcProvider,
+};
 
 impl GrpcProvider {
     pub(super) async fn check(
         &self,
-        client: &HttpClient,
+        client: &Client,
         req: &CheckRequest<'_>,
         counts: &Counters,
     ) -> CheckResult {
@@ -47,8 +49,14 @@ impl GrpcProvider {
                 return on_error(&self.common, counts);
             }
         };
-        let Some((parts, body, trailers)) =
-            call(client, request, self.common.timeout, &self.common.name).await
+        let Some((parts, body, trailers)) = call(
+            client,
+            Scheme::H2c,
+            request,
+            self.common.timeout,
+            &self.common.name,
+        )
+        .await
         else {
             return on_error(&self.common, counts);
         };
@@ -160,7 +168,7 @@ impl GrpcProvider {
     }
 
     /// The gRPC call: POST with a length-prefixed message, a deadline.
-    fn http_request(&self, message: &pb::CheckRequest) -> Result<Request<Full<Bytes>>, String> {
+    fn http_request(&self, message: &pb::CheckRequest) -> Result<Request<Bytes>, String> {
         let mut buf = BytesMut::with_capacity(5 + message.encoded_len());
         buf.put_u8(0);
         buf.put_u32(u32::try_from(message.encoded_len()).map_err(|_| "check request too large")?);
@@ -169,7 +177,7 @@ impl GrpcProvider {
             .header(header::CONTENT_TYPE, "application/grpc")
             .header(header::TE, "trailers")
             .header("grpc-timeout", self.grpc_timeout.clone())
-            .body(Full::new(buf.freeze()))
+            .body(buf.freeze())
             .map_err(|e| e.to_string())
     }
 

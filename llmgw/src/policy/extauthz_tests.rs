@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 
 use super::{
-    extauthz::{CheckRequest, CheckResult, ExtAuthzClients},
+    extauthz::{CheckRequest, CheckResult},
     test_support::{Ext, Reply, Seen, serve},
 };
 use crate::config::{ErrorList, RawConfig, Settings, load::load_text, mesh::parse_mesh_config};
@@ -404,8 +404,8 @@ fn futures_are_send() {
         body: None,
         attrs: None,
     };
-    let clients = ExtAuthzClients::default();
-    is_send(&e.check(&clients, "p", &req));
+    let ext = Ext::new(e);
+    is_send(&ext.check("p", &req));
     let a = crate::model::authn::Authenticator::default();
     let keys = super::jwks_fetch::JwksFetchers::default();
     let mut uri = http::Uri::from_static("/");

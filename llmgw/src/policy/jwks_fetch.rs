@@ -15,17 +15,16 @@ use std::{
 
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt as _, Empty, Limited};
-use hyper_util::rt::TokioIo;
-use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::{CertificateDer, ServerName};
+use http_body_util::{BodyExt as _, Limited};
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
 use thiserror::Error;
-use tokio::{net::TcpStream, sync::watch};
-use tokio_rustls::TlsConnector;
+use tokio::sync::watch;
 
 use super::jwt::KeyStore;
+use crate::client::{Client, ClientOptions, UpstreamError, tls::client_tls_with_roots};
 use crate::model::{
-    authn::{Authenticator, JwksSource, Keys},
+    authn::{Authenticator, DEFAULT_FETCH_TIMEOUT, JwksSource, Keys},
     jwks::{Jwks, JwksError},
 };
 
@@ -37,10 +36,10 @@ pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(5 * 60);
 /// A key set larger than this is refused.
 pub const MAX_JWKS_BYTES: usize = 1 << 20;
 
-/// How remote keys are fetched: TLS roots, refresh period, retry backoff.
+/// How remote keys are fetched: the outbound client, refresh period, retry backoff.
 #[derive(Clone)]
 pub struct FetchSettings {
-    pub tls: Arc<ClientConfig>,
+    pub client: Arc<Client>,
     pub refresh_interval: Duration,
     pub retry_initial: Duration,
     pub retry_max: Duration,
@@ -58,10 +57,10 @@ impl fmt::Debug for FetchSettings {
 }
 
 impl FetchSettings {
-    /// Defaults with the given TLS client configuration.
-    pub fn new(tls: Arc<ClientConfig>) -> Self {
+    /// Defaults, fetching through `client`.
+    pub fn new(client: Arc<Client>) -> Self {
         FetchSettings {
-            tls,
+            client,
             refresh_interval: DEFAULT_REFRESH_INTERVAL,
             retry_initial: DEFAULT_RETRY_INITIAL,
             retry_max: DEFAULT_RETRY_MAX,
@@ -79,38 +78,27 @@ impl FetchSettings {
         for cert in extra {
             roots.add(cert)?;
         }
-        Ok(Self::new(client_config(roots)?))
+        let client = Client::new(
+            client_tls_with_roots(roots)?,
+            ClientOptions {
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                // Each fetch waits its rule's `timeout` instead.
+                response_timeout: DEFAULT_FETCH_TIMEOUT,
+                resolve: Vec::new(),
+            },
+        );
+        Ok(Self::new(Arc::new(client)))
     }
 }
 
-/// A TLS client configuration using the ring provider and `roots`.
-pub fn client_config(roots: RootCertStore) -> Result<Arc<ClientConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(Arc::new(
-        ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    ))
-}
+/// How long a key server has to accept a connection (within the rule's timeout).
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why one fetch failed.
 #[derive(Debug, Error)]
 pub enum FetchError {
-    #[error("connect to {authority}: {source}")]
-    Connect {
-        authority: String,
-        source: std::io::Error,
-    },
-    #[error("TLS handshake with {host}: {source}")]
-    Tls {
-        host: String,
-        source: std::io::Error,
-    },
-    #[error("{0:?} is not a valid TLS server name")]
-    ServerName(String),
-    #[error("HTTP: {0}")]
-    Http(#[from] hyper::Error),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
     #[error("answered {0}, not 200")]
     Status(StatusCode),
     #[error("reading the body: {0}")]
@@ -438,66 +426,29 @@ pub async fn fetch(
 
 /// `GET uri` with a deadline; the body of a 200 answer.
 async fn get(settings: &FetchSettings, uri: &Uri, timeout: Duration) -> Result<Bytes, FetchError> {
-    tokio::time::timeout(timeout, get_inner(settings, uri))
+    tokio::time::timeout(timeout, get_inner(settings, uri, timeout))
         .await
         .map_err(|_| FetchError::Timeout(timeout))?
 }
 
-async fn get_inner(settings: &FetchSettings, uri: &Uri) -> Result<Bytes, FetchError> {
-    let https = uri.scheme_str() == Some("https");
-    let host = uri
-        .host()
-        .ok_or_else(|| FetchError::Request(format!("{uri}: no host")))?;
-    let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let authority = uri
-        .authority()
-        .map_or_else(|| host.to_string(), |a| a.to_string());
-    let tcp = TcpStream::connect((bare_host, port))
-        .await
-        .map_err(|source| FetchError::Connect {
-            authority: authority.clone(),
-            source,
-        })?;
-    let _ = tcp.set_nodelay(true);
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let req = Request::get(path)
-        .header(header::HOST, &authority)
+async fn get_inner(
+    settings: &FetchSettings,
+    uri: &Uri,
+    timeout: Duration,
+) -> Result<Bytes, FetchError> {
+    let req = Request::get(uri.clone())
         .header(header::ACCEPT, "application/json")
         .header(header::USER_AGENT, "llmgw")
-        .body(Empty::<Bytes>::new())
+        .body(Bytes::new())
         .map_err(|e| FetchError::Request(e.to_string()))?;
-    if https {
-        let name = ServerName::try_from(bare_host.to_string())
-            .map_err(|_| FetchError::ServerName(bare_host.to_string()))?;
-        let tls = TlsConnector::from(settings.tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|source| FetchError::Tls {
-                host: bare_host.to_string(),
-                source,
-            })?;
-        send(TokioIo::new(tls), req, settings.max_body_bytes).await
-    } else {
-        send(TokioIo::new(tcp), req, settings.max_body_bytes).await
-    }
-}
-
-async fn send<I>(io: I, req: Request<Empty<Bytes>>, max: usize) -> Result<Bytes, FetchError>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "JWKS connection closed");
-        }
-    });
-    let resp = sender.send_request(req).await?;
+    let resp = match settings.client.request(req, timeout).await {
+        Err(UpstreamError::ResponseTimeout { .. }) => return Err(FetchError::Timeout(timeout)),
+        r => r?,
+    };
     if resp.status() != StatusCode::OK {
         return Err(FetchError::Status(resp.status()));
     }
-    let body = Limited::new(resp.into_body(), max)
+    let body = Limited::new(resp.into_body(), settings.max_body_bytes)
         .collect()
         .await
         .map_err(|e| FetchError::Body(e.to_string()))?;

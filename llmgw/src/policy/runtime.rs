@@ -1,11 +1,10 @@
 //! The security stage's runtime state, kept apart from the compiled
-//! policies: remote key sets being fetched, and the ext_authz clients and
-//! counters. Built from the compiled policies and the state of the
-//! configuration being replaced, so a reload keeps fetched keys,
-//! connections and counts, and drops what is no longer named.
+//! policies: remote key sets being fetched, and the ext_authz counters. Built from the compiled policies and the state of the
+//! configuration being replaced, so a reload keeps fetched keys and
+//! counts, and drops what is no longer named.
 
 use super::{
-    extauthz::ExtAuthzClients,
+    extauthz::ExtAuthzCounters,
     jwks_fetch::{FetchSettings, JwksFetchers},
 };
 use crate::model::{authn::Authenticator, extauthz::ExtAuthz};
@@ -13,7 +12,7 @@ use crate::model::{authn::Authenticator, extauthz::ExtAuthz};
 #[derive(Debug, Default)]
 pub struct SecurityState {
     pub jwks: JwksFetchers,
-    pub ext_authz: ExtAuthzClients,
+    pub ext_authz: ExtAuthzCounters,
 }
 
 impl SecurityState {
@@ -26,7 +25,7 @@ impl SecurityState {
     ) -> Self {
         SecurityState {
             jwks: JwksFetchers::build(authn, fetch, previous.map(|p| &p.jwks)),
-            ext_authz: ExtAuthzClients::build(ext_authz, previous.map(|p| &p.ext_authz)),
+            ext_authz: ExtAuthzCounters::build(ext_authz, previous.map(|p| &p.ext_authz)),
         }
     }
 }

@@ -193,11 +193,12 @@ where
     panic!("timed out waiting for: {what}");
 }
 
-/// Compiled ext_authz providers with their runtime clients and counters,
-/// as the gateway holds them.
+/// Compiled ext_authz providers with their runtime counters and an
+/// outbound client, as a gateway worker holds them.
 pub struct Ext {
     pub compiled: crate::model::extauthz::ExtAuthz,
-    pub clients: super::extauthz::ExtAuthzClients,
+    pub counters: super::extauthz::ExtAuthzCounters,
+    pub client: crate::client::Client,
 }
 
 impl std::ops::Deref for Ext {
@@ -209,16 +210,30 @@ impl std::ops::Deref for Ext {
 
 impl Ext {
     pub fn new(compiled: crate::model::extauthz::ExtAuthz) -> Self {
-        let clients = super::extauthz::ExtAuthzClients::build(&compiled, None);
-        Ext { compiled, clients }
+        let counters = super::extauthz::ExtAuthzCounters::build(&compiled, None);
+        let client = crate::client::Client::new(
+            crate::client::client_tls(None, true).expect("TLS"),
+            crate::client::ClientOptions {
+                connect_timeout: std::time::Duration::from_secs(5),
+                response_timeout: std::time::Duration::from_secs(60),
+                resolve: Vec::new(),
+            },
+        );
+        Ext {
+            compiled,
+            counters,
+            client,
+        }
     }
 
     /// Shadows `ExtAuthz::check`: with this gateway's clients.
     pub async fn check(&self, provider: &str, req: &super::CheckRequest<'_>) -> super::CheckResult {
-        self.compiled.check(&self.clients, provider, req).await
+        self.compiled
+            .check(&self.counters, &self.client, provider, req)
+            .await
     }
 
     pub fn stats(&self) -> Vec<super::extauthz::ProviderStats> {
-        self.clients.stats()
+        self.counters.stats()
     }
 }

@@ -14,10 +14,11 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
-use super::{record::Record, upstream::UpstreamIncoming};
-use crate::llm::usage::UsageTap;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use super::record::Record;
+use crate::{
+    client::{BoxError, UpstreamIncoming},
+    llm::usage::UsageTap,
+};
 
 pub enum ProxyBody {
     Full(Option<Bytes>),

@@ -9,7 +9,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::json;
 use thiserror::Error;
 
-use super::{body::ProxyBody, upstream::UpstreamError};
+use super::body::ProxyBody;
+use crate::client::UpstreamError;
 use crate::llm::rewrite::JsonError;
 use crate::{config::ResourceId, model::routing::NoRoute, policy::LocalReply};
 

@@ -22,9 +22,9 @@ use super::{
     request_id::X_REQUEST_ID,
     respond::{redirect, reshape, strip_hop_by_hop},
     security,
-    upstream::UpstreamIncoming,
 };
 use crate::{
+    client::UpstreamIncoming,
     http::{authority::normalize_host, forwarded, path::normalize_path},
     llm::{
         convert::Convert,
@@ -157,7 +157,8 @@ async fn authorize(ctx: &mut Ctx) -> Result<(), ProxyError> {
                 request_id: ctx.rec.request_id.to_str().unwrap_or(""),
             }),
         };
-        let allowed = security::check_custom(&ctx.live, &provider, &check).await?;
+        let client = &ctx.worker().client;
+        let allowed = security::check_custom(&ctx.live, client, &provider, &check).await?;
         allowed.apply_to_request(&mut ctx.parts.headers);
         ctx.downstream = Some(allowed);
     }
@@ -275,7 +276,7 @@ async fn send(ctx: &mut Ctx, body: Bytes) -> Result<Response<UpstreamIncoming>, 
     let req = provider_request(ctx, &up, body)?;
     let resp = ctx
         .worker()
-        .upstreams
+        .client
         .send(&up.authority, up.tls_name(), req)
         .await?;
     Ok(resp)

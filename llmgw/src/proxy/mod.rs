@@ -16,7 +16,6 @@ pub mod respond;
 pub mod runtime;
 pub mod security;
 pub mod tls;
-pub mod upstream;
 
 use std::{
     collections::HashMap,
@@ -204,7 +203,7 @@ impl Proxy {
 /// waits for another thread to wake up).
 pub struct Worker {
     pub proxy: Arc<Proxy>,
-    pub upstreams: upstream::Upstreams,
+    pub client: crate::client::Client,
     /// This thread's access log lines, written out by its heartbeat.
     pub log: Arc<crate::observe::access_log::LocalLog>,
 }

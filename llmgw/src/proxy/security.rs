@@ -5,6 +5,7 @@
 use http::request::Parts;
 
 use super::{Live, error::ProxyError};
+use crate::client::Client;
 use crate::{
     http::path::normalize_path,
     model::Snapshot,
@@ -52,11 +53,17 @@ pub async fn authenticate(
 /// request, once the check no longer borrows its headers).
 pub async fn check_custom(
     live: &Live,
+    client: &Client,
     provider: &str,
     req: &CheckRequest<'_>,
 ) -> Result<Allowed, ProxyError> {
-    let clients = &live.runtime.security.ext_authz;
-    match live.snapshot.ext_authz.check(clients, provider, req).await {
+    let counters = &live.runtime.security.ext_authz;
+    match live
+        .snapshot
+        .ext_authz
+        .check(counters, client, provider, req)
+        .await
+    {
         CheckResult::Allow(allowed) => Ok(allowed),
         CheckResult::Deny(reply) => Err(ProxyError::Refused {
             reason: format!(

@@ -27,15 +27,13 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    client::{self, ClientOptions, ResolveOverride, TlsSetupError},
     config::{ErrorList, Settings, load::Env},
     model::{self, Snapshot},
     observe::{Observer, access_log, metrics::Metrics},
     policy::jwks_fetch::FetchSettings,
     proxy::{
-        Live, Proxy, ProxyOptions, Worker, listener,
-        runtime::RuntimeSettings,
-        tls::ServerTlsError,
-        upstream::{self, ResolveOverride, TlsSetupError, UpstreamOptions},
+        Live, Proxy, ProxyOptions, Worker, listener, runtime::RuntimeSettings, tls::ServerTlsError,
     },
 };
 
@@ -182,7 +180,7 @@ impl Workers {
         n: usize,
         proxy: &Arc<Proxy>,
         tls: &Arc<rustls::ClientConfig>,
-        opts: &UpstreamOptions,
+        opts: &ClientOptions,
     ) -> Result<Self, ServeError> {
         let mut tx = Vec::with_capacity(n);
         for i in 0..n {
@@ -193,7 +191,7 @@ impl Workers {
                 .map_err(ServeError::Workers)?;
             let worker = Arc::new(Worker {
                 proxy: proxy.clone(),
-                upstreams: upstream::Upstreams::new(tls.clone(), opts.clone()),
+                client: client::Client::new(tls.clone(), opts.clone()),
                 log: proxy.observer.log.local(),
             });
             std::thread::Builder::new()
@@ -269,7 +267,7 @@ async fn heartbeat(worker: Arc<Worker>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                worker.upstreams.close_idle(std::time::Instant::now());
+                worker.client.close_idle(std::time::Instant::now());
                 let live = worker.proxy.live.load_full();
                 if !pruned_for.as_ref().is_some_and(|p| Arc::ptr_eq(p, &live)) {
                     prune_pools(&worker, &live);
@@ -282,6 +280,15 @@ async fn heartbeat(worker: Arc<Worker>) {
     }
 }
 
+/// Closes the idle connections of a client that no worker heartbeat tends.
+async fn close_idle_connections(client: Arc<client::Client>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        client.close_idle(std::time::Instant::now());
+    }
+}
+
 /// Drops the worker's pools to providers the snapshot in service no longer
 /// names (after a reload removed them).
 fn prune_pools(worker: &Worker, live: &Live) {
@@ -291,8 +298,8 @@ fn prune_pools(worker: &Worker, live: &Live) {
         .map(|u| (u.authority.as_str(), u.tls_name()))
         .collect();
     worker
-        .upstreams
-        .retain(|authority, sni| wanted.contains(&(authority, sni)));
+        .client
+        .retain_https(|authority, sni| wanted.contains(&(authority, sni)));
 }
 
 /// The bound listeners, by configured address; dropping a sender's value
@@ -369,9 +376,22 @@ pub async fn serve(
     for w in &snapshot.warnings {
         warn!("{w}");
     }
-    // JWKS fetches trust what provider connections trust; HTTP/1 only.
+    // One outbound client kind for everything: workers each have their own
+    // (providers, authorizers); JWKS fetches, which run on this runtime,
+    // have this one. Same roots and `--resolve`; JWKS over HTTP/1.1.
+    let upstream_tls = client::client_tls(opts.upstream_ca.as_deref(), opts.upstream_http2)?;
+    let upstream_opts = ClientOptions {
+        connect_timeout: opts.connect_timeout,
+        response_timeout: opts.response_timeout,
+        resolve: opts.resolve.clone(),
+    };
+    let jwks_client = Arc::new(client::Client::new(
+        client::client_tls(opts.upstream_ca.as_deref(), false)?,
+        upstream_opts.clone(),
+    ));
+    tokio::spawn(close_idle_connections(jwks_client.clone()));
     let runtime_settings = RuntimeSettings {
-        jwks_fetch: FetchSettings::new(upstream::client_tls(opts.upstream_ca.as_deref(), false)?),
+        jwks_fetch: FetchSettings::new(jwks_client),
     };
     let live = Live::build(Arc::new(snapshot), &runtime_settings, None)?;
 
@@ -382,12 +402,6 @@ pub async fn serve(
     let log = access_log::AccessLog::start(&opts.access_log, metrics.clone())
         .map_err(ServeError::AccessLog)?;
     let observer = Arc::new(Observer { metrics, log });
-    let upstream_tls = upstream::client_tls(opts.upstream_ca.as_deref(), opts.upstream_http2)?;
-    let upstream_opts = UpstreamOptions {
-        connect_timeout: opts.connect_timeout,
-        response_timeout: opts.response_timeout,
-        resolve: opts.resolve.clone(),
-    };
     let mut listeners = Listeners::default();
     let bound = listeners.bind_new(&live).await?;
     let admin = match opts.admin_address {
