@@ -1,10 +1,15 @@
 //! Builds the XDP program (`llmgw-ebpf`) for `bpfel-unknown-none` with the
 //! nightly toolchain, so that `cargo build -p llmgw` produces both halves.
-//! `src/l4` embeds the object from `OUT_DIR`.
+//! `src/l4` embeds the object from `OUT_DIR`. Without the `xdp` feature
+//! nothing is built (the L7 half alone, on stable).
 
-use anyhow::{Context as _, anyhow};
+#[cfg(not(feature = "xdp"))]
+fn main() {}
 
+#[cfg(feature = "xdp")]
 fn main() -> anyhow::Result<()> {
+    use anyhow::{Context as _, anyhow};
+
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()

@@ -15,6 +15,11 @@ pub enum L4Error {
     /// No BPF filesystem where the pins go, and it could not be mounted.
     #[error("XDP unavailable: no bpffs at {path}: {reason}")]
     NoBpffs { path: PathBuf, reason: String },
+    #[error(
+        "this llmgw was built without the XDP program (cargo feature `xdp`): \
+         build it with default features to use --xdp-iface"
+    )]
+    NotBuilt,
     #[error("loading the XDP object: {0}")]
     Load(#[source] aya::EbpfError),
     #[error("XDP program {what}: {source}")]

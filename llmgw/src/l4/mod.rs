@@ -26,8 +26,12 @@ pub use sync::SyncReport;
 pub use text::parse_rules;
 
 /// The XDP object built from `llmgw-ebpf` by `build.rs`.
+#[cfg(feature = "xdp")]
 pub(crate) static XDP_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/llmgw"));
+/// Built without the `xdp` feature: no program to load.
+#[cfg(not(feature = "xdp"))]
+pub(crate) static XDP_OBJECT: &[u8] = &[];
 
 /// Layout version of the pinned objects: bumped whenever a map's key, value
 /// or meaning changes, so that a new binary never adopts maps it misreads.

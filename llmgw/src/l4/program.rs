@@ -21,6 +21,9 @@ use super::{
 /// Loads the embedded object; with `pin_dir`, maps are reused from (or
 /// pinned to) `pin_dir/<map name>`.
 pub(crate) fn load(pin_dir: Option<&Path>, v4_filter: bool) -> Result<Ebpf, L4Error> {
+    if super::XDP_OBJECT.is_empty() {
+        return Err(L4Error::NotBuilt);
+    }
     let filter_on: u8 = v4_filter.into();
     let mut loader = EbpfLoader::new();
     loader.override_global(common::GLOBAL_V4_FILTER_ON, &filter_on, true);
