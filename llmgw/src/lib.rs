@@ -3,6 +3,7 @@
 //! `config` reads resources, `model` compiles them into a `Snapshot` both
 //! planes read; `docs/architecture.md` gives the layers.
 
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod http;

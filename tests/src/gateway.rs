@@ -1,6 +1,9 @@
 //! Runs the built `llmgw` binary (found next to the test executable, or at
 //! `$LLMGW_BIN`) on free ports, pointed at a mock provider, waits for
-//! `/ready`, captures stdout and stderr, and kills it when dropped.
+//! `/ready`, captures stdout and stderr, and kills it when dropped. Or, with
+//! [`GatewayBuilder::in_process`], runs `llmgw::serve` inside the test
+//! process, from the same flags (the L7 cases that need no signals, no
+//! stderr and no XDP): its access log is what `stdout()` returns.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -46,10 +49,11 @@ pub struct GatewayBuilder {
     upstream: Option<(SocketAddr, PathBuf)>,
     resolve_hosts: Vec<String>,
     wait_ready: bool,
+    in_process: bool,
 }
 
 pub struct Gateway {
-    child: Child,
+    process: Process,
     /// Gateway port (as in the YAML) → local port.
     ports: Vec<(u16, u16)>,
     pub admin: SocketAddr,
@@ -68,7 +72,14 @@ impl GatewayBuilder {
             upstream: None,
             resolve_hosts: vec!["dashscope.aliyuncs.com".into()],
             wait_ready: true,
+            in_process: false,
         }
+    }
+
+    /// Serve in this process (`llmgw::serve`) instead of running the binary.
+    pub fn in_process(mut self) -> Self {
+        self.in_process = true;
+        self
     }
 
     pub fn config(mut self, p: impl Into<PathBuf>) -> Self {
@@ -128,27 +139,39 @@ impl GatewayBuilder {
         }
     }
 
+    /// `llmgw run`'s arguments for these ports.
+    fn run_args(&self, admin: SocketAddr, ports: &[(u16, u16)]) -> Vec<String> {
+        let mut a: Vec<String> = vec!["run".into()];
+        for c in &self.configs {
+            a.push("--config".into());
+            a.push(c.display().to_string());
+        }
+        a.extend(["--bind-address".into(), "127.0.0.1".into()]);
+        a.extend(["--admin-address".into(), admin.to_string()]);
+        for (p, l) in ports {
+            a.push("--port-map".into());
+            a.push(format!("{p}={l}"));
+        }
+        if let Some((addr, ca)) = &self.upstream {
+            a.push("--upstream-ca".into());
+            a.push(ca.display().to_string());
+            for h in &self.resolve_hosts {
+                a.push("--resolve".into());
+                a.push(format!("{h}:443:{addr}"));
+            }
+        }
+        a.extend(self.args.iter().cloned());
+        a
+    }
+
     fn spawn(&self) -> Gateway {
         let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let ports: Vec<(u16, u16)> = self.ports.iter().map(|p| (*p, free_port())).collect();
+        if self.in_process {
+            return self.serve_in_process(admin, ports);
+        }
         let mut cmd = Command::new(llmgw_bin());
-        cmd.arg("run");
-        for c in &self.configs {
-            cmd.arg("--config").arg(c);
-        }
-        cmd.args(["--bind-address", "127.0.0.1"])
-            .arg("--admin-address")
-            .arg(admin.to_string());
-        for (p, l) in &ports {
-            cmd.arg("--port-map").arg(format!("{p}={l}"));
-        }
-        if let Some((addr, ca)) = &self.upstream {
-            cmd.arg("--upstream-ca").arg(ca);
-            for h in &self.resolve_hosts {
-                cmd.arg("--resolve").arg(format!("{h}:443:{addr}"));
-            }
-        }
-        cmd.args(&self.args);
+        cmd.args(self.run_args(admin, &ports));
         cmd.env_remove("RUST_LOG");
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -167,12 +190,95 @@ impl GatewayBuilder {
         .flatten()
         .collect();
         Gateway {
-            child,
+            process: Process::Child(child),
             ports,
             admin,
             stdout,
             stderr,
             pumps,
+        }
+    }
+
+    fn serve_in_process(&self, admin: SocketAddr, ports: Vec<(u16, u16)>) -> Gateway {
+        use clap::Parser as _;
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let log = dir.path().join("access.log");
+        let mut args = vec!["llmgw".to_string()];
+        args.extend(self.run_args(admin, &ports));
+        if !self.args.iter().any(|a| a == "--access-log") {
+            args.extend(["--access-log".into(), log.display().to_string()]);
+        }
+        // Dropping the gateway stops it: connections a test left open are
+        // not waited for long.
+        if !self.args.iter().any(|a| a == "--drain-timeout") {
+            args.extend(["--drain-timeout".into(), "200ms".into()]);
+        }
+        let cli = llmgw::cli::Cli::try_parse_from(&args).expect("llmgw run's flags");
+        let llmgw::cli::Command::Run { config, run } = cli.command else {
+            unreachable!("run_args starts with run")
+        };
+        let mut opts = run.serve_options(&config).expect("serve options");
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        opts.stop = Some(stop_rx);
+        let env: std::collections::HashMap<String, String> = self.env.iter().cloned().collect();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let served = rt.block_on(llmgw::serve::serve(
+                opts,
+                std::sync::Arc::new(env),
+                llmgw::serve::Hooks::default(),
+            ));
+            rt.shutdown_background();
+            served.map_err(|e| llmgw::error_chain(&e))
+        });
+        Gateway {
+            process: Process::InProcess {
+                stop,
+                thread: Some(thread),
+                access_log: log,
+                _dir: dir,
+            },
+            ports,
+            admin,
+            stdout: Arc::new(Mutex::new(String::new())),
+            stderr: Arc::new(Mutex::new(String::new())),
+            pumps: Vec::new(),
+        }
+    }
+}
+
+/// How the gateway runs.
+enum Process {
+    Child(Child),
+    InProcess {
+        stop: tokio::sync::watch::Sender<bool>,
+        thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+        access_log: PathBuf,
+        _dir: tempfile::TempDir,
+    },
+}
+
+impl Process {
+    /// The exit status, once it ended (in process: success or failure).
+    fn try_wait(&mut self) -> Option<Result<std::process::ExitStatus, String>> {
+        match self {
+            Process::Child(c) => c.try_wait().ok().flatten().map(Ok),
+            Process::InProcess { thread, .. } => {
+                if !thread.as_ref().is_some_and(|t| t.is_finished()) {
+                    return None;
+                }
+                let result = thread
+                    .take()?
+                    .join()
+                    .map_err(|_| "serve panicked".to_string());
+                Some(match result {
+                    Ok(Ok(())) => Ok(std::os::unix::process::ExitStatusExt::from_raw(0)),
+                    Ok(Err(e)) | Err(e) => Err(e),
+                })
+            }
         }
     }
 }
@@ -215,7 +321,12 @@ impl Gateway {
         format!("http://127.0.0.1:{}", self.port(80))
     }
 
+    /// What the binary printed (the access log, by default); in process,
+    /// the access log.
     pub fn stdout(&self) -> String {
+        if let Process::InProcess { access_log, .. } = &self.process {
+            return std::fs::read_to_string(access_log).unwrap_or_default();
+        }
         self.stdout.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
@@ -234,11 +345,14 @@ impl Gateway {
     fn ready_within(&mut self, patience: Duration) -> Result<(), String> {
         let end = Instant::now() + patience;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = self.process.try_wait() {
                 for p in self.pumps.drain(..) {
                     let _ = p.join();
                 }
-                return Err(format!("llmgw exited with {status}:\n{}", self.stderr()));
+                return Err(match status {
+                    Ok(status) => format!("llmgw exited with {status}:\n{}", self.stderr()),
+                    Err(e) => format!("llmgw (in process) ended: {e}"),
+                });
             }
             if matches!(admin_get(self.admin, "/ready"), Ok((200, _))) {
                 return Ok(());
@@ -263,9 +377,12 @@ impl Gateway {
     }
 
     pub fn signal(&self, sig: &str) {
+        let Process::Child(child) = &self.process else {
+            panic!("signals need the gateway as a process (not in_process)")
+        };
         let ok = Command::new("kill")
             .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
+            .arg(child.id().to_string())
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
@@ -277,11 +394,11 @@ impl Gateway {
     pub fn wait_exit(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
         let end = Instant::now() + patience;
         loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
+            if let Some(s) = self.process.try_wait() {
                 for p in self.pumps.drain(..) {
                     let _ = p.join();
                 }
-                return Some(s);
+                return s.ok();
             }
             if Instant::now() > end {
                 return None;
@@ -307,8 +424,18 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.process {
+            Process::Child(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Process::InProcess { stop, thread, .. } => {
+                stop.send_replace(true);
+                if let Some(t) = thread.take() {
+                    let _ = t.join();
+                }
+            }
+        }
     }
 }
 

@@ -36,6 +36,7 @@ async fn setup(protocol: Protocol) -> Setup {
     pki.write_ca(&ca).unwrap();
     let hosts: Vec<&str> = HOSTS.iter().map(|(h, _)| *h).collect();
     let b = GatewayBuilder::new()
+        .in_process()
         .config(examples().join("quickstart"))
         .config(streaming_yaml())
         .upstream(nginx.addr, ca)

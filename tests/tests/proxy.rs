@@ -1,5 +1,6 @@
-//! The request path end to end over real sockets: the built `llmgw` in front
-//! of the mock provider. The seed's step 4, routing, weighted split, error
+//! The request path end to end over real sockets: llmgw (served in this
+//! process, or the built binary where a test reads its stderr) in front of
+//! the mock provider. The seed's step 4, routing, weighted split, error
 //! mapping, pass-through, streaming, cancellation, usage and secrets.
 
 use std::{path::PathBuf, time::Duration};
@@ -23,6 +24,16 @@ struct Setup {
 }
 
 async fn setup_with(configs: Vec<PathBuf>, extra: &[&str], hosts: &[&str]) -> Setup {
+    setup_as(configs, extra, hosts, true).await
+}
+
+/// `in_process`: served by `llmgw::serve` in this process, else by the binary.
+async fn setup_as(
+    configs: Vec<PathBuf>,
+    extra: &[&str],
+    hosts: &[&str],
+    in_process: bool,
+) -> Setup {
     let mock = MockProvider::start().await;
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
@@ -30,6 +41,9 @@ async fn setup_with(configs: Vec<PathBuf>, extra: &[&str], hosts: &[&str]) -> Se
     let mut b = GatewayBuilder::new()
         .upstream(mock.addr, ca)
         .resolve_hosts(hosts);
+    if in_process {
+        b = b.in_process();
+    }
     for c in configs {
         b = b.config(c);
     }
@@ -109,7 +123,14 @@ async fn seed_step_4_rewrites_for_the_provider_and_passes_its_answer_through() {
 
 #[tokio::test]
 async fn usage_reaches_the_access_log_and_metrics_and_the_key_goes_nowhere() {
-    let s = quickstart(&[]).await;
+    // The binary: its stderr (the gateway's own log) must not hold the key either.
+    let s = setup_as(
+        vec![examples().join("quickstart")],
+        &[],
+        &["dashscope.aliyuncs.com"],
+        false,
+    )
+    .await;
     let a = post(&s.gw.url(), "test.com", SEED_REQUEST, &[]).await;
     assert_eq!(a.status, 200);
     let gw = &s.gw;

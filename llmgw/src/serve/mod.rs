@@ -59,6 +59,9 @@ pub struct ServeOptions {
     pub workers: usize,
     /// Offer HTTP/2 to providers (ALPN); HTTP/1.1 only when false.
     pub upstream_http2: bool,
+    /// Stops the gateway (as SIGTERM does) when it turns true: for
+    /// embedders and in-process tests.
+    pub stop: Option<watch::Receiver<bool>>,
 }
 
 impl Default for ServeOptions {
@@ -80,6 +83,7 @@ impl Default for ServeOptions {
             access_log: access_log::Target::Stdout,
             workers: 0,
             upstream_http2: true,
+            stop: None,
         }
     }
 }
@@ -280,6 +284,19 @@ async fn heartbeat(worker: Arc<Worker>) {
     }
 }
 
+/// Resolves when `stop` (if any) turns true; never without one.
+async fn stop_requested(stop: &mut Option<watch::Receiver<bool>>) {
+    match stop {
+        Some(rx) => {
+            if rx.wait_for(|s| *s).await.is_err() {
+                // The sender is gone: nobody can ask any more.
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Closes the idle connections of a client that no worker heartbeat tends.
 async fn close_idle_connections(client: Arc<client::Client>) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -371,6 +388,7 @@ pub async fn serve(
     let mut sighup = signal(SignalKind::hangup()).map_err(ServeError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(ServeError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServeError::Signal)?;
+    let mut stop = opts.stop.clone();
 
     let snapshot = compile(&opts, env.as_ref()).map_err(ServeError::Config)?;
     for w in &snapshot.warnings {
@@ -484,6 +502,7 @@ pub async fn serve(
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+            _ = stop_requested(&mut stop) => break,
         };
         settling = None;
         // Taken before compiling: a change made while the reload runs is
