@@ -6,6 +6,7 @@
 pub mod authn;
 pub mod authz;
 pub mod duration;
+pub mod env;
 pub mod error;
 pub mod gateway;
 pub mod load;

@@ -4,6 +4,7 @@
 //! client's, token usage read from answers, and the one SSE parser.
 
 pub mod convert;
+pub mod json;
 pub mod rewrite;
 pub mod sse;
 pub mod usage;

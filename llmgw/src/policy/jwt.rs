@@ -10,10 +10,14 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use serde_json::Value;
 use thiserror::Error;
 
-use super::{LocalReply, authz::Identity};
+use super::{
+    LocalReply,
+    authz::Identity,
+    jwt_token::{Found, ParsedJwt, Token, after_prefix, cookie_value, query_param, remove_token},
+};
 use crate::model::{
     authn::{Authenticator, JwksSource, Keys, Rule, sanitize_audience},
-    jwks::{Alg, B64URL, Jwks, SignatureError},
+    jwks::{Jwks, SignatureError},
 };
 
 /// Envoy's (and jwt_verify_lib's) allowance for clocks that disagree.
@@ -148,20 +152,6 @@ impl KeyStore for NoRemoteKeys {
     async fn keys(&self, _: &JwksSource) -> Option<Arc<Jwks>> {
         None
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Found {
-    Header(HeaderName),
-    Param(String),
-    Cookie(String),
-}
-
-struct Token {
-    value: String,
-    at: Found,
-    /// Rules (by index) whose issuer may use this location.
-    issuers: Vec<usize>,
 }
 
 impl Authenticator {
@@ -471,104 +461,6 @@ fn is_cors_preflight(method: &Method, headers: &HeaderMap) -> bool {
         && non_empty(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
-fn is_b64url_or_dot(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
-}
-
-/// The token after a header prefix: from the first base64url character on.
-fn after_prefix(v: &str, start: usize) -> &str {
-    let rest = &v[start..];
-    match rest.find(is_b64url_or_dot) {
-        Some(i) => &rest[i..],
-        None => v,
-    }
-}
-
-/// First value of `name` in a raw query, percent-decoded.
-fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k) == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            out.push(h * 16 + l);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).map(|d| d as u8)
-}
-
-/// The value of cookie `name` from the request's `Cookie` headers
-/// (quotes around the value removed).
-fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k.trim() == name).then(|| {
-                let v = v.trim();
-                v.strip_prefix('"')
-                    .and_then(|x| x.strip_suffix('"'))
-                    .unwrap_or(v)
-            })
-        })
-}
-
-fn remove_token(at: &Found, uri: &mut Uri, headers: &mut HeaderMap) {
-    match at {
-        Found::Header(h) => {
-            headers.remove(h);
-        }
-        Found::Param(p) => {
-            if let Some(new) = without_param(uri, p) {
-                *uri = new;
-            }
-        }
-        // Envoy never removes a cookie token (its removeJwt for cookies is
-        // a TODO), so neither do we.
-        Found::Cookie(_) => {}
-    }
-}
-
-fn without_param(uri: &Uri, param: &str) -> Option<Uri> {
-    let query = uri.query()?;
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| {
-            let k = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            percent_decode(k) != param
-        })
-        .collect();
-    let mut pq = uri.path().to_string();
-    if !kept.is_empty() {
-        pq.push('?');
-        pq.push_str(&kept.join("&"));
-    }
-    let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(pq.parse().ok()?);
-    Uri::from_parts(parts).ok()
-}
-
 /// Envoy's claim-to-header conversion: strings as they are, numbers as an
 /// integer when they are one (else with six decimals), booleans as
 /// `true`/`false`; other types and missing claims give no header.
@@ -594,127 +486,6 @@ fn claim_header_value(claims: &Value, path: &[String]) -> Option<HeaderValue> {
         return None;
     }
     HeaderValue::from_str(&s).ok()
-}
-
-/// A token split and decoded, its registered claims type-checked in
-/// jwt_verify_lib's order.
-struct ParsedJwt<'a> {
-    signed: String,
-    payload_b64: &'a str,
-    alg: Alg,
-    kid: Option<String>,
-    iss: String,
-    sub: Option<String>,
-    nbf: u64,
-    exp: u64,
-    audiences: Vec<String>,
-    payload: Value,
-    signature: Vec<u8>,
-}
-
-enum Num {
-    Missing,
-    Ok(u64),
-    NotInteger,
-    OutOfRange,
-}
-
-fn num(obj: &serde_json::Map<String, Value>, name: &str) -> Num {
-    match obj.get(name) {
-        None => Num::Missing,
-        Some(Value::Number(n)) => match n.as_f64() {
-            Some(f) if f >= 0.0 && f < u64::MAX as f64 => Num::Ok(f as u64),
-            _ => Num::OutOfRange,
-        },
-        Some(_) => Num::NotInteger,
-    }
-}
-
-fn opt_string(
-    obj: &serde_json::Map<String, Value>,
-    name: &str,
-    err: JwtError,
-) -> Result<Option<String>, JwtError> {
-    match obj.get(name) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(err),
-    }
-}
-
-impl<'a> ParsedJwt<'a> {
-    fn parse(token: &'a str) -> Result<Self, JwtError> {
-        // Exactly three sections, as jwt_verify_lib splits them; an empty
-        // one fails its own decoding below.
-        let parts: Vec<&str> = token.split('.').collect();
-        let [h, p, s] = parts[..] else {
-            return Err(JwtError::BadFormat);
-        };
-        let header = B64URL.decode(h).map_err(|_| JwtError::HeaderBadBase64)?;
-        let header: Value = serde_json::from_slice(&header).map_err(|_| JwtError::HeaderBadJson)?;
-        let Value::Object(header) = header else {
-            return Err(JwtError::HeaderBadJson);
-        };
-        let alg = match header.get("alg") {
-            Some(Value::String(a)) => Alg::parse(a).ok_or(JwtError::HeaderNotImplementedAlg)?,
-            _ => return Err(JwtError::HeaderBadAlg),
-        };
-        let kid = opt_string(&header, "kid", JwtError::HeaderBadKid)?;
-        let payload = B64URL.decode(p).map_err(|_| JwtError::PayloadBadBase64)?;
-        let payload: Value =
-            serde_json::from_slice(&payload).map_err(|_| JwtError::PayloadBadJson)?;
-        let Value::Object(obj) = &payload else {
-            return Err(JwtError::PayloadBadJson);
-        };
-        let iss = opt_string(obj, "iss", JwtError::IssNotString)?.unwrap_or_default();
-        let sub = opt_string(obj, "sub", JwtError::SubNotString)?;
-        let int = |name, not_int, range| match num(obj, name) {
-            Num::Missing => Ok(0),
-            Num::Ok(v) => Ok(v),
-            Num::NotInteger => Err(not_int),
-            Num::OutOfRange => Err(range),
-        };
-        int("iat", JwtError::IatNotInteger, JwtError::IatOutOfRange)?;
-        let nbf = int("nbf", JwtError::NbfNotInteger, JwtError::NbfOutOfRange)?;
-        let exp = int("exp", JwtError::ExpNotInteger, JwtError::ExpOutOfRange)?;
-        opt_string(obj, "jti", JwtError::JtiNotString)?;
-        let audiences = match obj.get("aud") {
-            None => Vec::new(),
-            Some(Value::String(a)) => vec![a.clone()],
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|x| x.as_str().map(str::to_string))
-                .collect::<Option<Vec<_>>>()
-                .ok_or(JwtError::AudNotString)?,
-            Some(_) => return Err(JwtError::AudNotString),
-        };
-        let signature = B64URL.decode(s).map_err(|_| JwtError::SignatureBadBase64)?;
-        // What was signed: `header.payload` as sent (empty sections were skipped above).
-        let signed = format!("{h}.{p}");
-        Ok(ParsedJwt {
-            signed,
-            payload_b64: p,
-            alg,
-            kid,
-            iss,
-            sub,
-            nbf,
-            exp,
-            audiences,
-            payload,
-            signature,
-        })
-    }
-
-    fn check_time(&self, now: u64, skew: u64) -> Result<(), JwtError> {
-        if now.saturating_add(skew) < self.nbf {
-            return Err(JwtError::NotYetValid);
-        }
-        if self.exp != 0 && now > self.exp.saturating_add(skew) {
-            return Err(JwtError::Expired);
-        }
-        Ok(())
-    }
 }
 
 /// Encodes `payload` as a JWT segment (tests and tools build tokens with it).

@@ -10,6 +10,7 @@ pub mod extauthz_grpc;
 pub mod extauthz_proto;
 pub mod jwks_fetch;
 pub mod jwt;
+mod jwt_token;
 pub mod runtime;
 
 use bytes::Bytes;
