@@ -1,5 +1,6 @@
-//! Compile tests: the source document's resources as written, and one case
-//! per validation rule, checking the error names the field.
+//! Compile tests: the source document's resources as written, routing,
+//! selection and binding rules. What each invalid configuration is told is
+//! specified by the fixtures of `tests/fixtures/invalid` and their snapshots.
 
 use std::{collections::HashMap, path::Path, path::PathBuf};
 
@@ -266,7 +267,7 @@ fn port_map_and_selection_by_labels() {
     assert_eq!(l4.listener_ports, vec![18080]);
     // Listeners on 0.0.0.0: XDP takes every address of the host as ours;
     // bound to an address, that address only.
-    assert_eq!(l4.destinations, crate::l4::Destinations::Host);
+    assert_eq!(l4.destinations, crate::model::xdp::Destinations::Host);
     let bound = Settings {
         bind_address: "127.0.0.1".parse().unwrap(),
         ..settings.clone()
@@ -274,7 +275,7 @@ fn port_map_and_selection_by_labels() {
     let l4 = crate::model::xdp::rules(&compile(&seed(), &bound).unwrap());
     assert_eq!(
         l4.destinations,
-        crate::l4::Destinations::Only(vec!["127.0.0.1".parse().unwrap()])
+        crate::model::xdp::Destinations::Only(vec!["127.0.0.1".parse().unwrap()])
     );
 
     // Policies name the port the gateway listens on; one naming only the
@@ -403,96 +404,6 @@ spec:
     let routed = route(l, "a.b", &h).unwrap();
     assert_eq!(routed.rule.route.to_string(), "default/r1");
     assert_eq!(routed.server.gateway.to_string(), "istio-system/g1");
-}
-
-#[test]
-fn errors_name_the_field() {
-    let cases: &[(&str, &str)] = &[
-        (
-            "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMRoute\nmetadata: {name: r2}\nspec: {host: '*', gateways: [istio-system/nope], rules: [{backendRefs: [{providerHost: dashscope.aliyuncs.com}]}]}\n",
-            "LLMRoute default/r2: spec.gateways[0]: Gateway istio-system/nope does not exist",
-        ),
-        (
-            "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMRoute\nmetadata: {name: r2}\nspec: {host: '*', gateways: [istio-system/ingress-gw], rules: [{matches: [{gateways: [istio-system/ingress-gw, istio-system/nope]}], backendRefs: [{providerHost: dashscope.aliyuncs.com}]}]}\n",
-            "LLMRoute default/r2: spec.rules[0].matches[0].gateways[1]: Gateway istio-system/nope does not exist",
-        ),
-        (
-            "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMProvider\nmetadata: {name: p2, namespace: istio-system}\nspec: {host: other.example.com, path: /v1/chat/completions, configs: {defaultConfig: {openAIConfig: {model: m}}, routeSpecificConfigs: {ingress-rout: {openAIConfig: {model: n}}}}}\n",
-            "LLMProvider istio-system/p2: spec.configs.routeSpecificConfigs.ingress-rout: no LLMRoute has a rule named \"ingress-rout\"",
-        ),
-        (
-            "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMRoute\nmetadata: {name: r2}\nspec: {host: '*', gateways: [istio-system/ingress-gw], rules: [{backendRefs: [{providerHost: nope.com}]}]}\n",
-            "spec.rules[0].backendRefs[0].providerHost: no LLMProvider with host nope.com",
-        ),
-        (
-            "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMRoute\nmetadata: {name: r2}\nspec: {host: '*', gateways: [istio-system/ingress-gw], rules: [{matches: [{headers: {x: {exact: a, prefix: b}}}], backendRefs: [{providerHost: dashscope.aliyuncs.com}]}]}\n",
-            "spec.rules[0].matches[0].headers.x: set only one of exact, prefix, regex",
-        ),
-        (
-            "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMRoute\nmetadata: {name: r2}\nspec: {host: '*', gateways: [istio-system/ingress-gw], rules: [{matches: [{headers: {x: {regex: '('}}}], backendRefs: [{providerHost: dashscope.aliyuncs.com}]}]}\n",
-            "spec.rules[0].matches[0].headers.x: regex \"(\"",
-        ),
-        (
-            "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMRoute\nmetadata: {name: r2}\nspec: {host: '*', gateways: [istio-system/ingress-gw], rules: [{backendRefs: [{providerHost: dashscope.aliyuncs.com, weight: 0}]}]}\n",
-            "weights add up to 0",
-        ),
-        (
-            "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMRoute\nmetadata: {name: r2}\nspec: {host: '*', gateways: [istio-system/ingress-gw], rules: [{backendRefs: [{backendRef: {name: pool}}]}]}\n",
-            "backendRef: in-cluster backends (InferencePool) are not served",
-        ),
-        (
-            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g2, namespace: istio-system}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 9000, protocol: TCP, name: t}, hosts: ['*']}]}\n",
-            "Gateway istio-system/g2: spec.servers[0].port.protocol: protocol TCP is not served",
-        ),
-        (
-            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g2, namespace: istio-system}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 80, protocol: HTTPS, name: t}, hosts: ['*'], tls: {mode: SIMPLE, credentialName: c}}]}\n",
-            "port 80 is already served as Http",
-        ),
-        (
-            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g2, namespace: istio-system}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 443, protocol: HTTPS, name: t}, hosts: ['*'], tls: {mode: SIMPLE, credentialName: c}}]}\n",
-            "spec.servers[0].tls.credentialName: credential \"c\" needs --credentials-dir",
-        ),
-        (
-            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g2, namespace: istio-system}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 443, protocol: HTTPS, name: t}, hosts: ['*'], tls: {mode: PASSTHROUGH}}]}\n",
-            "spec.servers[0].tls.mode: TLS mode PASSTHROUGH is not served",
-        ),
-        (
-            "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMProvider\nmetadata: {name: p2}\nspec: {host: dashscope.aliyuncs.com}\n",
-            "LLMProvider default/p2: spec.host: host dashscope.aliyuncs.com is already served by LLMProvider istio-system/dashscope-qwen",
-        ),
-        (
-            "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMProvider\nmetadata: {name: p2}\nspec: {host: 'https://x.com/v1'}\n",
-            "spec.host: \"https://x.com/v1\" is not a host name",
-        ),
-        (
-            "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMProvider\nmetadata: {name: p2}\nspec: {host: x.com, path: v1/chat}\n",
-            "spec.path: \"v1/chat\" must start with /",
-        ),
-        (
-            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: istio-system}\nspec: {action: DENY, rules: [{from: [{source: {ipBlocks: [10.0.0.300]}}]}]}\n",
-            "spec.rules[0].from[0].source.ipBlocks[0]: \"10.0.0.300\" is not an IP address",
-        ),
-        (
-            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: istio-system}\nspec: {rules: [{from: [{source: {principals: [x]}}]}]}\n",
-            "spec.rules[0].from[0].source.principals: needs the peer's mesh identity",
-        ),
-        (
-            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: istio-system}\nspec: {rules: [{when: [{key: request.bogus, values: [x]}]}]}\n",
-            "spec.rules[0].when[0].key: unknown key \"request.bogus\"",
-        ),
-        (
-            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: istio-system}\nspec: {action: CUSTOM, rules: [{}]}\n",
-            "spec.provider.name: CUSTOM needs an extension provider name",
-        ),
-        (
-            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: istio-system}\nspec: {rules: [{to: [{operation: {paths: ['/a/{**}/{*}']}}]}]}\n",
-            "{**} must be the last operator",
-        ),
-    ];
-    for (yaml, want) in cases {
-        let got = compile_err(yaml);
-        assert!(got.contains(want), "want {want:?} in:\n{got}");
-    }
 }
 
 #[test]
