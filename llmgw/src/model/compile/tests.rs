@@ -50,18 +50,6 @@ fn compile_ok(raw: &RawConfig) -> Snapshot {
     compile(raw, &Settings::default()).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn compile_err(text: &str) -> String {
-    let mut raw = seed();
-    let extra = parse(text);
-    raw.providers.extend(extra.providers);
-    raw.routes.extend(extra.routes);
-    raw.gateways.extend(extra.gateways);
-    raw.authorization_policies
-        .extend(extra.authorization_policies);
-    let errs = compile(&raw, &Settings::default()).expect_err("should not compile");
-    errs.to_string()
-}
-
 /// A Gateway in istio-system selecting the default labels, one plain-HTTP
 /// server on `port` for any host; ends with a document separator.
 fn gateway_doc(name: &str, port: u16) -> String {
