@@ -119,6 +119,17 @@ fn lock(m: &Mutex<PoolState>) -> std::sync::MutexGuard<'_, PoolState> {
 }
 
 /// hyper's client defaults for HTTP/2 (windows, frame and header sizes).
+///
+/// Streams a client gave up on are reset (`CANCEL`) and remembered for
+/// `RESET_STREAM_MEMORY`, up to `RESET_STREAMS_REMEMBERED` at once: frames
+/// the provider had already sent for them are then dropped quietly. With
+/// h2's defaults (50 streams, 1 s) a burst of cancellations (clients of a
+/// load test stopping together) let such frames count as protocol errors,
+/// and after 1,024 of those over a connection's life h2 closed it
+/// (`too_many_internal_resets`), failing every request in flight on it;
+/// with the larger memory it still happened, rarely, in long runs against
+/// nginx. That count guards a server against clients that provoke resets;
+/// a provider connection is ours and long-lived, so it is off here.
 fn h2_builder() -> h2::client::Builder {
     let mut b = h2::client::Builder::new();
     b.initial_max_send_streams(100)
@@ -126,11 +137,17 @@ fn h2_builder() -> h2::client::Builder {
         .initial_connection_window_size(5 * 1024 * 1024)
         .max_header_list_size(16 * 1024)
         .max_send_buffer_size(1024 * 1024)
-        .max_local_error_reset_streams(Some(1024))
+        .max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
+        .reset_stream_duration(RESET_STREAM_MEMORY)
+        .max_local_error_reset_streams(None)
         .max_frame_size(16 * 1024)
         .enable_push(false);
     b
 }
+
+/// See [`h2_builder`].
+const RESET_STREAMS_REMEMBERED: usize = 4096;
+const RESET_STREAM_MEMORY: Duration = Duration::from_secs(10);
 
 /// How many times a request is sent again after finding its (reused)
 /// connection closed before anything of it was sent, or after the provider
