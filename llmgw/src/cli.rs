@@ -120,8 +120,10 @@ pub struct RunArgs {
     /// On SIGTERM/SIGINT, how long in-flight requests may finish.
     #[arg(long, default_value = "10s", value_parser = config::duration::parse_flag_duration)]
     pub drain_timeout: Duration,
-    /// How often the configuration files are checked for changes; 0 for SIGHUP only.
-    #[arg(long, default_value = "2s", value_parser = config::duration::parse_flag_duration)]
+    /// Changes to the configuration files are seen at once (inotify); this
+    /// is how often they are also polled, as a fallback; 0 for SIGHUP only
+    /// (no watching, no polling).
+    #[arg(long, default_value = "30s", value_parser = config::duration::parse_flag_duration)]
     pub reload_interval: Duration,
     /// Where the JSON access log goes: `-` (stdout), a file, or `off`.
     #[arg(long, default_value = "-")]

@@ -101,8 +101,8 @@ fn run_gateway(config: ConfigArgs, run: RunArgs) -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     let mut hooks = Hooks::default();
-    if let Some(follower) = start_l4(&opts, &run)? {
-        let follower = Arc::new(follower);
+    let l4_plane = start_l4(&opts, &run)?.map(Arc::new);
+    if let Some(follower) = l4_plane.clone() {
         let stats = follower.stats();
         hooks.metrics.push(Arc::new(move |out: &mut String| {
             if let Ok(slot) = stats.lock()
@@ -124,6 +124,16 @@ fn run_gateway(config: ConfigArgs, run: RunArgs) -> Result<ExitCode> {
     // Everything is written and closed: do not wait on blocking tasks that
     // may still sleep (a provider address lookup, a file read).
     runtime.shutdown_background();
+    // `serve` fails only before it serves (a port another process owns):
+    // what starting the L4 plane did is taken back.
+    if served.is_err()
+        && let Some(plane) = &l4_plane
+    {
+        match plane.rollback() {
+            Ok(()) => tracing::info!("L4 plane: the failed start's XDP changes were taken back"),
+            Err(e) => tracing::warn!("L4 plane: taking back the failed start's XDP changes: {e}"),
+        }
+    }
     match served {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(ServeError::Config(errors)) => {

@@ -147,12 +147,18 @@ fn drops(bpf_root: &Path) -> u64 {
 /// Rewrites the policy file and waits until the gateway has reloaded it
 /// (its reload counter moves).
 fn reconfigure(ns: &Netns, path: &Path, text: &str) {
+    reconfigure_expecting(ns, path, text, "success");
+}
+
+/// As [`reconfigure`], waiting for a reload with `result` (`success`, `failure`).
+fn reconfigure_expecting(ns: &Netns, path: &Path, text: &str, result: &str) {
+    let counter = format!("llmgw_config_reloads_total{{result=\"{result}\"}}");
     let reloads = || {
         let admin = sa("127.0.0.1", ADMIN);
         ns.run(move || admin_get(admin, "/metrics"))
             .map(|(_, m)| {
                 m.lines()
-                    .find(|l| l.starts_with("llmgw_config_reloads_total{result=\"success\"}"))
+                    .find(|l| l.starts_with(&counter))
                     .and_then(|l| l.rsplit(' ').next())
                     .and_then(|v| v.parse::<u64>().ok())
                     .unwrap_or(0)
@@ -401,6 +407,27 @@ fn xdp_drops_denied_networks_while_l7_answers_host_policies() {
     );
     reconfigure(&topo.gw, &policy, &format!("{POLICIES}{L7_POLICY}"));
 
+    // A reload that adds a port another process owns fails to bind it, and
+    // leaves XDP's listener ports as they were: denied sources are not
+    // dropped on someone else's port.
+    let listeners = || {
+        llmgw::l4::status(&bpf_root)
+            .map(|s| s.listeners)
+            .unwrap_or_default()
+    };
+    assert_eq!(listeners(), vec![PORT]);
+    let held = topo
+        .gw
+        .run(|| std::net::TcpListener::bind(("::", PORT + 2)).expect("hold a port"));
+    let taken = format!("{POLICIES}{L7_POLICY}---\n{}", extra_gateway(PORT + 2));
+    reconfigure_expecting(&topo.gw, &policy, &taken, "failure");
+    assert_eq!(
+        listeners(),
+        vec![PORT],
+        "a failed reload left its port in XDP"
+    );
+    reconfigure(&topo.gw, &policy, &format!("{POLICIES}{L7_POLICY}"));
+
     // kill -9, a restart that fails on a bad configuration, and a good
     // restart, while the denied client keeps trying. With nothing listening
     // on the port, a SYN that got past XDP would be refused (RST) at once;
@@ -462,6 +489,32 @@ fn xdp_drops_denied_networks_while_l7_answers_host_policies() {
         pinned,
         "a failed start changed the pinned rules"
     );
+    // A start that cannot bind (another process owns a port of the
+    // configuration): it exits non-zero and puts back what was pinned.
+    std::fs::write(&policy, &taken).unwrap();
+    let cannot_bind = Command::new("nsenter")
+        .arg(format!("--net={}", topo.gw.path()))
+        .arg(workspace_bin("llmgw"))
+        .arg("run")
+        .args(&args)
+        .env("API_KEY", "sk-netns-test")
+        .env("LLMGW_BPF_ROOT", &bpf_root)
+        .output()
+        .expect("llmgw runs");
+    let stderr = String::from_utf8_lossy(&cannot_bind.stderr);
+    assert!(!cannot_bind.status.success(), "{stderr}");
+    assert!(stderr.contains("Address already in use"), "{stderr}");
+    assert_eq!(
+        listeners(),
+        vec![PORT],
+        "a failed start left its port in XDP"
+    );
+    assert_eq!(
+        prefixes(),
+        pinned,
+        "a failed start changed the pinned rules"
+    );
+    std::fs::write(&policy, format!("{POLICIES}{L7_POLICY}")).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let mut gw = Gw::start(&topo.gw, &args, &bpf_root);
     std::thread::sleep(Duration::from_millis(500));
@@ -481,5 +534,29 @@ fn xdp_drops_denied_networks_while_l7_answers_host_policies() {
     let ok = topo.allow.run(move || post(allow4, "test.com", patient));
     assert_eq!(ok.map(|(s, _)| s), Some(200), "served after the restart");
     gw.kill9();
+
+    // A first start (nothing pinned) that cannot bind leaves nothing behind.
+    llmgw::l4::detach(&bpf_root).expect("detach");
+    let fresh_root = PathBuf::from("/sys/fs/bpf").join(format!("{name}-fresh"));
+    let _fresh_cleanup = Cleanup {
+        bpf_root: fresh_root.clone(),
+    };
+    std::fs::write(&policy, &taken).unwrap();
+    let fresh = Command::new("nsenter")
+        .arg(format!("--net={}", topo.gw.path()))
+        .arg(workspace_bin("llmgw"))
+        .arg("run")
+        .args(&args)
+        .env("API_KEY", "sk-netns-test")
+        .env("LLMGW_BPF_ROOT", &fresh_root)
+        .output()
+        .expect("llmgw runs");
+    assert!(!fresh.status.success());
+    assert!(
+        llmgw::l4::status(&fresh_root).is_err(),
+        "a failed first start left XDP pinned: {:?}",
+        llmgw::l4::status(&fresh_root).map(|s| s.links)
+    );
+    drop(held);
     drop(mock);
 }

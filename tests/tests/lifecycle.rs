@@ -391,6 +391,79 @@ async fn hot_reload_swaps_good_configurations_and_keeps_serving_on_bad_ones() {
     );
 }
 
+/// Files as a ConfigMap volume holds them: each a link into `..data`, itself
+/// a link to a directory of this version; the kubelet swaps `..data`.
+fn configmap_version(mount: &Path, version: &str, route_host: &str) {
+    let v = mount.join(format!("..{version}"));
+    std::fs::create_dir(&v).unwrap();
+    write_quickstart(&v, route_host);
+    let tmp = mount.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+    std::fs::rename(&tmp, mount.join("..data")).unwrap();
+    for f in ["01-llmprovider.yaml", "02-gateway.yaml", "03-llmroute.yaml"] {
+        let link = mount.join(f);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{f}"), link).unwrap();
+        }
+    }
+}
+
+/// Changes are seen at once (inotify), with polling as good as off: a
+/// ConfigMap's `..data` swap, and a file written then renamed over the old
+/// one in a plain directory.
+#[tokio::test]
+async fn changes_are_seen_without_polling() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("configmap");
+    std::fs::create_dir(&mount).unwrap();
+    configmap_version(&mount, "v1", "test.com");
+    let plain = dir.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    write_quickstart(&plain, "a.test");
+    let gw = start(
+        gateway_with(&mock, dir.path())
+            .config(&mount)
+            .arg("--reload-interval")
+            .arg("1h"),
+    )
+    .await;
+    let url = gw.url();
+    assert_eq!(post(&url, "test.com", SEED_REQUEST, &[]).await.status, 200);
+    configmap_version(&mount, "v2", "other.com");
+    let swapped = eventually(Duration::from_secs(5), || async {
+        (post(&url, "other.com", SEED_REQUEST, &[]).await.status == 200).then_some(())
+    })
+    .await;
+    assert!(
+        swapped.is_some(),
+        "the ..data swap was not seen:\n{}",
+        gw.stderr()
+    );
+    assert_eq!(post(&url, "test.com", SEED_REQUEST, &[]).await.status, 404);
+    drop(gw);
+
+    let gw = start(
+        gateway_with(&mock, dir.path())
+            .config(&plain)
+            .arg("--reload-interval")
+            .arg("1h"),
+    )
+    .await;
+    let url = gw.url();
+    assert_eq!(post(&url, "a.test", SEED_REQUEST, &[]).await.status, 200);
+    write_quickstart(&plain, "b.test");
+    let swapped = eventually(Duration::from_secs(5), || async {
+        (post(&url, "b.test", SEED_REQUEST, &[]).await.status == 200).then_some(())
+    })
+    .await;
+    assert!(
+        swapped.is_some(),
+        "the renamed file was not seen:\n{}",
+        gw.stderr()
+    );
+}
+
 #[tokio::test]
 async fn sighup_reloads_without_polling() {
     let mock = MockProvider::start().await;

@@ -29,6 +29,9 @@ enum Msg {
     Rules(L4Rules, Option<oneshot::Sender<()>>),
     /// The kernel announced an address change.
     Addresses,
+    /// The gateway failed to start: take back what the plane's start did
+    /// (see `Plane::rollback`), answer, and end.
+    Rollback(oneshot::Sender<Result<(), String>>),
     Stop,
 }
 
@@ -95,7 +98,8 @@ impl Follower {
     /// `current` does not, the rules in force with those ports added, to be
     /// synced before the new ports are bound (so a denied client finds no
     /// new port open before XDP drops it there). Should the reload then
-    /// fail, XDP guards ports nothing listens on, which costs nothing.
+    /// fail (a port another service owns), `serve` puts the rules in
+    /// service back, so denied sources are not dropped on someone else's port.
     pub fn ports_first(current: &L4Rules, next: &L4Rules) -> Option<L4Rules> {
         let new: Vec<u16> = next
             .listener_ports
@@ -110,6 +114,17 @@ impl Follower {
         r.listener_ports.extend(new);
         r.listener_ports.sort_unstable();
         Some(r)
+    }
+
+    /// Takes back what starting the plane did (the gateway failed to start
+    /// after XDP was attached) and ends the thread; blocks until done.
+    pub fn rollback(&self) -> Result<(), String> {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Rollback(done)).is_err() {
+            return Err("the L4 thread is gone".into());
+        }
+        wait.blocking_recv()
+            .unwrap_or_else(|_| Err("the L4 thread ended without answering".into()))
     }
 
     /// A handle on the latest counters (refreshed every few seconds).
@@ -134,6 +149,7 @@ fn run(mut plane: Plane, rx: Receiver<Msg>, stats: Arc<Mutex<Option<PlaneStats>>
             // Addresses come and go (DHCP, a new interface): re-read them
             // when the kernel says so, and every few seconds anyway.
             Ok(Msg::Addresses) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(Msg::Rollback(done)) => return roll_back(plane, done),
             Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
         }
         // Only the newest rules matter.
@@ -144,6 +160,7 @@ fn run(mut plane: Plane, rx: Receiver<Msg>, stats: Arc<Mutex<Option<PlaneStats>>
                     acks.extend(ack);
                 }
                 Msg::Addresses => {}
+                Msg::Rollback(done) => return roll_back(plane, done),
                 Msg::Stop => return,
             }
         }
@@ -182,6 +199,10 @@ fn run(mut plane: Plane, rx: Receiver<Msg>, stats: Arc<Mutex<Option<PlaneStats>>
             Err(e) => error!("XDP sync failed, the previous deny set stays in force: {e}"),
         }
     }
+}
+
+fn roll_back(plane: Plane, done: oneshot::Sender<Result<(), String>>) {
+    let _ = done.send(plane.rollback().map_err(|e| e.to_string()));
 }
 
 /// Answers its waiters when dropped.

@@ -61,6 +61,11 @@ pub struct Plane {
     /// What the maps hold; `None` after a failed sync (re-read before the
     /// next one).
     state: Option<State>,
+    /// What the maps held before this start adopted them; `None` when
+    /// nothing was pinned (a first start). See [`Plane::rollback`].
+    prior: Option<State>,
+    /// Interfaces this start attached (rather than adopted).
+    attached_here: Vec<String>,
     /// Exclusive flock on the pin directory: one owner at a time (released
     /// by the kernel when the process dies).
     _lock: std::fs::File,
@@ -196,15 +201,40 @@ impl Plane {
             State::default()
         };
 
+        let prior = (adopted > 0).then(|| state.clone());
         let mut plane = Self {
             dir,
             _ebpf: ebpf,
             maps,
             links: Vec::new(),
             state: Some(state),
+            prior,
+            attached_here: Vec::new(),
             _lock: lock,
         };
 
+        // From here on a failure takes back what this start did.
+        match plane.finish_start(opts, ifaces, mode, rules) {
+            Ok(()) => Ok(plane),
+            Err(e) => {
+                if let Err(undo) = plane.rollback() {
+                    tracing::warn!("XDP: taking back a failed start: {undo}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The part of [`Plane::start_with`] after the maps are loaded: links
+    /// checked, maps synced, programs swapped or attached.
+    fn finish_start(
+        &mut self,
+        opts: &PlaneOptions,
+        ifaces: &[String],
+        mode: XdpMode,
+        rules: &L4Rules,
+    ) -> Result<(), L4Error> {
+        let plane = self;
         // Links are pinned by interface name: before touching anything, make
         // sure each live one is on this network namespace's interface of
         // that name (another namespace sharing the pin root, or a renamed
@@ -277,7 +307,7 @@ impl Plane {
                 detach_link(path)?;
             }
         }
-        Ok(plane)
+        Ok(())
     }
 
     fn adopt_link(
@@ -383,6 +413,7 @@ impl Plane {
             source,
         })?;
         tracing::info!("XDP: attached to {iface} in {name} mode");
+        self.attached_here.push(iface.to_string());
         self.links.push(Attached {
             iface: iface.into(),
             mode: name,
@@ -447,6 +478,37 @@ impl Plane {
     /// The full status, as `llmgw xdp status` shows it.
     pub fn status(&self) -> Result<Status, L4Error> {
         super::status::status(self.dir.parent().unwrap_or(&self.dir))
+    }
+
+    /// Takes back what this start did, for a gateway that failed to start
+    /// after attaching: with nothing pinned before, everything goes (links,
+    /// maps, pins); else the maps get back what they held and the
+    /// interfaces this start attached are detached (adopted links stay,
+    /// running this binary's program on the restored maps).
+    pub fn rollback(mut self) -> Result<(), L4Error> {
+        let Some(prior) = self.prior.take() else {
+            return self.detach();
+        };
+        let cur = match self.state.take() {
+            Some(s) => s,
+            None => self.maps.read_state()?,
+        };
+        let filter = self.maps.filter.read();
+        sync::apply(&mut self.maps, &cur, &prior, &filter)?;
+        self.state = Some(prior);
+        for iface in std::mem::take(&mut self.attached_here) {
+            if let Some(i) = self.links.iter().position(|l| l.iface == iface) {
+                let l = self.links.remove(i);
+                let path = self
+                    .dir
+                    .join("links")
+                    .join(link_file_name(&l.iface, l.mode));
+                drop(l);
+                detach_link(&path)?;
+                tracing::info!("XDP: detached from {iface} (attached by a start that failed)");
+            }
+        }
+        Ok(())
     }
 
     /// Detaches from every interface and removes maps and pins.

@@ -12,8 +12,8 @@ use ipnet::IpNet;
 use crate::{
     config::ResourceId,
     model::authz::{
-        Condition, Key, Operation, Pattern, Policies, Policy, PrincipalPattern, Rule, Source,
-        Values,
+        Action, Condition, Key, Operation, Pattern, Policies, Policy, PrincipalPattern, Rule,
+        Source, Values,
     },
 };
 
@@ -90,8 +90,25 @@ impl Policies {
 
 impl Policy {
     pub fn matches(&self, ctx: &RequestContext<'_>) -> bool {
-        self.rules.iter().any(|r| r.matches(ctx))
+        let hosts = match self.action {
+            Action::Deny | Action::Custom => Hosts::Refusing,
+            Action::Allow | Action::Audit => Hosts::Admitting,
+        };
+        self.rules.iter().any(|r| r.matches(ctx, hosts))
     }
+}
+
+/// How `hosts` and `notHosts` compare with the authority. Istio compares
+/// the authority as sent (port included), ignoring case. llmgw routes
+/// `test.com:80` and `test.com.` as `test.com`, so where a match refuses a
+/// request (DENY, and CUSTOM, which asks an authorizer) `hosts` also match
+/// the host routing sees and `notHosts` only as Istio does: never narrower
+/// than Istio. Where a match admits it (ALLOW; AUDIT likewise) the reverse:
+/// never wider than Istio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hosts {
+    Refusing,
+    Admitting,
 }
 
 fn any_or_empty<T>(items: &[T], f: impl Fn(&T) -> bool) -> bool {
@@ -116,9 +133,9 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 impl Rule {
-    pub fn matches(&self, ctx: &RequestContext<'_>) -> bool {
+    fn matches(&self, ctx: &RequestContext<'_>, hosts: Hosts) -> bool {
         any_or_empty(&self.from, |s| s.matches(ctx))
-            && any_or_empty(&self.to, |o| o.matches(ctx))
+            && any_or_empty(&self.to, |o| o.matches(ctx, hosts))
             && self.when.iter().all(|c| c.matches(ctx))
     }
 }
@@ -139,21 +156,23 @@ impl Source {
 }
 
 impl Operation {
-    fn matches(&self, ctx: &RequestContext<'_>) -> bool {
+    fn matches(&self, ctx: &RequestContext<'_>, hosts: Hosts) -> bool {
         let port = ctx.local.port();
-        // The authority as sent (Istio's comparison), or the host routing
-        // sees in it (port and trailing dot stripped): `test.com:80` and
-        // `test.com.` are routed as `test.com`, so a policy on `test.com`
-        // must see them as that too.
+        // Istio's comparison: the authority as sent, ignoring case.
+        let as_sent = |h: &Pattern| h.matches_ignore_case(ctx.authority);
+        // Also the host routing sees in it (port and trailing dot stripped).
         let routed = crate::http::authority::host_of(ctx.authority);
         let dotless = crate::http::authority::without_trailing_dot(ctx.authority);
-        let host_is = |h: &Pattern| {
-            h.matches_ignore_case(ctx.authority)
-                || h.matches_ignore_case(routed)
-                || h.matches_ignore_case(&dotless)
+        let as_routed = |h: &Pattern| {
+            as_sent(h) || h.matches_ignore_case(routed) || h.matches_ignore_case(&dotless)
         };
-        any_or_empty(&self.hosts, host_is)
-            && none(&self.not_hosts, host_is)
+        let (host_in, host_out): (&dyn Fn(&Pattern) -> bool, &dyn Fn(&Pattern) -> bool) =
+            match hosts {
+                Hosts::Refusing => (&as_routed, &as_sent),
+                Hosts::Admitting => (&as_sent, &as_routed),
+            };
+        any_or_empty(&self.hosts, host_in)
+            && none(&self.not_hosts, host_out)
             && (self.ports.is_empty() || self.ports.contains(&port))
             && !self.not_ports.contains(&port)
             && any_or_empty(&self.methods, |m| m.matches(ctx.method))

@@ -644,11 +644,12 @@ fn hosts_are_case_insensitive_with_prefix_and_suffix() {
     );
     let p = allow_if("to: [{operation: {notHosts: [test.com]}}]");
     case(&p, Req::default(), false, "notHosts");
-    // The authority as sent is compared, port included, as Istio does (so
-    // `hosts: ["x:*"]` takes any port) - and so is the host routing sees in
-    // it: routes match `test.com:8080` and `test.com.` as `test.com`, so a
-    // policy on `test.com` holds for them too (a DENY cannot be slipped
-    // past with a port or a trailing dot).
+    // The authority as sent is compared, port included, as Istio's
+    // HostMatcher does (so `hosts: ["x:*"]` takes any port): an ALLOW is
+    // never wider than Istio's. A DENY also compares the host routing sees
+    // in it: routes match `test.com:8080` and `test.com.` as `test.com`, so
+    // a DENY on `test.com` holds for them too (it cannot be slipped past
+    // with a port or a trailing dot).
     let with_port = Req {
         host: "Test.com:8080",
         ..Req::default()
@@ -657,8 +658,18 @@ fn hosts_are_case_insensitive_with_prefix_and_suffix() {
     case(
         &p,
         with_port.clone(),
-        true,
-        "the routed host of test.com:8080",
+        false,
+        "ALLOW test.com: test.com:8080 is another authority",
+    );
+    let dotted = Req {
+        host: "test.com.",
+        ..Req::default()
+    };
+    case(
+        &p,
+        dotted,
+        false,
+        "ALLOW test.com: test.com. is another authority",
     );
     let p = allow_if("to: [{operation: {hosts: [\"test.com:*\"]}}]");
     case(&p, with_port.clone(), true, "host:* takes any port");

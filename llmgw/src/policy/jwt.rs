@@ -308,22 +308,30 @@ impl Authenticator {
     fn extract(&self, uri: &Uri, headers: &HeaderMap) -> Vec<Token> {
         let mut tokens = Vec::new();
         for ((_, prefix), (name, issuers)) in &self.locations.headers {
-            for value in headers.get_all(name) {
-                let Ok(v) = value.to_str() else { continue };
-                let token = if prefix.is_empty() {
-                    v
-                } else {
-                    let Some(pos) = v.find(prefix.as_str()) else {
-                        continue;
-                    };
-                    after_prefix(v, pos + prefix.len())
-                };
-                tokens.push(Token {
-                    value: token.to_string(),
-                    at: Found::Header(name.clone()),
-                    issuers: issuers.clone(),
-                });
+            // As Envoy: every value of the header, joined with `,`, and one
+            // token from it (the first after the prefix).
+            let values: Vec<&str> = headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            if values.is_empty() {
+                continue;
             }
+            let joined = values.join(",");
+            let token = if prefix.is_empty() {
+                joined.as_str()
+            } else {
+                let Some(pos) = joined.find(prefix.as_str()) else {
+                    continue;
+                };
+                after_prefix(&joined, pos + prefix.len())
+            };
+            tokens.push(Token {
+                value: token.to_string(),
+                at: Found::Header(name.clone()),
+                issuers: issuers.clone(),
+            });
         }
         if !self.locations.params.is_empty()
             && let Some(query) = uri.query()

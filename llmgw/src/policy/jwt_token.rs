@@ -28,12 +28,19 @@ pub(super) fn is_b64url_or_dot(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
 }
 
-/// The token after a header prefix: from the first base64url character on.
+/// The token after a header prefix, as Envoy's extractor cuts it: from the
+/// first base64url character (or dot) on, up to the first character that is
+/// neither (`Bearer <jwt>, other` and `Bearer <jwt>;x` give `<jwt>`); the
+/// whole value when nothing follows the prefix.
 pub(super) fn after_prefix(v: &str, start: usize) -> &str {
     let rest = &v[start..];
-    match rest.find(is_b64url_or_dot) {
-        Some(i) => &rest[i..],
-        None => v,
+    let Some(from) = rest.find(is_b64url_or_dot) else {
+        return v;
+    };
+    let token = &rest[from..];
+    match token.find(|c: char| !is_b64url_or_dot(c)) {
+        Some(end) => &token[..end],
+        None => token,
     }
 }
 

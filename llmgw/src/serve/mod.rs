@@ -17,6 +17,7 @@ use std::{
 };
 
 mod admin;
+mod files;
 
 use thiserror::Error;
 use tokio::{
@@ -52,7 +53,8 @@ pub struct ServeOptions {
     pub stream_idle_timeout: Duration,
     pub header_read_timeout: Duration,
     pub drain_timeout: Duration,
-    /// How often config files are checked for changes; zero: only on SIGHUP.
+    /// Config files are watched (inotify) and also polled this often, as a
+    /// fallback; zero: reload only on SIGHUP.
     pub reload_interval: Duration,
     pub access_log: access_log::Target,
     /// Worker threads serving connections (0: one per CPU).
@@ -79,7 +81,7 @@ impl Default for ServeOptions {
             stream_idle_timeout: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
-            reload_interval: Duration::from_secs(2),
+            reload_interval: Duration::from_secs(30),
             access_log: access_log::Target::Stdout,
             workers: 0,
             upstream_http2: true,
@@ -474,8 +476,21 @@ pub async fn serve(
     let config_files = || config_fingerprint(&opts.config, &[]);
     let read_files = || config_fingerprint(&[], &proxy.live.load().snapshot.watched);
     let mut fingerprint = (config_files(), read_files());
-    // A change is reloaded once two polls in a row see the same files: a
-    // file caught while an editor or `cp` is still writing it is not.
+    // Changes are seen at once by inotify (after a quiet period, so a file
+    // still being written is not read half-way), and by a slow poll as the
+    // fallback. `--reload-interval 0`: SIGHUP only.
+    let automatic = !opts.reload_interval.is_zero();
+    let mut watcher = files::Watcher::new();
+    if automatic {
+        watcher.watch(
+            watched_paths(&opts.config, &proxy.live.load())
+                .iter()
+                .map(PathBuf::as_path),
+        );
+    }
+    // A change seen by polling is reloaded once two polls in a row see the
+    // same files: a file caught while an editor or `cp` is still writing it
+    // is not.
     let mut settling: Option<(u64, u64)> = None;
     let poll = if opts.reload_interval.is_zero() {
         Duration::from_secs(3600)
@@ -488,6 +503,13 @@ pub async fn serve(
     loop {
         let why = tokio::select! {
             _ = sighup.recv() => "SIGHUP",
+            _ = watcher.changed(), if automatic => {
+                let now = (config_files(), read_files());
+                if now == fingerprint {
+                    continue;
+                }
+                "configuration files changed"
+            }
             _ = tick.tick(), if !opts.reload_interval.is_zero() => {
                 let now = (config_files(), read_files());
                 if now == fingerprint {
@@ -520,6 +542,13 @@ pub async fn serve(
         )
         .await;
         fingerprint = (compiled, read_files());
+        if automatic {
+            watcher.watch(
+                watched_paths(&opts.config, &proxy.live.load())
+                    .iter()
+                    .map(PathBuf::as_path),
+            );
+        }
     }
 
     info!(
@@ -576,11 +605,17 @@ async fn reload(
         Err(e) => return fail(e.to_string()),
     };
     hooks.prepare(&current.snapshot, &live.snapshot).await;
-    drop(current);
     let bound = match listeners.bind_new(&live).await {
         Ok(b) => b,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => {
+            // The other planes took the new listener ports: give them the
+            // rules in service back (denied sources must not be dropped on
+            // a port another service owns).
+            hooks.applied(&current.snapshot);
+            return fail(e.to_string());
+        }
     };
+    drop(current);
     for w in &live.snapshot.warnings {
         warn!("{w}");
     }
@@ -597,6 +632,15 @@ async fn reload(
         "configuration reloaded"
     );
     hooks.applied(&live.snapshot);
+}
+
+/// The configuration paths and the files the snapshot in service read.
+fn watched_paths(config: &[PathBuf], live: &Live) -> Vec<PathBuf> {
+    config
+        .iter()
+        .chain(&live.snapshot.watched)
+        .cloned()
+        .collect()
 }
 
 /// A hash of the configuration files' contents, following symlinks (a

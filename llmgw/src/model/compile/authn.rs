@@ -1,17 +1,18 @@
 //! RequestAuthentications: the ones that apply to this gateway, one rule per
-//! `jwtRules[]` entry (one rule per issuer), inline key sets parsed,
-//! remote ones named, token locations and output headers checked.
+//! `jwtRules[]` entry (several may name one issuer: each is a provider of
+//! its own, as istiod makes them), inline key sets parsed, remote ones
+//! named, token locations and output headers checked.
 
 use super::applies;
 use crate::config::{
-    ErrorList, ResourceId, Settings,
+    ErrorList, Settings,
     authn::{JwtRule as RawRule, RequestAuthenticationSpec},
     duration::parse_duration,
     load::Document,
 };
 use crate::model::jwks::Jwks;
 use http::{HeaderName, Uri, header};
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use crate::model::authn::*;
 
@@ -29,8 +30,6 @@ pub(crate) fn compile(
     warnings: &mut Vec<String>,
 ) -> Authenticator {
     let mut out = Authenticator::default();
-    // issuer → (resource, index) of the rule that claimed it first.
-    let mut seen: HashMap<String, (ResourceId, usize)> = HashMap::new();
     for doc in docs {
         let spec = &doc.spec;
         let targeted = spec.target_ref.is_some() || !spec.target_refs.is_empty();
@@ -40,23 +39,12 @@ pub(crate) fn compile(
         for (i, raw) in spec.jwt_rules.iter().enumerate() {
             let before = errors.0.len();
             let field = format!("spec.jwtRules[{i}]");
-            if let Some((other, j)) = seen.get(&raw.issuer) {
-                errors.push(doc.error(
-                    format!("{field}.issuer"),
-                    format!(
-                        "issuer {:?} is already configured by RequestAuthentication {other} (jwtRules[{j}]); one rule per issuer",
-                        raw.issuer
-                    ),
-                ));
-                continue;
-            }
             let Some(rule) = compile_rule(doc, i, raw, &field, errors, warnings) else {
                 continue;
             };
             if errors.0.len() != before {
                 continue;
             }
-            seen.insert(raw.issuer.clone(), (doc.id.clone(), i));
             out.add(rule, raw);
         }
     }
