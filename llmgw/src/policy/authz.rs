@@ -166,11 +166,11 @@ impl Operation {
         let as_routed = |h: &Pattern| {
             as_sent(h) || h.matches_ignore_case(routed) || h.matches_ignore_case(&dotless)
         };
-        let (host_in, host_out): (&dyn Fn(&Pattern) -> bool, &dyn Fn(&Pattern) -> bool) =
-            match hosts {
-                Hosts::Refusing => (&as_routed, &as_sent),
-                Hosts::Admitting => (&as_sent, &as_routed),
-            };
+        type Test<'a> = &'a dyn Fn(&Pattern) -> bool;
+        let (host_in, host_out): (Test, Test) = match hosts {
+            Hosts::Refusing => (&as_routed, &as_sent),
+            Hosts::Admitting => (&as_sent, &as_routed),
+        };
         any_or_empty(&self.hosts, host_in)
             && none(&self.not_hosts, host_out)
             && (self.ports.is_empty() || self.ports.contains(&port))
