@@ -114,9 +114,31 @@ pub struct RunArgs {
     /// Longest silence allowed between two chunks of a body (either way).
     #[arg(long, default_value = "60s", value_parser = config::duration::parse_flag_duration)]
     pub stream_idle_timeout: Duration,
-    /// Time a client has to send its request headers or finish a TLS handshake.
+    /// Time a client has to send its request headers (from their first
+    /// byte) or finish a TLS handshake.
     #[arg(long, default_value = "30s", value_parser = config::duration::parse_flag_duration)]
     pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request (an
+    /// HTTP/2 connection: with no stream open) before it is closed.
+    #[arg(long, default_value = "120s", value_parser = config::duration::parse_flag_duration)]
+    pub idle_timeout: Duration,
+    /// The longest a request body may take to arrive (408 after).
+    #[arg(long, default_value = "60s", value_parser = config::duration::parse_flag_duration)]
+    pub request_body_timeout: Duration,
+    /// Bytes a second a request body must average once it has been
+    /// arriving for 10 s (408 below); 0 for no minimum.
+    #[arg(long, default_value = "1KiB", value_parser = config::duration::parse_size)]
+    pub request_body_min_rate: u64,
+    /// The most request-body bytes all requests in flight may hold together;
+    /// above it new bodies are refused with 503 (and Retry-After).
+    #[arg(long, default_value = "256MiB", value_parser = config::duration::parse_size)]
+    pub max_buffered_bodies: u64,
+    /// Client connections open at most at once; past it the listeners stop
+    /// accepting until some close. 0: the open-file limit (raised to the
+    /// hard limit at start) less a tenth kept for the admin server and
+    /// providers.
+    #[arg(long, default_value_t = 0)]
+    pub max_connections: u64,
     /// On SIGTERM/SIGINT, how long in-flight requests may finish.
     #[arg(long, default_value = "10s", value_parser = config::duration::parse_flag_duration)]
     pub drain_timeout: Duration,
@@ -181,6 +203,11 @@ impl RunArgs {
             response_timeout: run.response_timeout,
             stream_idle_timeout: run.stream_idle_timeout,
             header_read_timeout: run.header_read_timeout,
+            idle_timeout: run.idle_timeout,
+            request_body_timeout: run.request_body_timeout,
+            request_body_min_rate: run.request_body_min_rate,
+            max_buffered_bodies: run.max_buffered_bodies,
+            max_connections: run.max_connections,
             drain_timeout: run.drain_timeout,
             reload_interval: run.reload_interval,
             workers: run.workers,

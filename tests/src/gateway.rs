@@ -50,6 +50,8 @@ pub struct GatewayBuilder {
     resolve_hosts: Vec<String>,
     wait_ready: bool,
     in_process: bool,
+    /// The binary's open-file limit (soft, hard), if set.
+    open_files: Option<(u64, u64)>,
 }
 
 pub struct Gateway {
@@ -73,7 +75,15 @@ impl GatewayBuilder {
             resolve_hosts: vec!["dashscope.aliyuncs.com".into()],
             wait_ready: true,
             in_process: false,
+            open_files: None,
         }
+    }
+
+    /// Starts the binary with this open-file limit (as `ulimit -Sn soft
+    /// -Hn hard` would).
+    pub fn open_files(mut self, soft: u64, hard: u64) -> Self {
+        self.open_files = Some((soft, hard));
+        self
     }
 
     /// Serve in this process (`llmgw::serve`) instead of running the binary.
@@ -179,6 +189,22 @@ impl GatewayBuilder {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some((soft, hard)) = self.open_files {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            // SAFETY: only setrlimit (async-signal-safe) runs in the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = cmd.spawn().expect("llmgw starts");
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -314,6 +340,41 @@ impl Gateway {
             .find(|(p, _)| *p == port)
             .map(|(_, l)| *l)
             .unwrap_or_else(|| panic!("port {port} was not mapped"))
+    }
+
+    /// The binary's process id (`None` in process).
+    pub fn pid(&self) -> Option<u32> {
+        match &self.process {
+            Process::Child(c) => Some(c.id()),
+            Process::InProcess { .. } => None,
+        }
+    }
+
+    /// The binary's resident memory, in bytes (`VmRSS`).
+    pub fn rss(&self) -> Option<u64> {
+        self.vm("VmRSS")
+    }
+
+    /// The binary's virtual memory, in bytes (`VmSize`): what it reserved,
+    /// touched or not.
+    pub fn virtual_memory(&self) -> Option<u64> {
+        self.vm("VmSize")
+    }
+
+    /// A `Vm...` line of `/proc/PID/status`, in bytes.
+    fn vm(&self, field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
+        let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kb * 1024)
+    }
+
+    /// The binary's open file descriptors.
+    pub fn open_fds(&self) -> Option<usize> {
+        let dir = std::fs::read_dir(format!("/proc/{}/fd", self.pid()?)).ok()?;
+        Some(dir.count())
     }
 
     /// `http://127.0.0.1:PORT` for gateway port 80.

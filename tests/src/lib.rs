@@ -107,3 +107,26 @@ fn ephemeral_low() -> u32 {
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(32_768)
 }
+
+/// Raises this process's soft open-file limit to its hard limit (tests that
+/// hold hundreds of connections); returns the soft limit now in force.
+pub fn raise_open_files() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        let want = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+            return lim.rlim_max;
+        }
+    }
+    lim.rlim_cur
+}

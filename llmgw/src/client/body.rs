@@ -13,10 +13,9 @@ use std::{
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use http_body_util::Full;
-use hyper::{body::Incoming, client::conn::http1};
+use hyper::body::Incoming;
 
-use super::pool::Pool;
+use super::pool::{H1Conn, Pool};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -25,10 +24,13 @@ pub enum UpstreamIncoming {
     H1 {
         body: Incoming,
         /// Back to the pool when the body has been read to its end.
-        conn: Option<(http1::SendRequest<Full<Bytes>>, Arc<Pool>)>,
+        conn: Option<(H1Conn, Arc<Pool>)>,
     },
     H2 {
         recv: h2::RecvStream,
+        /// The request's side of the stream, kept to reset the stream (see
+        /// [`UpstreamIncoming::canceller`]).
+        send: Option<h2::SendStream<Bytes>>,
         /// Bytes still to come per Content-Length, when given.
         remaining: Option<u64>,
         data_done: bool,
@@ -57,17 +59,48 @@ impl UpstreamIncoming {
     /// The HTTP/1.1 connection is free again.
     fn release(&mut self) {
         if let UpstreamIncoming::H1 { conn, .. } = self
-            && let Some((mut send, pool)) = conn.take()
+            && let Some((mut conn, pool)) = conn.take()
         {
-            if send.is_ready() {
-                pool.put_idle(send);
+            if conn.send.is_ready() {
+                pool.put_idle(conn);
             } else {
                 // Not yet seen idle by its task: wait for that, off this request.
                 tokio::spawn(async move {
-                    if send.ready().await.is_ok() {
-                        pool.put_idle(send);
+                    if conn.send.ready().await.is_ok() {
+                        pool.put_idle(conn);
                     }
                 });
+            }
+        }
+    }
+}
+
+/// Stops an answer being read from a provider without the body that
+/// reads it: resets its HTTP/2 stream (the provider stops; the data the
+/// stream held no longer counts against the connection's window), or
+/// closes its HTTP/1.1 connection.
+pub enum Canceller {
+    H2(h2::SendStream<Bytes>),
+    H1(tokio::task::AbortHandle),
+}
+
+impl Canceller {
+    pub fn cancel(mut self) {
+        match &mut self {
+            Canceller::H2(s) => s.send_reset(h2::Reason::CANCEL),
+            Canceller::H1(task) => task.abort(),
+        }
+    }
+}
+
+impl UpstreamIncoming {
+    /// A handle to stop this answer from elsewhere (the body keeps
+    /// reading until then, and then ends with an error).
+    pub fn canceller(&mut self) -> Option<Canceller> {
+        match self {
+            UpstreamIncoming::H2 { send, .. } => send.take().map(Canceller::H2),
+            UpstreamIncoming::H1 { conn, .. } => {
+                conn.as_ref().map(|(c, _)| Canceller::H1(c.task.clone()))
             }
         }
     }

@@ -9,7 +9,7 @@
 pub mod body;
 pub mod connect;
 pub mod error;
-mod pool;
+pub mod pool;
 pub mod tls;
 
 use std::{

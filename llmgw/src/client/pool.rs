@@ -96,8 +96,15 @@ struct H2Conn {
 }
 
 struct IdleH1 {
-    send: http1::SendRequest<Full<Bytes>>,
+    conn: H1Conn,
     since: Instant,
+}
+
+/// An HTTP/1.1 connection: the handle to send on, and its task (aborted to
+/// close the connection while an answer is still being read from it).
+pub struct H1Conn {
+    pub send: http1::SendRequest<Full<Bytes>>,
+    pub task: tokio::task::AbortHandle,
 }
 
 /// A connection checked out for one request.
@@ -109,7 +116,7 @@ enum Conn {
         reused: bool,
     },
     H1 {
-        send: http1::SendRequest<Full<Bytes>>,
+        conn: H1Conn,
         reused: bool,
     },
 }
@@ -132,9 +139,9 @@ fn lock(m: &Mutex<PoolState>) -> std::sync::MutexGuard<'_, PoolState> {
 /// a provider connection is ours and long-lived, so it is off here.
 fn h2_builder() -> h2::client::Builder {
     let mut b = h2::client::Builder::new();
-    b.initial_max_send_streams(100)
-        .initial_window_size(2 * 1024 * 1024)
-        .initial_connection_window_size(5 * 1024 * 1024)
+    b.initial_max_send_streams(MAX_STREAMS_PER_CONNECTION)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(STREAM_WINDOW * MAX_STREAMS_PER_CONNECTION as u32)
         .max_header_list_size(16 * 1024)
         .max_send_buffer_size(1024 * 1024)
         .max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
@@ -144,6 +151,17 @@ fn h2_builder() -> h2::client::Builder {
         .enable_push(false);
     b
 }
+
+/// The most streams put on one HTTP/2 connection (fewer if the provider
+/// allows fewer); another connection is opened beyond.
+const MAX_STREAMS_PER_CONNECTION: usize = 100;
+
+/// Each stream's receive window. A stream whose client does not read holds
+/// at most this much of the provider's answer, unreleased; the
+/// connection's window is this times [`MAX_STREAMS_PER_CONNECTION`], so
+/// streams that stall can never use up the window the others need (one
+/// slow client only ever holds back its own stream).
+const STREAM_WINDOW: u32 = 256 * 1024;
 
 /// See [`h2_builder`].
 const RESET_STREAMS_REMEMBERED: usize = 4096;
@@ -171,7 +189,7 @@ impl Pool {
                     slot,
                     reused,
                 } => (reused, self.send_h2(id, send, slot, req).await),
-                Conn::H1 { send, reused } => (reused, self.send_h1(send, req).await),
+                Conn::H1 { conn, reused } => (reused, self.send_h1(conn, req).await),
             };
             match sent {
                 Ok(resp) => return Ok(resp),
@@ -199,11 +217,13 @@ impl Pool {
             {
                 let mut st = lock(&self.state);
                 // The first connection with room for another stream.
-                if let Some(c) = st
-                    .h2
-                    .iter_mut()
-                    .find(|c| c.streams.load(Ordering::Relaxed) < c.send.current_max_send_streams())
-                {
+                if let Some(c) = st.h2.iter_mut().find(|c| {
+                    let most = c
+                        .send
+                        .current_max_send_streams()
+                        .min(MAX_STREAMS_PER_CONNECTION);
+                    c.streams.load(Ordering::Relaxed) < most
+                }) {
                     c.last_used = Instant::now();
                     return Ok(Conn::H2 {
                         id: c.id,
@@ -213,9 +233,9 @@ impl Pool {
                     });
                 }
                 while let Some(idle) = st.idle.pop() {
-                    if !idle.send.is_closed() {
+                    if !idle.conn.send.is_closed() {
                         return Ok(Conn::H1 {
-                            send: idle.send,
+                            conn: idle.conn,
                             reused: true,
                         });
                     }
@@ -261,10 +281,10 @@ impl Pool {
                     reused: false,
                 }
             }
-            Made::H1(send) => {
+            Made::H1(conn) => {
                 st.speaks_h2 = false;
                 Conn::H1 {
-                    send,
+                    conn,
                     reused: false,
                 }
             }
@@ -299,12 +319,15 @@ impl Pool {
             let (send, conn) = http1::handshake(TokioIo::new(io))
                 .await
                 .map_err(|e| self.protocol_error(&e))?;
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     debug!(error = %e, "provider connection (HTTP/1.1) ended");
                 }
             });
-            Ok(Made::H1(send))
+            Ok(Made::H1(H1Conn {
+                send,
+                task: task.abort_handle(),
+            }))
         }
     }
 
@@ -346,7 +369,6 @@ impl Pool {
                 .send_data(body, true)
                 .map_err(|e| Failed::Sent(self.h2_error(&e)))?;
         }
-        drop(stream);
         let resp = resp.await.map_err(|e| {
             let refused =
                 e.is_reset() && e.is_remote() && e.reason() == Some(h2::Reason::REFUSED_STREAM);
@@ -380,6 +402,7 @@ impl Pool {
             parts,
             UpstreamIncoming::H2 {
                 recv,
+                send: Some(stream),
                 remaining,
                 data_done: false,
                 _slot: slot,
@@ -391,9 +414,10 @@ impl Pool {
     /// returns to the pool when the response body has been read to its end.
     async fn send_h1(
         self: &Arc<Self>,
-        mut send: http1::SendRequest<Full<Bytes>>,
+        mut conn: H1Conn,
         req: Request<Bytes>,
     ) -> Result<Response<UpstreamIncoming>, Failed> {
+        let send = &mut conn.send;
         let (mut head, body) = req.into_parts();
         // HTTP/1.1 names the authority in Host (RFC 9112 §3.2).
         if !head.headers.contains_key(http::header::HOST)
@@ -416,7 +440,7 @@ impl Pool {
         match send.try_send_request(req).await {
             Ok(resp) => Ok(resp.map(|body| UpstreamIncoming::H1 {
                 body,
-                conn: Some((send, self.clone())),
+                conn: Some((conn, self.clone())),
             })),
             Err(mut e) => {
                 let err = self.protocol_error(e.error());
@@ -432,14 +456,14 @@ impl Pool {
     }
 
     /// Keeps an HTTP/1.1 connection whose last answer was read to the end.
-    pub(crate) fn put_idle(&self, send: http1::SendRequest<Full<Bytes>>) {
-        if send.is_closed() {
+    pub(crate) fn put_idle(&self, conn: H1Conn) {
+        if conn.send.is_closed() {
             return;
         }
         let mut st = lock(&self.state);
         if st.idle.len() < POOL_MAX_IDLE {
             st.idle.push(IdleH1 {
-                send,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -453,8 +477,9 @@ impl Pool {
         let mut st = lock(&self.state);
         st.h2
             .retain(|c| now.saturating_duration_since(c.last_used) <= POOL_IDLE);
-        st.idle
-            .retain(|c| now.saturating_duration_since(c.since) <= POOL_IDLE && !c.send.is_closed());
+        st.idle.retain(|c| {
+            now.saturating_duration_since(c.since) <= POOL_IDLE && !c.conn.send.is_closed()
+        });
     }
 
     fn connect_error(&self, e: ConnectError) -> UpstreamError {
@@ -497,7 +522,7 @@ impl Pool {
 /// A new connection, by protocol.
 enum Made {
     H2(h2::client::SendRequest<Bytes>, oneshot::Sender<()>),
-    H1(http1::SendRequest<Full<Bytes>>),
+    H1(H1Conn),
 }
 
 /// Why a request got no response; `Unsent` and `Refused` (an HTTP/2

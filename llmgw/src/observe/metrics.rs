@@ -195,6 +195,8 @@ pub struct Metrics {
     pub rejected_too_large: AtomicU64,
     /// Series created so far (see [`MAX_SERIES`]).
     series_count: AtomicUsize,
+    /// The client side: connections, requests in flight, timeouts.
+    pub downstream: super::downstream::Downstream,
 }
 
 /// The most series kept. The model label can come from the client (when the
@@ -419,6 +421,7 @@ impl Metrics {
             self.rejected_malformed.load(Relaxed),
             self.rejected_too_large.load(Relaxed),
         );
+        self.downstream.render(&mut out);
         out
     }
 }

@@ -3,6 +3,7 @@
 //! `/ready`, `/metrics` and `/config_dump`.
 
 pub mod access_log;
+pub mod downstream;
 pub mod log_line;
 pub mod metrics;
 

@@ -6,6 +6,7 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -14,7 +15,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
-use super::record::Record;
+use super::{record::Record, stall::Watch};
 use crate::{
     client::{BoxError, UpstreamIncoming},
     llm::usage::UsageTap,
@@ -51,6 +52,11 @@ pub struct UpstreamBody {
     last_frame: tokio::time::Instant,
     tap: UsageTap,
     record: Record,
+    /// What the stall sweeper sees of this answer.
+    watch: Arc<Watch>,
+    /// Bytes of the frame last handed to the client: counted as sent once
+    /// the body is polled again (the client took it) or ends.
+    handed: u64,
     done: bool,
     /// Log the record when the provider's body ends (off while the body is
     /// gathered for a conversion, which logs what the client got).
@@ -63,7 +69,10 @@ impl UpstreamBody {
         record: Record,
         tap: UsageTap,
         idle_timeout: Duration,
+        watch: Arc<Watch>,
     ) -> Self {
+        // The client is to take the first frame now.
+        watch.handed();
         Self {
             inner,
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
@@ -71,6 +80,8 @@ impl UpstreamBody {
             last_frame: tokio::time::Instant::now(),
             tap,
             record,
+            watch,
+            handed: 0,
             done: false,
             log_at_end: true,
         }
@@ -91,14 +102,20 @@ impl UpstreamBody {
     fn on_data(&mut self, data: &Bytes) {
         let now = self.record.start.elapsed();
         self.record.ttfb.get_or_insert(now);
-        self.record.bytes_sent += data.len() as u64;
+        self.handed = data.len() as u64;
         if self.tap.feed(data) {
             self.record.ttft = Some(now);
         }
     }
 
+    /// The client took the frame last handed to it.
+    fn taken(&mut self) {
+        self.record.bytes_sent += std::mem::take(&mut self.handed);
+    }
+
     fn on_end(&mut self) {
         self.done = true;
+        self.taken();
         if self.tap.finish() {
             self.record.ttft = Some(self.record.start.elapsed());
         }
@@ -117,9 +134,22 @@ impl Drop for UpstreamBody {
         if !self.done {
             // Keep what the stream already told us.
             self.record.usage = self.tap.usage();
-            self.record
-                .error
-                .get_or_insert_with(|| "client disconnected during the response".into());
+            let why = if self.watch.client_stopped_reading() {
+                format!(
+                    "the client stopped reading the answer (nothing taken for {:?})",
+                    self.idle_timeout
+                )
+            } else {
+                "client disconnected during the response".into()
+            };
+            self.record.error.get_or_insert(why);
+            // Over HTTP/1.1 the connection is this answer's alone: what
+            // reached the socket bounds what the client got.
+            let conn = &self.record.conn;
+            if !conn.is_http2() {
+                let written = conn.written() - self.record.conn_written_before;
+                self.record.bytes_sent = self.record.bytes_sent.min(written);
+            }
         }
         // The record reports itself when dropped with this body.
     }
@@ -137,10 +167,24 @@ impl Body for UpstreamBody {
         if this.done {
             return Poll::Ready(None);
         }
+        this.watch.polled();
+        if this.watch.is_cut() {
+            // What it was handed last was not taken: not counted as sent.
+            this.handed = 0;
+            let e = format!(
+                "the client stopped reading the answer (nothing taken for {:?})",
+                this.idle_timeout
+            );
+            this.record.error = Some(e.clone());
+            this.on_end();
+            return Poll::Ready(Some(Err(e.into())));
+        }
+        this.taken();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.on_data(data);
+                    this.watch.handed();
                 }
                 if this.inner.is_end_stream() {
                     // h2 stops polling once the body says it is done.

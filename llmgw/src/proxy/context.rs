@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{Request, Version, request::Parts};
 use hyper::body::Incoming;
 
-use super::{ConnInfo, Live, Worker, record::Record, request_id};
+use super::{ConnInfo, Live, Worker, record::Record, request_body::BodyHold, request_id};
 use crate::{
     llm::convert::Convert,
     model::{Listener, Upstream},
@@ -31,6 +31,9 @@ pub struct Ctx {
     pub incoming: Option<Incoming>,
     /// The client's body, once read (bounded by `--max-request-body`).
     pub body: Option<Bytes>,
+    /// The bytes of `body`, counted against `--max-buffered-bodies` until
+    /// the request is done with them.
+    pub body_hold: BodyHold,
     /// `:authority` or `Host`, as sent.
     pub authority: String,
     /// The listener the connection was accepted on, by index in the snapshot.
@@ -53,6 +56,12 @@ impl Ctx {
         let live = worker.proxy.live.load_full();
         let (parts, incoming) = req.into_parts();
         let trusted = worker.proxy.opts.num_trusted_proxies;
+        let worker_metrics = worker.proxy.observer.metrics.clone();
+        conn.state.request_started();
+        worker_metrics
+            .downstream
+            .requests_in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let rec = Record {
             start: Instant::now(),
             time: SystemTime::now(),
@@ -82,6 +91,8 @@ impl Ctx {
             upstream_error: None,
             policy: None,
             logged: false,
+            conn: conn.state.clone(),
+            conn_written_before: conn.state.written(),
             worker,
         };
         Ctx {
@@ -91,6 +102,7 @@ impl Ctx {
             parts,
             incoming: Some(incoming),
             body: None,
+            body_hold: BodyHold::new(worker_metrics),
             authority: String::new(),
             listener: 0,
             raw_path: String::new(),

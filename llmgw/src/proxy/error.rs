@@ -39,6 +39,11 @@ pub enum ProxyError {
     ClientBody(String),
     #[error("the request body did not arrive within {0:?}")]
     BodyTimeout(Duration),
+    #[error("the request body arrives slower than {min_rate} bytes a second ({got} bytes so far)")]
+    BodyTooSlow { min_rate: u64, got: u64 },
+    /// Request bodies held by requests in flight reached `--max-buffered-bodies`.
+    #[error("the gateway holds {limit} bytes of request bodies already; retry shortly")]
+    BodiesFull { limit: u64 },
     #[error("invalid request: {0}")]
     BadRequest(String),
     #[error("the request body is encoded ({0}); send it uncompressed, the gateway rewrites it")]
@@ -57,7 +62,10 @@ impl ProxyError {
             ProxyError::BadJson(_) | ProxyError::ClientBody(_) | ProxyError::BadRequest(_) => {
                 StatusCode::BAD_REQUEST
             }
-            ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::BodyTimeout(_) | ProxyError::BodyTooSlow { .. } => {
+                StatusCode::REQUEST_TIMEOUT
+            }
+            ProxyError::BodiesFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Encoded(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProxyError::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -76,7 +84,10 @@ impl ProxyError {
             ProxyError::ClientBody(_) | ProxyError::BadRequest(_) => {
                 ("invalid_request_error", "invalid_request")
             }
-            ProxyError::BodyTimeout(_) => ("invalid_request_error", "request_timeout"),
+            ProxyError::BodyTimeout(_) | ProxyError::BodyTooSlow { .. } => {
+                ("invalid_request_error", "request_timeout")
+            }
+            ProxyError::BodiesFull { .. } => ("server_error", "overloaded"),
             ProxyError::Encoded(_) => ("invalid_request_error", "unsupported_content_encoding"),
             ProxyError::Upstream(e) if e.is_timeout() => ("server_error", "upstream_timeout"),
             ProxyError::Upstream(UpstreamError::Tls { .. }) => {
@@ -113,6 +124,10 @@ impl ProxyError {
         *resp.status_mut() = status;
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if let ProxyError::BodiesFull { .. } = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         resp
     }
 }

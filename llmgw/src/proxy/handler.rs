@@ -261,7 +261,10 @@ async fn read_client_body(ctx: &mut Ctx) -> Result<(), ProxyError> {
         return Ok(());
     }
     let body = match ctx.incoming.take() {
-        Some(b) => read_body(b, &ctx.parts.headers, &ctx.rec.worker.proxy).await?,
+        Some(b) => {
+            let proxy = &ctx.rec.worker.proxy;
+            read_body(b, &ctx.parts.headers, proxy, &mut ctx.body_hold).await?
+        }
         None => Bytes::new(),
     };
     ctx.body = Some(body);
@@ -291,14 +294,18 @@ async fn respond(mut ctx: Ctx, resp: Response<UpstreamIncoming>) -> Response<Pro
     ctx.rec.upstream_status = Some(ctx.rec.status);
     ctx.rec.ttfb = Some(ctx.rec.start.elapsed());
     let tap = UsageTap::for_response(resp.headers(), ctx.rec.stream);
-    let (mut parts, body) = resp.into_parts();
+    let (mut parts, mut body) = resp.into_parts();
+    let watch = ctx
+        .worker()
+        .stalls
+        .watch(body.canceller(), ctx.conn.state.clone());
     strip_hop_by_hop(&mut parts.headers);
     if let Some(a) = &ctx.downstream {
         a.apply_to_response(&mut parts.headers);
     }
     let idle = ctx.worker().proxy.opts.stream_idle_timeout;
     let convert = ctx.convert;
-    let body = UpstreamBody::new(body, ctx.rec, tap, idle);
+    let body = UpstreamBody::new(body, ctx.rec, tap, idle, watch);
     let body = match convert {
         Some(c) if parts.status.is_success() && c.applies_to(&parts.headers) => {
             reshape(&mut parts, body, c).await

@@ -5,7 +5,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering::Relaxed},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -18,31 +18,65 @@ use tokio::{
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, warn};
 
-use super::{ConnInfo, Drain, Worker, handler};
+use super::{
+    ConnInfo, Drain, Worker,
+    conn::{ConnIo, ConnState, ConnTimeouts},
+    handler,
+};
 use crate::{
     model::Protocol,
-    observe::access_log::{Entry, Rfc3339},
+    observe::{
+        access_log::{Entry, Rfc3339},
+        downstream::{ConnProtocol, TimeoutKind},
+    },
 };
 
 /// Accepts on `listener` (configured as `listen`) until `stop` turns true.
+/// Stops accepting while client connections hold `--max-connections` (the
+/// open-file limit less a reserve), so the admin server and providers keep
+/// descriptors; backs off when the process runs out of them anyway.
 pub async fn accept_loop(
     listener: TcpListener,
     listen: SocketAddr,
     worker: Arc<Worker>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let downstream = &worker.proxy.observer.metrics.downstream;
+    let max = i64::try_from(worker.proxy.opts.max_connections).unwrap_or(i64::MAX);
+    let mut backoff = Backoff::default();
     loop {
+        if downstream.open() >= max {
+            downstream.accept_paused.fetch_add(1, Relaxed);
+            debug!(%listen, max, "connection limit reached: not accepting");
+            while downstream.open() >= max {
+                tokio::select! {
+                    biased;
+                    _ = Drain::stopped(&mut stop) => return debug!(%listen, "listener closed"),
+                    _ = tokio::time::sleep(PAUSE_POLL) => {}
+                }
+            }
+        }
         tokio::select! {
             biased;
             _ = Drain::stopped(&mut stop) => break,
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
-                    tokio::spawn(serve_connection(stream, peer, listen, worker.clone()));
+                    backoff.reset();
+                    // Counted now, before the next accept looks at the count.
+                    let state = ConnState::new(worker.proxy.observer.metrics.clone());
+                    tokio::spawn(serve_connection(stream, peer, listen, state, worker.clone()));
                 }
                 Err(e) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    warn!(%listen, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let wait = if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                        downstream.accept_fd_exhausted.fetch_add(1, Relaxed);
+                        backoff.out_of_descriptors(listen, &e)
+                    } else {
+                        // The client gave up before the accept (ECONNABORTED
+                        // and the like): nothing to wait for.
+                        debug!(%listen, error = %e, "accept failed");
+                        Duration::ZERO
+                    };
+                    tokio::time::sleep(wait).await;
                 }
             },
         }
@@ -50,10 +84,48 @@ pub async fn accept_loop(
     debug!(%listen, "listener closed");
 }
 
+/// How often a paused listener looks whether connections were closed.
+const PAUSE_POLL: Duration = Duration::from_millis(20);
+
+/// Waits between accepts that failed for lack of descriptors: 10 ms
+/// doubling to 1 s; one warning per 10 s with the count of failures.
+#[derive(Default)]
+pub struct Backoff {
+    wait: Duration,
+    failures: u64,
+    warned: Option<Instant>,
+}
+
+impl Backoff {
+    pub fn out_of_descriptors(&mut self, listen: SocketAddr, e: &std::io::Error) -> Duration {
+        self.failures += 1;
+        if self
+            .warned
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(10))
+        {
+            warn!(
+                %listen,
+                error = %e,
+                failures = self.failures,
+                "out of file descriptors: accepting slower"
+            );
+            self.warned = Some(Instant::now());
+            self.failures = 0;
+        }
+        self.wait = (self.wait * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        self.wait
+    }
+
+    pub fn reset(&mut self) {
+        self.wait = Duration::ZERO;
+    }
+}
+
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     listen: SocketAddr,
+    state: Arc<ConnState>,
     worker: Arc<Worker>,
 ) {
     let proxy = &worker.proxy;
@@ -67,16 +139,23 @@ async fn serve_connection(
         };
         (l.protocol, live.tls.get(&listen).cloned())
     };
+    let timeouts = ConnTimeouts {
+        idle: proxy.opts.idle_timeout,
+        header: proxy.opts.header_read_timeout,
+        write: proxy.opts.stream_idle_timeout,
+    };
     match protocol {
         Protocol::Http => {
+            let io = ConnIo::new(stream, state.clone(), timeouts, None);
             let conn = ConnInfo {
                 peer,
                 local,
                 listen,
                 tls: false,
                 sni: None,
+                state,
             };
-            serve_http(TokioIo::new(stream), conn, &worker).await
+            serve_http(TokioIo::new(io), conn, &worker).await
         }
         Protocol::Https => {
             let Some(tls) = tls else { return };
@@ -88,7 +167,7 @@ async fn serve_connection(
                     debug!(%peer, error = %e, "TLS ClientHello");
                     return;
                 }
-                Err(_) => return,
+                Err(_) => return handshake_timed_out(&state, peer),
             };
             let sni: Option<Arc<str>> = start.client_hello().server_name().map(Arc::from);
             let Some(config) = tls.config_for(sni.as_deref()) else {
@@ -101,16 +180,23 @@ async fn serve_connection(
                     debug!(%peer, error = %e, "TLS handshake");
                     return;
                 }
-                Err(_) => return,
+                Err(_) => return handshake_timed_out(&state, peer),
             };
+            let alpn = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Some(ConnProtocol::Http2),
+                Some(_) => Some(ConnProtocol::Http1),
+                None => None,
+            };
+            let io = ConnIo::new(stream, state.clone(), timeouts, alpn);
             let conn = ConnInfo {
                 peer,
                 local,
                 listen,
                 tls: true,
                 sni,
+                state,
             };
-            serve_http(TokioIo::new(stream), conn, &worker).await
+            serve_http(TokioIo::new(io), conn, &worker).await
         }
     }
 }
@@ -150,6 +236,13 @@ where
     }
 }
 
+/// The TLS handshake took longer than `--header-read-timeout`: counted as
+/// a header timeout (no request could be read).
+fn handshake_timed_out(state: &ConnState, peer: SocketAddr) {
+    state.timed_out(TimeoutKind::Header);
+    debug!(%peer, "TLS handshake timed out");
+}
+
 /// A request the HTTP layer refused before the handler saw it (hyper has
 /// answered it): the status sent and why, or `None` for other errors.
 fn rejection(e: &(dyn std::error::Error + 'static)) -> Option<(u16, String)> {
@@ -180,7 +273,6 @@ fn log_rejection(
     opened: Instant,
     opened_at: SystemTime,
 ) {
-    use std::sync::atomic::Ordering::Relaxed;
     let metrics = &worker.proxy.observer.metrics;
     match status {
         431 => metrics.rejected_too_large.fetch_add(1, Relaxed),

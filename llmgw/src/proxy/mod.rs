@@ -4,6 +4,7 @@
 //! reload swaps in whole.
 
 pub mod body;
+pub mod conn;
 pub mod context;
 pub mod error;
 pub mod handler;
@@ -15,6 +16,7 @@ pub mod request_id;
 pub mod respond;
 pub mod runtime;
 pub mod security;
+pub mod stall;
 pub mod tls;
 
 use std::{
@@ -49,6 +51,15 @@ pub struct ProxyOptions {
     pub stream_idle_timeout: Duration,
     /// Time a client has to send its request headers (and a TLS handshake).
     pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request (an
+    /// HTTP/2 connection, with no stream open).
+    pub idle_timeout: Duration,
+    /// How fast request bodies must arrive.
+    pub body_pace: request_body::BodyPace,
+    /// The most all request bodies in flight may hold together (503 above).
+    pub max_buffered_bodies: u64,
+    /// Client connections open at most at once (past it, accepting pauses).
+    pub max_connections: u64,
 }
 
 /// A snapshot in service: the compiled data, the runtime state built for
@@ -179,8 +190,9 @@ impl Proxy {
     pub fn new(live: Live, observer: Arc<Observer>, opts: ProxyOptions) -> Self {
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(opts.header_read_timeout)
+            // The header-read and idle timeouts are the connection I/O's
+            // (conn::ConnIo): hyper's header timer also ran while idle.
+            .header_read_timeout(None)
             .max_buf_size(MAX_REQUEST_HEADERS_BYTES)
             .keep_alive(true);
         http.http2()
@@ -206,6 +218,8 @@ pub struct Worker {
     pub client: crate::client::Client,
     /// This thread's access log lines, written out by its heartbeat.
     pub log: Arc<crate::observe::access_log::LocalLog>,
+    /// This thread's answers in progress, for the stall sweep.
+    pub stalls: stall::Stalls,
 }
 
 /// Facts about the connection a request came on.
@@ -218,4 +232,6 @@ pub struct ConnInfo {
     pub listen: SocketAddr,
     pub tls: bool,
     pub sni: Option<Arc<str>>,
+    /// What the connection's I/O and its requests share.
+    pub state: Arc<conn::ConnState>,
 }

@@ -205,6 +205,7 @@ mod tests {
             listen: "127.0.0.1:80".parse().unwrap(),
             tls,
             sni: None,
+            state: super::super::conn::ConnState::new(Default::default()),
         };
         let mut from = HeaderMap::new();
         let mut to = HeaderMap::new();

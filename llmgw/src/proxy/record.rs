@@ -11,7 +11,7 @@ use std::{
 
 use http::{HeaderValue, Method};
 
-use super::{Worker, error::ProxyError};
+use super::{Worker, conn::ConnState, error::ProxyError};
 use crate::{
     config::ResourceId,
     model::RouteRule,
@@ -25,6 +25,10 @@ use crate::{
 pub struct Record {
     /// Where it is reported: the shared metrics, the worker's access log.
     pub worker: Arc<Worker>,
+    /// The client connection, told when the request is done.
+    pub conn: Arc<ConnState>,
+    /// What the connection had written when the request came.
+    pub conn_written_before: u64,
     pub start: Instant,
     pub time: SystemTime,
     /// `x-request-id`, ours or a trusted proxy's.
@@ -70,10 +74,19 @@ impl Record {
         }
     }
 
-    /// Reports the request to metrics and the access log, once.
+    /// Reports the request to metrics and the access log, once; the
+    /// request is no longer in flight.
     pub fn log(&mut self) {
         if !std::mem::replace(&mut self.logged, true) {
             self.emit();
+            self.conn.request_finished();
+            self.worker
+                .proxy
+                .observer
+                .metrics
+                .downstream
+                .requests_in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

@@ -16,7 +16,7 @@ use http_body_util::Full;
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use std::fmt::Write as _;
 
@@ -24,7 +24,7 @@ use super::MetricsSource;
 use crate::{
     model::dump,
     observe::metrics::esc,
-    proxy::{Drain, Live, Proxy},
+    proxy::{Drain, Live, Proxy, listener::Backoff},
 };
 
 /// Serves the admin endpoints on `listener` until `stop` turns true.
@@ -35,14 +35,24 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
     extra: Arc<[MetricsSource]>,
 ) {
+    let mut backoff = Backoff::default();
+    let addr = listener.local_addr().unwrap_or(([0, 0, 0, 0], 0).into());
     loop {
         let (stream, _) = tokio::select! {
             _ = Drain::stopped(&mut stop) => return,
             r = listener.accept() => match r {
-                Ok(c) => c,
+                Ok(c) => {
+                    backoff.reset();
+                    c
+                }
                 Err(e) => {
-                    warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    let wait = if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                        backoff.out_of_descriptors(addr, &e)
+                    } else {
+                        debug!(error = %e, "admin accept failed");
+                        std::time::Duration::ZERO
+                    };
+                    tokio::time::sleep(wait).await;
                     continue;
                 }
             },

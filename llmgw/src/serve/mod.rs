@@ -18,6 +18,7 @@ use std::{
 
 mod admin;
 mod files;
+mod limits;
 
 use thiserror::Error;
 use tokio::{
@@ -34,7 +35,8 @@ use crate::{
     observe::{Observer, access_log, metrics::Metrics},
     policy::jwks_fetch::FetchSettings,
     proxy::{
-        Live, Proxy, ProxyOptions, Worker, listener, runtime::RuntimeSettings, tls::ServerTlsError,
+        Live, Proxy, ProxyOptions, Worker, listener, request_body::BodyPace,
+        runtime::RuntimeSettings, tls::ServerTlsError,
     },
 };
 
@@ -52,6 +54,17 @@ pub struct ServeOptions {
     pub response_timeout: Duration,
     pub stream_idle_timeout: Duration,
     pub header_read_timeout: Duration,
+    /// A keep-alive connection waiting for its next request longer is closed.
+    pub idle_timeout: Duration,
+    /// The longest a request body may take in all.
+    pub request_body_timeout: Duration,
+    /// Bytes a second a request body must average after a grace period (0: any).
+    pub request_body_min_rate: u64,
+    /// Request bytes all requests in flight may hold together.
+    pub max_buffered_bodies: u64,
+    /// Client connections open at most at once (0: the open-file limit
+    /// less a reserve).
+    pub max_connections: u64,
     pub drain_timeout: Duration,
     /// Config files are watched (inotify) and also polled this often, as a
     /// fallback; zero: reload only on SIGHUP.
@@ -80,6 +93,11 @@ impl Default for ServeOptions {
             response_timeout: Duration::from_secs(300),
             stream_idle_timeout: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+            request_body_timeout: Duration::from_secs(60),
+            request_body_min_rate: 1024,
+            max_buffered_bodies: 256 * 1024 * 1024,
+            max_connections: 0,
             drain_timeout: Duration::from_secs(10),
             reload_interval: Duration::from_secs(30),
             access_log: access_log::Target::Stdout,
@@ -199,6 +217,7 @@ impl Workers {
                 proxy: proxy.clone(),
                 client: client::Client::new(tls.clone(), opts.clone()),
                 log: proxy.observer.log.local(),
+                stalls: Default::default(),
             });
             std::thread::Builder::new()
                 .name(format!("llmgw-worker-{i}"))
@@ -274,6 +293,7 @@ async fn heartbeat(worker: Arc<Worker>) {
         tokio::select! {
             _ = tick.tick() => {
                 worker.client.close_idle(std::time::Instant::now());
+                worker.stalls.sweep(worker.proxy.opts.stream_idle_timeout);
                 let live = worker.proxy.live.load_full();
                 if !pruned_for.as_ref().is_some_and(|p| Arc::ptr_eq(p, &live)) {
                     prune_pools(&worker, &live);
@@ -321,6 +341,22 @@ fn prune_pools(worker: &Worker, live: &Live) {
         .retain_https(|authority, sni| wanted.contains(&(authority, sni)));
 }
 
+/// Connections the kernel queues for a listener before it accepts them
+/// (capped by `net.core.somaxconn`, as Envoy's default is): not the 128 of
+/// `std`, so a burst while accepting is paused waits instead of failing.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listening socket with [`LISTEN_BACKLOG`].
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let sock = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(LISTEN_BACKLOG)
+}
+
 /// The bound listeners, by configured address; dropping a sender's value
 /// (sending `true`) makes every worker stop accepting on it.
 #[derive(Default)]
@@ -336,12 +372,10 @@ impl Listeners {
             if self.running.contains_key(&l.local) {
                 continue;
             }
-            let sock = TcpListener::bind(l.local)
-                .await
-                .map_err(|source| ServeError::Bind {
-                    addr: l.local,
-                    source,
-                })?;
+            let sock = bind(l.local).map_err(|source| ServeError::Bind {
+                addr: l.local,
+                source,
+            })?;
             bound.push((l.local, sock));
         }
         Ok(bound)
@@ -391,6 +425,7 @@ pub async fn serve(
     let mut sigterm = signal(SignalKind::terminate()).map_err(ServeError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServeError::Signal)?;
     let mut stop = opts.stop.clone();
+    let open_files = limits::raise_open_files();
 
     let snapshot = compile(&opts, env.as_ref()).map_err(ServeError::Config)?;
     for w in &snapshot.warnings {
@@ -432,6 +467,11 @@ pub async fn serve(
         ),
         None => None,
     };
+    let max_connections = open_files.max_connections(opts.max_connections, limits::in_use());
+    info!(
+        max_connections,
+        "client connections accepted at most at once"
+    );
     let proxy = Arc::new(Proxy::new(
         live,
         observer,
@@ -440,6 +480,14 @@ pub async fn serve(
             num_trusted_proxies: opts.num_trusted_proxies,
             stream_idle_timeout: opts.stream_idle_timeout,
             header_read_timeout: opts.header_read_timeout,
+            idle_timeout: opts.idle_timeout,
+            body_pace: BodyPace {
+                whole: opts.request_body_timeout,
+                idle: opts.stream_idle_timeout,
+                min_rate: opts.request_body_min_rate,
+            },
+            max_buffered_bodies: opts.max_buffered_bodies,
+            max_connections,
         },
     ));
     let n = match opts.workers {
