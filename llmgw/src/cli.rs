@@ -139,6 +139,11 @@ pub struct RunArgs {
     /// providers.
     #[arg(long, default_value_t = 0)]
     pub max_connections: u64,
+    /// Answers whose client has taken nothing for a second, at most at once
+    /// (each may hold up to 256 KiB of a provider's HTTP/2 stream); past it
+    /// the longest stalled are cut, before --stream-idle-timeout.
+    #[arg(long, default_value_t = 1024)]
+    pub max_stalled_answers: u64,
     /// On SIGTERM/SIGINT, how long in-flight requests may finish.
     #[arg(long, default_value = "10s", value_parser = config::duration::parse_flag_duration)]
     pub drain_timeout: Duration,
@@ -208,6 +213,7 @@ impl RunArgs {
             request_body_min_rate: run.request_body_min_rate,
             max_buffered_bodies: run.max_buffered_bodies,
             max_connections: run.max_connections,
+            max_stalled_answers: run.max_stalled_answers,
             drain_timeout: run.drain_timeout,
             reload_interval: run.reload_interval,
             workers: run.workers,

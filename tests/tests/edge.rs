@@ -619,3 +619,59 @@ async fn short_of_descriptors_the_admin_server_still_answers() {
         gw.stderr()
     );
 }
+
+#[tokio::test]
+async fn past_the_most_stalled_answers_the_longest_stalled_are_cut_early() {
+    let s = quickstart(
+        &[
+            "--max-stalled-answers",
+            "2",
+            "--stream-idle-timeout",
+            "300s",
+        ],
+        None,
+    )
+    .await;
+    s.mock.respond(|_| big_stream(64 * MIB));
+    let mut stalled = Vec::new();
+    for _ in 0..5 {
+        stalled.push(send_and_never_read(&s.gw).await);
+    }
+    // Three of five are cut (their provider streams cancelled), long
+    // before the stream idle timeout.
+    let streams = s
+        .mock
+        .wait_streams(Duration::from_secs(15), |l| {
+            l.iter().filter(|l| l.cancelled.is_some()).count() >= 3
+        })
+        .await;
+    assert_eq!(
+        streams.iter().filter(|l| l.cancelled.is_some()).count(),
+        3,
+        "{streams:?}"
+    );
+    assert_eq!(metric(&s.gw, "llmgw_stalled_answers_shed_total"), 3.0);
+    wait_metric(
+        &s.gw,
+        "llmgw_stalled_answers",
+        |v| v == 2.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    let gw = &s.gw;
+    let cut = eventually(Duration::from_secs(5), || async {
+        let n = gw
+            .stdout()
+            .lines()
+            .filter(|l| l.contains("too many stalled answers"))
+            .count();
+        (n == 3).then_some(n)
+    })
+    .await;
+    assert_eq!(cut, Some(3), "{}", gw.stdout());
+    // A client that reads is served meanwhile.
+    s.mock.respond(|_| Reply::completion());
+    let ok = llmgw_tests::client::post(&gw.url(), "test.com", SEED_REQUEST, &[]).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    drop(stalled);
+}

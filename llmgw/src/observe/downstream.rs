@@ -78,6 +78,10 @@ pub struct Downstream {
     /// Connections not accepted while descriptors ran short (the reserve
     /// kept for the admin server and outbound connections).
     pub accept_paused: AtomicU64,
+    /// Answers whose client has taken nothing for a second or more.
+    pub stalled_answers: AtomicI64,
+    /// Stalled answers cut early because too many were stalled at once.
+    pub stalled_answers_shed: AtomicU64,
 }
 
 impl Downstream {
@@ -132,6 +136,12 @@ impl Downstream {
              # HELP llmgw_downstream_accept_paused_total Times the listeners stopped accepting to keep descriptors for the admin server and providers.\n\
              # TYPE llmgw_downstream_accept_paused_total counter\n\
              llmgw_downstream_accept_paused_total {}\n\
+             # HELP llmgw_stalled_answers Answers whose client has taken nothing for a second or more.\n\
+             # TYPE llmgw_stalled_answers gauge\n\
+             llmgw_stalled_answers {}\n\
+             # HELP llmgw_stalled_answers_shed_total Stalled answers cut early because more than --max-stalled-answers were stalled at once.\n\
+             # TYPE llmgw_stalled_answers_shed_total counter\n\
+             llmgw_stalled_answers_shed_total {}\n\
              # HELP llmgw_downstream_timeouts_total Client connections or requests cut by a timeout, by kind.\n\
              # TYPE llmgw_downstream_timeouts_total counter\n",
             self.requests_in_flight.load(Relaxed),
@@ -139,6 +149,8 @@ impl Downstream {
             self.bodies_refused.load(Relaxed),
             self.accept_fd_exhausted.load(Relaxed),
             self.accept_paused.load(Relaxed),
+            self.stalled_answers.load(Relaxed),
+            self.stalled_answers_shed.load(Relaxed),
         );
         for k in TimeoutKind::ALL {
             let _ = writeln!(

@@ -134,14 +134,10 @@ impl Drop for UpstreamBody {
         if !self.done {
             // Keep what the stream already told us.
             self.record.usage = self.tap.usage();
-            let why = if self.watch.client_stopped_reading() {
-                format!(
-                    "the client stopped reading the answer (nothing taken for {:?})",
-                    self.idle_timeout
-                )
-            } else {
-                "client disconnected during the response".into()
-            };
+            let why = self
+                .watch
+                .stopped_reading(self.idle_timeout)
+                .unwrap_or_else(|| "client disconnected during the response".into());
             self.record.error.get_or_insert(why);
             // Over HTTP/1.1 the connection is this answer's alone: what
             // reached the socket bounds what the client got.
@@ -168,13 +164,11 @@ impl Body for UpstreamBody {
             return Poll::Ready(None);
         }
         this.watch.polled();
-        if this.watch.is_cut() {
+        if this.watch.cut().is_some()
+            && let Some(e) = this.watch.stopped_reading(this.idle_timeout)
+        {
             // What it was handed last was not taken: not counted as sent.
             this.handed = 0;
-            let e = format!(
-                "the client stopped reading the answer (nothing taken for {:?})",
-                this.idle_timeout
-            );
             this.record.error = Some(e.clone());
             this.on_end();
             return Poll::Ready(Some(Err(e.into())));

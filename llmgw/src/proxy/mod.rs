@@ -60,6 +60,8 @@ pub struct ProxyOptions {
     pub max_buffered_bodies: u64,
     /// Client connections open at most at once (past it, accepting pauses).
     pub max_connections: u64,
+    /// Answers stalled at once past which the longest stalled are cut.
+    pub max_stalled_answers: u64,
 }
 
 /// A snapshot in service: the compiled data, the runtime state built for

@@ -65,6 +65,9 @@ pub struct ServeOptions {
     /// Client connections open at most at once (0: the open-file limit
     /// less a reserve).
     pub max_connections: u64,
+    /// Answers stalled at once (their client taking nothing) past which the
+    /// longest stalled are cut.
+    pub max_stalled_answers: u64,
     pub drain_timeout: Duration,
     /// Config files are watched (inotify) and also polled this often, as a
     /// fallback; zero: reload only on SIGHUP.
@@ -98,6 +101,7 @@ impl Default for ServeOptions {
             request_body_min_rate: 1024,
             max_buffered_bodies: 256 * 1024 * 1024,
             max_connections: 0,
+            max_stalled_answers: 1024,
             drain_timeout: Duration::from_secs(10),
             reload_interval: Duration::from_secs(30),
             access_log: access_log::Target::Stdout,
@@ -293,7 +297,12 @@ async fn heartbeat(worker: Arc<Worker>) {
         tokio::select! {
             _ = tick.tick() => {
                 worker.client.close_idle(std::time::Instant::now());
-                worker.stalls.sweep(worker.proxy.opts.stream_idle_timeout);
+                let opts = &worker.proxy.opts;
+                worker.stalls.sweep(
+                    opts.stream_idle_timeout,
+                    opts.max_stalled_answers,
+                    &worker.proxy.observer.metrics.downstream,
+                );
                 let live = worker.proxy.live.load_full();
                 if !pruned_for.as_ref().is_some_and(|p| Arc::ptr_eq(p, &live)) {
                     prune_pools(&worker, &live);
@@ -488,6 +497,7 @@ pub async fn serve(
             },
             max_buffered_bodies: opts.max_buffered_bodies,
             max_connections,
+            max_stalled_answers: opts.max_stalled_answers,
         },
     ));
     let n = match opts.workers {
